@@ -1,0 +1,177 @@
+"""The LRN router as a Stable-Baselines3 policy (MaskablePPO, and plain PPO / A2C), and as an SB3
+features extractor for value-based algorithms (DQN)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from sb3_contrib.common.maskable.distributions import MaskableCategoricalDistribution
+from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
+
+from agents.router import RouterConfig, RouterNetwork, parse_observation
+
+
+def _router_from_space(observation_space: spaces.Dict, config: RouterConfig) -> RouterNetwork:
+    image_shape = tuple(observation_space["image"].shape)
+    n_tasks = int(observation_space["task"].n)
+    n_actions = int(observation_space["action_mask"].n)
+    max_depth = int(observation_space["route"].shape[0])
+    return RouterNetwork(image_shape, n_tasks, n_actions, max_depth, config)
+
+
+class RouterPolicy(MaskableActorCriticPolicy):
+    """Actor-critic policy around :class:`agents.router.RouterNetwork`.
+
+    The action mask travels in the observation (``obs["action_mask"]``) and is always applied, so the
+    policy never picks an invalid module, also under PPO and A2C, which know nothing of masks.
+    MaskablePPO's ``action_masks`` argument, where given, is applied on top.
+
+    :param observation_space: the routing env's ``Dict`` observation space.
+    :param action_space: ``Discrete(n_actions)``.
+    :param lr_schedule: learning rate schedule (SB3 passes it).
+    :param d_model: width of every embedding and of the transformer.
+    :param n_heads: attention heads.
+    :param d_ff: feed-forward width of the transformer layers.
+    :param n_encoder_layers: encoder layers.
+    :param n_decoder_layers: decoder (actor) layers.
+    :param optimizer_class: the router's optimizer.
+    :param optimizer_kwargs: its extra arguments.
+    :param use_sde: accepted for SB3's on-policy algorithms; must be False.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Dict,
+        action_space: spaces.Discrete,
+        lr_schedule: Schedule,
+        d_model: int = 256,
+        n_heads: int = 4,
+        d_ff: int = 512,
+        n_encoder_layers: int = 1,
+        n_decoder_layers: int = 1,
+        optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
+        optimizer_kwargs: dict[str, Any] | None = None,
+        use_sde: bool = False,
+        **_ignored: Any,
+    ) -> None:
+        if use_sde:
+            raise ValueError("RouterPolicy has a discrete action space: use_sde must be False")
+        # MaskablePPO requires a MaskableActorCriticPolicy; its __init__ builds SB3's MLP heads, which
+        # the router replaces, so initialise as the BasePolicy it derives from.
+        BasePolicy.__init__(
+            self,
+            observation_space,
+            action_space,
+            optimizer_class=optimizer_class,
+            optimizer_kwargs=optimizer_kwargs or {},
+        )
+        self.router_config = RouterConfig(d_model, n_heads, d_ff, n_encoder_layers, n_decoder_layers)
+        self.router = _router_from_space(observation_space, self.router_config)
+        self.action_dist = MaskableCategoricalDistribution(int(action_space.n))
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        cfg = self.router_config
+        data.update(
+            d_model=cfg.d_model,
+            n_heads=cfg.n_heads,
+            d_ff=cfg.d_ff,
+            n_encoder_layers=cfg.n_encoder_layers,
+            n_decoder_layers=cfg.n_decoder_layers,
+            lr_schedule=self._dummy_schedule,
+            optimizer_class=self.optimizer_class,
+            optimizer_kwargs=self.optimizer_kwargs,
+        )
+        return data
+
+    def _distribution(
+        self, logits: torch.Tensor, mask: torch.Tensor, action_masks: np.ndarray | torch.Tensor | None
+    ) -> MaskableCategoricalDistribution:
+        if action_masks is not None:
+            extra = torch.as_tensor(action_masks, device=mask.device).reshape(mask.shape) > 0
+            mask = mask & extra
+        dist = self.action_dist.proba_distribution(action_logits=logits)
+        dist.apply_masking(mask)
+        return dist
+
+    def forward(
+        self, obs: PyTorchObs, deterministic: bool = False, action_masks: np.ndarray | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Actions ``(B,)``, values ``(B, 1)`` and log-probabilities ``(B,)``."""
+        x = parse_observation(obs)
+        logits, values = self.router(x)
+        dist = self._distribution(logits, x.mask, action_masks)
+        actions = dist.get_actions(deterministic=deterministic)
+        return actions, values[:, None], dist.log_prob(actions)
+
+    def evaluate_actions(
+        self, obs: PyTorchObs, actions: torch.Tensor, action_masks: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Values ``(B, 1)``, log-probabilities and entropies ``(B,)`` of ``actions``."""
+        x = parse_observation(obs)
+        logits, values = self.router(x)
+        dist = self._distribution(logits, x.mask, action_masks)
+        return values[:, None], dist.log_prob(actions.reshape(-1)), dist.entropy()
+
+    def get_distribution(
+        self, obs: PyTorchObs, action_masks: np.ndarray | None = None
+    ) -> MaskableCategoricalDistribution:
+        x = parse_observation(obs)
+        states, padding = self.router.encode(x)
+        logits = self.router.actor(states, padding).masked_fill(~x.mask, -1e8)
+        return self._distribution(logits, x.mask, action_masks)
+
+    def predict_values(self, obs: PyTorchObs) -> torch.Tensor:
+        x = parse_observation(obs)
+        states, padding = self.router.encode(x)
+        return self.router.critic(states, padding)[:, None]
+
+    def _predict(
+        self, observation: PyTorchObs, deterministic: bool = False, action_masks: np.ndarray | None = None
+    ) -> torch.Tensor:
+        return self.get_distribution(observation, action_masks).get_actions(deterministic=deterministic)
+
+    def predict(
+        self,
+        observation: dict[str, np.ndarray],
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+        action_masks: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        """Like :meth:`BasePolicy.predict`, plus MaskablePPO's ``action_masks``."""
+        self.set_training_mode(False)
+        obs_tensor, vectorized = self.obs_to_tensor(observation)
+        with torch.no_grad():
+            actions = self._predict(obs_tensor, deterministic=deterministic, action_masks=action_masks)
+        actions = actions.cpu().numpy().reshape(-1)
+        if not vectorized:
+            actions = actions.squeeze(axis=0)
+        return actions, state
+
+
+class RouterFeaturesExtractor(BaseFeaturesExtractor):
+    """The router's encoder, attention-pooled to one feature vector, for SB3 policies built from a
+    features extractor (DQN's ``MultiInputPolicy``). Such algorithms do not see the mask; the env
+    replaces an invalid action (and charges ``invalid_action_penalty``).
+
+    :param observation_space: the routing env's ``Dict`` observation space.
+    :param d_model: feature width.
+    :param n_heads: attention heads.
+    :param d_ff: feed-forward width.
+    """
+
+    def __init__(self, observation_space: spaces.Dict, d_model: int = 256, n_heads: int = 4, d_ff: int = 512):
+        super().__init__(observation_space, features_dim=d_model)
+        self.router = _router_from_space(observation_space, RouterConfig(d_model, n_heads, d_ff))
+
+    def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = parse_observation(observations, one_hot=True)
+        return self.router.pool(*self.router.encode(x))

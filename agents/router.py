@@ -1,0 +1,153 @@
+"""The LRN router: a conditional transformer over (instance, task, modules chosen so far) that scores
+every candidate next module (paper eq. 1), with an attention-pooled critic (eqs. 2-5)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class RouterConfig:
+    """Sizes of the router (the paper's: d_model 256, 4 heads, d_ff 512, 1 layer each)."""
+
+    d_model: int = 256
+    n_heads: int = 4
+    d_ff: int = 512
+    n_encoder_layers: int = 1
+    n_decoder_layers: int = 1
+    conv_channels: tuple[int, int] = (32, 64)
+
+
+@dataclass
+class RouterInput:
+    """The observation as the router reads it."""
+
+    image: torch.Tensor  # (B, C, H, W) float in [0, 1]
+    task: torch.Tensor  # (B,) int64
+    route: torch.Tensor  # (B, D) int64; n_actions = not chosen yet
+    mask: torch.Tensor  # (B, A) bool: valid next actions
+
+
+def parse_observation(obs: dict[str, torch.Tensor], one_hot: bool = False) -> RouterInput:
+    """Read SB3's observation tensors, raw (uint8 image, int ids, as collected) or from a rollout buffer
+    (float copies, discrete ids shaped ``(B, 1)``); ``one_hot=True`` reads SB3's *preprocessed*
+    observations (image already scaled to [0, 1], Discrete and MultiDiscrete as one-hot)."""
+    batch = obs["image"].shape[0]
+    if one_hot:
+        image = obs["image"].float()
+        task = obs["task"].argmax(dim=-1)
+        depth = obs["step"].shape[-1] - 1
+        route = obs["route"].view(batch, depth, -1).argmax(dim=-1)
+    else:
+        image = obs["image"].float() / 255.0
+        task = obs["task"].reshape(batch).long()
+        route = obs["route"].reshape(batch, -1).long()
+    mask = obs["action_mask"].reshape(batch, -1) > 0.5
+    return RouterInput(image=image, task=task, route=route, mask=mask)
+
+
+class InstanceEncoder(nn.Module):
+    """Two strided convs and an FC layer to ``d_model``; adaptive pooling makes it work for any image
+    size (MNIST's 28x28 is below the minimum of SB3's NatureCNN)."""
+
+    def __init__(self, in_channels: int, d_model: int, channels: tuple[int, int] = (32, 64)) -> None:
+        super().__init__()
+        c1, c2 = channels
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, c1, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(c1, c2, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),
+            nn.Linear(c2 * 16, d_model),
+        )
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(image)  # (B, d)
+
+
+class RouterNetwork(nn.Module):
+    """Actor and critic of the LRN router.
+
+    State tokens: ``[instance, task, route_0, ..., route_{D-1}]`` plus learned position embeddings;
+    unfilled route positions are padding. A transformer encoder turns them into ``s_hat``. The actor
+    is a transformer decoder whose queries are the embeddings of all actions (modules and PASS) and
+    whose memory is ``s_hat``; a linear layer scores each query. The critic pools ``s_hat`` with
+    attention: ``e_j = W_e s_hat_j``, ``alpha = softmax(e)``, ``V = W_c sum_j alpha_j s_hat_j``.
+
+    Args:
+        image_shape: ``(C, H, W)``.
+        n_tasks: number of tasks.
+        n_actions: modules + PASS.
+        max_depth: route length.
+        config: sizes.
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        n_tasks: int,
+        n_actions: int,
+        max_depth: int,
+        config: RouterConfig | None = None,
+    ) -> None:
+        super().__init__()
+        cfg = config or RouterConfig()
+        self.config = cfg
+        self.n_actions = n_actions
+        d = cfg.d_model
+        self.instance = InstanceEncoder(image_shape[0], d, tuple(cfg.conv_channels))
+        self.task_embedding = nn.Embedding(n_tasks, d)
+        # one embedding per module and PASS, shared by route tokens and actor queries; +1 for padding
+        self.action_embedding = nn.Embedding(n_actions + 1, d, padding_idx=n_actions)
+        self.position = nn.Parameter(torch.zeros(2 + max_depth, d))
+        nn.init.normal_(self.position, std=0.02)
+        enc_layer = nn.TransformerEncoderLayer(d, cfg.n_heads, cfg.d_ff, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(enc_layer, cfg.n_encoder_layers, enable_nested_tensor=False)
+        dec_layer = nn.TransformerDecoderLayer(d, cfg.n_heads, cfg.d_ff, dropout=0.0, batch_first=True)
+        self.decoder = nn.TransformerDecoder(dec_layer, cfg.n_decoder_layers)
+        self.score = nn.Linear(d, 1)
+        self.critic_attention = nn.Linear(d, 1)  # W_e
+        self.critic_value = nn.Linear(d, 1)  # W_c
+
+    def encode(self, x: RouterInput) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoded state tokens ``(B, T, d)`` and their padding mask ``(B, T)`` (True = padding)."""
+        batch = x.task.shape[0]
+        route = x.route.clamp(0, self.n_actions)
+        tokens = torch.cat(
+            [
+                self.instance(x.image)[:, None],  # (B, 1, d)
+                self.task_embedding(x.task)[:, None],  # (B, 1, d)
+                self.action_embedding(route),  # (B, D, d)
+            ],
+            dim=1,
+        ) + self.position[None]  # (B, T, d)
+        padding = torch.cat([route.new_zeros(batch, 2, dtype=torch.bool), route == self.n_actions], dim=1)
+        return self.encoder(tokens, src_key_padding_mask=padding), padding
+
+    def actor(self, states: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        """Unmasked logits of every action, ``(B, A)``."""
+        queries = self.action_embedding.weight[: self.n_actions]  # (A, d)
+        queries = queries[None].expand(states.shape[0], -1, -1)  # (B, A, d)
+        out = self.decoder(queries, states, memory_key_padding_mask=padding)  # (B, A, d)
+        return self.score(out).squeeze(-1)
+
+    def critic(self, states: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        """State value, ``(B,)``."""
+        return self.critic_value(self.pool(states, padding)).squeeze(-1)
+
+    def pool(self, states: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        """Attention pooling of the state tokens, ``(B, d)``."""
+        e = self.critic_attention(states).squeeze(-1).masked_fill(padding, float("-inf"))  # (B, T)
+        alpha = torch.softmax(e, dim=1)
+        return (alpha[..., None] * states).sum(dim=1)
+
+    def forward(self, x: RouterInput) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masked logits ``(B, A)`` (invalid actions at -1e8) and values ``(B,)``."""
+        states, padding = self.encode(x)
+        logits = self.actor(states, padding).masked_fill(~x.mask, -1e8)
+        return logits, self.critic(states, padding)

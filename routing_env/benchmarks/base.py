@@ -1,0 +1,122 @@
+"""The interface every multi-task benchmark implements, and the data-root rules they share.
+
+A benchmark turns a real image data set into (image, task, label) pairs, as the LRN paper builds them.
+Images are stored once, as uint8, and pairs index into them (MNIST-MTL reuses an image in several
+tasks), so a whole benchmark sits on the env's device as a few tensors.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DATA_ENV_VAR = "ROUTING_ENV_DATA"
+
+
+class DataError(RuntimeError):
+    """Benchmark data is missing, corrupt, or too small for the benchmark's protocol."""
+
+
+@dataclass
+class MTLSplit:
+    """The pairs of one split.
+
+    Attributes:
+        images: every image the split uses, ``(N_img, C, H, W)`` uint8.
+        image_index: for each pair, the row of ``images`` it shows, ``(N,)`` int64.
+        tasks: the task of each pair, ``(N,)`` int64 in ``[0, n_tasks)``.
+        labels: the label of each pair inside its task, ``(N,)`` int64 in ``[0, n_classes)``.
+        source_index: for each pair, the image's index in the source data set (e.g. MNIST's train
+            or test file), ``(N,)`` int64; lets tests and users check disjointness and provenance.
+    """
+
+    images: torch.Tensor
+    image_index: torch.Tensor
+    tasks: torch.Tensor
+    labels: torch.Tensor
+    source_index: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.tasks.shape[0])
+
+    def to(self, device: torch.device | str) -> MTLSplit:
+        return MTLSplit(*(t.to(device) for t in self._fields()))
+
+    def subset(self, index: torch.Tensor) -> MTLSplit:
+        """The pairs at ``index`` (images are shared, not copied)."""
+        index = index.to(self.tasks.device)
+        return MTLSplit(
+            self.images,
+            self.image_index[index],
+            self.tasks[index],
+            self.labels[index],
+            self.source_index[index],
+        )
+
+    def _fields(self) -> tuple[torch.Tensor, ...]:
+        return (self.images, self.image_index, self.tasks, self.labels, self.source_index)
+
+
+@dataclass
+class MTLBenchmark:
+    """A multi-task benchmark: every task is a ``n_classes``-way classification problem."""
+
+    name: str
+    n_tasks: int
+    n_classes: int
+    image_shape: tuple[int, int, int]  # (C, H, W)
+    train: MTLSplit
+    test: MTLSplit
+    task_names: tuple[str, ...] = ()
+
+    def to(self, device: torch.device | str) -> MTLBenchmark:
+        return MTLBenchmark(
+            self.name,
+            self.n_tasks,
+            self.n_classes,
+            self.image_shape,
+            self.train.to(device),
+            self.test.to(device),
+            self.task_names,
+        )
+
+
+# A loader builds a benchmark from the data root and a seed (the seed fixes every draw the protocol makes).
+BenchmarkLoader = Callable[..., MTLBenchmark]
+
+
+def resolve_data_root(data_root: str | os.PathLike | None = None) -> Path:
+    """The data root: the ``data_root`` argument, else ``$ROUTING_ENV_DATA``, else a user cache folder."""
+    if data_root is not None:
+        return Path(data_root).expanduser()
+    if os.environ.get(DATA_ENV_VAR):
+        return Path(os.environ[DATA_ENV_VAR]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "routing_env"
+
+
+@contextmanager
+def atomic_download_dir(root: Path, final_name: str) -> Iterator[Path]:
+    """A scratch folder inside ``root`` for a download; ``<scratch>/<final_name>`` is moved to
+    ``root/<final_name>`` only if the body finishes, so a failed download leaves nothing half-written."""
+    root.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
+    try:
+        yield scratch
+        target = root / final_name
+        if not target.exists():
+            os.replace(scratch / final_name, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    """A CPU generator for the protocol's draws (CPU so that splits do not depend on the device)."""
+    return torch.Generator().manual_seed(int(seed))

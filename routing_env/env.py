@@ -1,0 +1,135 @@
+"""The LRN network-construction MDP as a single-instance Gymnasium environment."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from routing_env.config import (
+    RoutingConfig,
+    final_info_to_numpy,
+    make_engine,
+    observation_space,
+    observation_to_numpy,
+)
+
+
+class RoutingEnv(gym.Env):
+    """Build a neural network for one (image, task) instance, one module per step.
+
+    ## Description
+    The env holds a shared pool of modules (LRN paper section 5.2): input convs, hidden convs, hidden
+    fully-connected layers and output heads, ``duplicates`` copies of each. An episode builds one
+    network for one instance of a multi-task benchmark (MNIST-MTL, CIFAR-MTL or MIN-MTL) in exactly
+    ``max_depth`` steps, runs it on the instance and trains the pool on the networks agents build.
+
+    ## Action space
+    ``Discrete(n_modules + 1)``: module ids ``0 .. n_modules-1`` (bank by bank, see
+    ``env.unwrapped.action_names``), and ``n_modules`` = PASS. Valid actions:
+
+    * step 0: an input module (reads the image);
+    * steps ``1 .. max_depth-2``: a module whose input type is the current activation's type and that
+      this network does not use yet, or PASS (keep the current activation);
+    * step ``max_depth-1``: an output head that fits the current activation (PASS is not valid).
+
+    ``action_masks()`` (sb3-contrib's convention) and ``obs["action_mask"]`` give the valid ones. An
+    invalid action does not crash the env: PASS is taken instead where it is valid, else the
+    lowest-numbered valid module; the step costs ``invalid_action_penalty`` and
+    ``info["invalid_action"]`` is True.
+
+    ## Observation space
+    ``Dict``: ``image`` (uint8, ``(C, H, W)``), ``task`` (``Discrete(n_tasks)``), ``route`` (the action
+    ids so far, ``n_actions`` where no step was taken yet), ``step`` (``Discrete(max_depth + 1)``) and
+    ``action_mask`` (``MultiBinary(n_actions)``).
+
+    ## Rewards
+    0 before the last step (minus ``invalid_action_penalty`` at a step with an invalid action). At the
+    last step: minus the cross-entropy loss of the built network on the instance plus
+    ``bonus_weight`` times the sum, over the modules the network uses, of the collapse bonus
+    ``r_i = 1 - (c_i - c_min) / (c_max - c_min)`` (paper eq. 6; 0 for all when all counts are equal),
+    with counts ``c`` over this env's last ``batch_size`` episodes.
+
+    ## Module training
+    The env accumulates the gradient of each episode's loss and takes one Adam step on the pool every
+    ``batch_size`` episodes (lr ``lr``, times ``lr_decay`` after each pass over the training pairs).
+    The reward uses the loss before the step. ``split="test"`` walks the test pairs once per pass, in
+    order, with a frozen pool; ``train_modules=False`` freezes the pool on any split.
+
+    ## Episode end
+    Always after ``max_depth`` steps (``terminated=True``); never truncated.
+
+    ## Info
+    Every step: ``invalid_action``. Last step: ``route``, ``loss``, ``correct``, ``prediction``,
+    ``bonus``, ``reward_loss`` (= -loss), ``reward_bonus`` (= bonus_weight * bonus), ``task``,
+    ``label``, ``pair_index`` and ``epoch`` (the pass over the split the pair came from).
+
+    ## Arguments
+    See :class:`routing_env.config.RoutingConfig`: ``data_root``, ``download``, ``data_seed``,
+    ``split``, ``max_pairs``, ``duplicates`` (10), ``max_depth`` (6), ``batch_size`` (128),
+    ``bonus_weight`` (1), ``invalid_action_penalty`` (1), ``lr`` (1e-4), ``lr_decay`` (0.97),
+    ``train_modules``, ``device`` ("auto"), ``seed``, ``dispatch``.
+
+    For batches of episodes on the device use ``gymnasium.make_vec(id, num_envs=128,
+    vectorization_mode="vector_entry_point")`` or :class:`routing_env.RoutingVecEnv` (SB3).
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, benchmark: str = "mnist", **kwargs: Any) -> None:
+        self.config = RoutingConfig.from_kwargs(benchmark=benchmark, **kwargs)
+        # One episode at a time; the pool is updated (and the bonus counted) every batch_size episodes.
+        self.engine, self.benchmark = make_engine(
+            self.config, batch_size=1, episodes_per_update=int(self.config.batch_size)
+        )
+        self.observation_space = observation_space(self.engine, self.benchmark)
+        self.action_space = spaces.Discrete(self.engine.pool.n_actions)
+        self.action_names = self.engine.pool.action_names
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        super().reset(seed=seed)
+        if seed is not None:
+            self.engine.seed(int(self.np_random.integers(2**62)))
+        self.engine.begin_batch()
+        return self._obs(), {}
+
+    def step(self, action: int) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        if not self.action_space.contains(np.int64(action)):
+            raise ValueError(f"action {action!r} is outside the action space {self.action_space}")
+        out = self.engine.step(torch.tensor([int(action)]))
+        info: dict[str, Any] = {"invalid_action": bool(out.invalid[0])}
+        if out.done:
+            final = {k: v[0] for k, v in final_info_to_numpy(out.final).items()}
+            info.update(
+                route=final["route"].tolist(),
+                loss=float(final["loss"]),
+                correct=bool(final["correct"]),
+                prediction=int(final["prediction"]),
+                bonus=float(final["bonus"]),
+                reward_loss=-float(final["loss"]),
+                reward_bonus=self.config.bonus_weight * float(final["bonus"]),
+                task=int(final["task"]),
+                label=int(final["label"]),
+                pair_index=int(final["pair_index"]),
+                epoch=int(final["epoch"]),
+            )
+        return self._obs(), float(out.reward[0]), bool(out.done), False, info
+
+    def action_masks(self) -> np.ndarray:
+        """The valid actions now, ``(n_actions,)`` bool (sb3-contrib's MaskablePPO calls this)."""
+        return self.engine.action_mask()[0].cpu().numpy()
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        return {k: v[0] for k, v in observation_to_numpy(self.engine.observation()).items()}
+
+    # Pool checkpoints: an SB3 model file holds the agent, not the env's pool and its optimizer.
+    def state_dict(self) -> dict[str, Any]:
+        return self.engine.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.engine.load_state_dict(state)

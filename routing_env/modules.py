@@ -1,0 +1,281 @@
+"""The shared pool of modules the router builds networks from (LRN paper, section 5.2).
+
+Modules come in *banks*: the ``duplicates`` copies of one kind of module (same input and output type)
+are stored as one batched parameter tensor, so a step can run a whole bank in one kernel. Every module
+carries typed input and output shapes; which module may follow which, and at which step, is derived
+from those types alone (see :class:`ModulePool`), so a new kind of module needs no change to the env.
+
+Two ways to run a bank on a batch where each sample picked one duplicate (or none):
+
+* ``dense``: every duplicate runs on every sample as one wide layer, then each sample keeps its own
+  duplicate's slice. ``duplicates`` times the arithmetic, but a fixed handful of kernels and no
+  host-device synchronisation: fastest on a GPU, where this work is launch-bound
+  (``../shared/probes``: 5.4 s against 20 s per MNIST-MTL epoch for one launch per chosen module).
+* ``grouped``: one call per duplicate that was picked, on its sub-batch. No wasted arithmetic but a
+  host sync per bank: fastest on a CPU.
+
+Both compute the same function; ``tests/test_modules.py`` checks outputs and gradients agree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DISPATCH_MODES = ("dense", "grouped")
+
+
+@dataclass(frozen=True)
+class TensorType:
+    """A named activation type: modules connect where one's output type is the next one's input type.
+    The name keeps types apart that happen to share a shape (a 32-channel image and conv features)."""
+
+    name: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class BankSpec:
+    """One kind of module and how many duplicates of it the pool holds.
+
+    Attributes:
+        name: the kind's name, e.g. ``"hidden_conv"``; module ``j`` of the bank is ``"hidden_conv[j]"``.
+        layer: ``"conv"`` (3x3, stride 1, padding 1) or ``"linear"`` (input flattened).
+        in_type: the activation type the module reads.
+        out_type: the activation type it writes.
+        duplicates: how many independent copies the pool holds.
+        norm: ``"instance"`` (after convs), ``"layer"`` (after hidden FCs) or ``None`` (heads); a norm
+            is followed by ReLU.
+        steps: restrict the bank to these steps (e.g. per-depth module sets of the original routing
+            network); ``None`` allows every step its types allow.
+    """
+
+    name: str
+    layer: str
+    in_type: TensorType
+    out_type: TensorType
+    duplicates: int
+    norm: str | None = None
+    steps: tuple[int, ...] | None = None
+
+
+def lrn_pool_specs(
+    image_shape: tuple[int, int, int],
+    n_classes: int,
+    duplicates: int = 10,
+    conv_channels: int = 32,
+    fc_width: int = 256,
+) -> list[BankSpec]:
+    """The LRN paper's pool (section 5.2), each kind ``duplicates`` times.
+
+    input conv (C->32), hidden conv (32->32), hidden FC (32*H*W->256), hidden FC (256->256), output head
+    from conv features (32*H*W->K), output head from FC features (256->K).
+    """
+    if duplicates < 1:
+        raise ValueError(f"duplicates must be >= 1, got {duplicates}")
+    _, height, width = image_shape
+    image = TensorType("image", tuple(image_shape))
+    conv = TensorType("conv", (conv_channels, height, width))
+    vec = TensorType("fc", (fc_width,))
+    logits = TensorType("logits", (n_classes,))
+    d = duplicates
+    return [
+        BankSpec("input_conv", "conv", image, conv, d, "instance"),
+        BankSpec("hidden_conv", "conv", conv, conv, d, "instance"),
+        BankSpec("fc_from_conv", "linear", conv, vec, d, "layer"),
+        BankSpec("hidden_fc", "linear", vec, vec, d, "layer"),
+        BankSpec("head_from_conv", "linear", conv, logits, d, None),
+        BankSpec("head_from_fc", "linear", vec, logits, d, None),
+    ]
+
+
+def _uniform_(tensor: torch.Tensor, fan_in: int, generator: torch.Generator | None) -> None:
+    # PyTorch's default init for Conv2d/Linear (kaiming_uniform with a=sqrt(5)) is U(-1/sqrt(fan_in), +).
+    bound = 1.0 / math.sqrt(fan_in)
+    with torch.no_grad():
+        tensor.uniform_(-bound, bound, generator=generator)
+
+
+class ModuleBank(nn.Module):
+    """The ``duplicates`` copies of one kind of module, as batched parameters."""
+
+    def __init__(self, spec: BankSpec, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        if spec.layer not in ("conv", "linear"):
+            raise ValueError(f"unknown layer {spec.layer!r} in bank {spec.name!r}")
+        if spec.norm not in (None, "instance", "layer"):
+            raise ValueError(f"unknown norm {spec.norm!r} in bank {spec.name!r}")
+        self.spec = spec
+        d = spec.duplicates
+        self.out_shape = spec.out_type.shape
+        if spec.layer == "conv":
+            in_channels, out_channels = spec.in_type.shape[0], spec.out_type.shape[0]
+            fan_in = in_channels * 9
+            self.weight = nn.Parameter(torch.empty(d, out_channels, in_channels, 3, 3))
+        else:
+            fan_in = math.prod(spec.in_type.shape)
+            out_channels = math.prod(spec.out_type.shape)
+            self.weight = nn.Parameter(torch.empty(d, out_channels, fan_in))
+        self.bias = nn.Parameter(torch.empty(d, out_channels))
+        _uniform_(self.weight, fan_in, generator)
+        _uniform_(self.bias, fan_in, generator)
+        if spec.norm is not None:
+            self.norm_weight = nn.Parameter(torch.ones(d, out_channels))
+            self.norm_bias = nn.Parameter(torch.zeros(d, out_channels))
+
+    def forward(self, h: torch.Tensor, dup: torch.Tensor, active: torch.Tensor, mode: str) -> torch.Tensor:
+        """Run each active sample through its duplicate.
+
+        Args:
+            h: inputs, ``(B, *in_shape)``.
+            dup: the duplicate each sample picked, ``(B,)`` int64 (ignored where not ``active``).
+            active: which samples picked this bank, ``(B,)`` bool.
+            mode: ``"dense"`` or ``"grouped"`` (module docstring).
+
+        Returns:
+            ``(B, *out_shape)``; rows of inactive samples are finite but meaningless.
+        """
+        dup = dup.clamp(0, self.spec.duplicates - 1)
+        if mode == "dense":
+            return self._dense(h, dup)
+        if mode == "grouped":
+            return self._grouped(h, dup, active)
+        raise ValueError(f"unknown dispatch mode {mode!r}; expected one of {DISPATCH_MODES}")
+
+    def _dense(self, h: torch.Tensor, dup: torch.Tensor) -> torch.Tensor:
+        batch, d = h.shape[0], self.spec.duplicates
+        rows = torch.arange(batch, device=h.device)
+        if self.spec.layer == "conv":
+            c_out = self.weight.shape[1]
+            z = F.conv2d(h, self.weight.flatten(0, 1), self.bias.flatten(), padding=1)  # (B, d*C, H, W)
+            if self.spec.norm == "instance":
+                z = F.instance_norm(z)  # per (sample, channel): the same as per duplicate
+            z = z.view(batch, d, c_out, *z.shape[2:])[rows, dup]  # (B, C, H, W)
+        else:
+            z = F.linear(h.flatten(1), self.weight.flatten(0, 1), self.bias.flatten())  # (B, d*O)
+            z = z.view(batch, d, -1)
+            if self.spec.norm == "layer":
+                z = F.layer_norm(z, z.shape[-1:])
+            z = z[rows, dup]  # (B, O)
+        return self._affine_relu(z, dup).reshape(batch, *self.out_shape)
+
+    def _grouped(self, h: torch.Tensor, dup: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        out = h.new_zeros((h.shape[0], *self.out_shape))
+        chosen = torch.where(active, dup, -1)
+        for j in torch.unique(chosen).tolist():  # a host sync; cheap on the CPU this mode is for
+            if j < 0:
+                continue
+            idx = (chosen == j).nonzero(as_tuple=True)[0]
+            x = h[idx]
+            if self.spec.layer == "conv":
+                z = F.conv2d(x, self.weight[j], self.bias[j], padding=1)
+                if self.spec.norm == "instance":
+                    z = F.instance_norm(z)
+            else:
+                z = F.linear(x.flatten(1), self.weight[j], self.bias[j])
+                if self.spec.norm == "layer":
+                    z = F.layer_norm(z, z.shape[-1:])
+            z = self._affine_relu(z, dup[idx])
+            out = out.index_put((idx,), z.reshape(idx.shape[0], *self.out_shape))
+        return out
+
+    def _affine_relu(self, z: torch.Tensor, dup: torch.Tensor) -> torch.Tensor:
+        if self.spec.norm is None:
+            return z
+        # z: (n, C, H, W) or (n, O); the norm's affine parameters of each sample's duplicate.
+        extra = (1,) * (z.dim() - 2)
+        weight = self.norm_weight[dup].view(*self.norm_weight[dup].shape, *extra)
+        bias = self.norm_bias[dup].view(*self.norm_bias[dup].shape, *extra)
+        return F.relu(z * weight + bias)
+
+
+class ModulePool(nn.Module):
+    """All banks of modules, with the tables that say which module may come next.
+
+    Module ids run bank by bank: bank 0's duplicates are ids ``0 .. d0-1``, and so on; the action
+    ``n_modules`` is PASS. An episode of ``max_depth`` steps builds a network:
+
+    * step 0 picks a module that reads the image type;
+    * steps ``1 .. max_depth-2`` pick a module that reads the current activation type and writes
+      neither the image type nor a logits type, and that this network does not use yet, or PASS;
+    * the last step picks a module that reads the current type and writes a logits type.
+
+    A bank's ``steps`` further restricts where it may stand.
+    """
+
+    def __init__(
+        self, specs: Sequence[BankSpec], image_type: TensorType, seed: int | None = None
+    ) -> None:
+        super().__init__()
+        if not specs:
+            raise ValueError("a module pool needs at least one bank")
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.specs = list(specs)
+        self.banks = nn.ModuleList([ModuleBank(s, generator) for s in self.specs])
+        self.image_type = image_type
+        types = [image_type]
+        for s in self.specs:
+            for t in (s.in_type, s.out_type):
+                if t not in types:
+                    types.append(t)
+        self.types = types
+        self.type_index = {t: i for i, t in enumerate(types)}
+        bank_of, dup_of = [], []
+        for b, s in enumerate(self.specs):
+            bank_of += [b] * s.duplicates
+            dup_of += list(range(s.duplicates))
+        self.n_modules = len(bank_of)
+        self.n_actions = self.n_modules + 1
+        self.pass_action = self.n_modules
+        self.bank_offsets = [bank_of.index(b) for b in range(len(self.specs))]
+        # Per-action tables; PASS gets bank -1 and keeps the current type.
+        self.register_buffer("action_bank", torch.tensor(bank_of + [-1]), persistent=False)
+        self.register_buffer("action_dup", torch.tensor(dup_of + [0]), persistent=False)
+        in_t = [self.type_index[self.specs[b].in_type] for b in bank_of]
+        out_t = [self.type_index[self.specs[b].out_type] for b in bank_of]
+        self.register_buffer("module_in_type", torch.tensor(in_t), persistent=False)
+        self.register_buffer("module_out_type", torch.tensor(out_t), persistent=False)
+
+    @property
+    def module_names(self) -> list[str]:
+        return [f"{s.name}[{j}]" for s in self.specs for j in range(s.duplicates)]
+
+    @property
+    def action_names(self) -> list[str]:
+        return self.module_names + ["PASS"]
+
+    def is_logits_type(self, t: TensorType) -> bool:
+        return t.name == "logits"
+
+    def step_allowed(self, max_depth: int) -> torch.Tensor:
+        """``(max_depth, n_actions)`` bool: which actions each step admits before shapes and reuse."""
+        allowed = torch.zeros(max_depth, self.n_actions, dtype=torch.bool)
+        for b, s in enumerate(self.specs):
+            reads_image = s.in_type == self.image_type
+            writes_logits = self.is_logits_type(s.out_type)
+            for k in range(max_depth):
+                if k == 0:
+                    ok = reads_image and not writes_logits
+                elif k == max_depth - 1:
+                    ok = writes_logits and not reads_image
+                else:
+                    ok = not reads_image and not writes_logits and s.out_type != self.image_type
+                if s.steps is not None and k not in s.steps:
+                    ok = False
+                if ok:
+                    start = self.bank_offsets[b]
+                    allowed[k, start : start + s.duplicates] = True
+        allowed[1 : max_depth - 1, self.pass_action] = True
+        return allowed
+
+    def bank_steps(self, max_depth: int) -> list[list[int]]:
+        """For each step, the banks that may run at it (static: no need to look at the actions)."""
+        allowed = self.step_allowed(max_depth)[:, : self.n_modules]
+        return [
+            [b for b in range(len(self.specs)) if allowed[k, self.bank_offsets[b]]] for k in range(max_depth)
+        ]

@@ -1,0 +1,67 @@
+"""The LRN reward, as pure functions of tensors (paper section 4, eq. 6).
+
+An episode's reward is 0 before its last step and, at the last step,
+
+    R = -CE(network(x), y) + bonus_weight * sum_{i in modules the network used} r_i
+
+where r_i is the collapse bonus of module i, computed from how often each module was used by the
+batch of episodes the episode belongs to: the least used module gets 1, the most used 0.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def module_usage_counts(routes: torch.Tensor, n_modules: int) -> torch.Tensor:
+    """How many routes use each module.
+
+    Args:
+        routes: ``(B, T)`` int64 action ids; ids ``>= n_modules`` (PASS, padding) are not modules.
+        n_modules: the pool's module count.
+
+    Returns:
+        ``(n_modules,)`` float counts.
+    """
+    ids = routes.flatten()
+    ids = torch.where(ids < n_modules, ids, n_modules)  # PASS and padding go to a dropped bin
+    return torch.bincount(ids, minlength=n_modules + 1)[:n_modules].float()
+
+
+def collapse_bonus(counts: torch.Tensor) -> torch.Tensor:
+    """Paper eq. 6: ``r_i = 1 - (c_i - c_min) / (c_max - c_min)`` over every module of the pool.
+
+    When all counts are equal (``c_max == c_min``) no module is used less than another, so there is
+    nothing to rebalance and every ``r_i`` is 0; this also keeps the reward from favouring longer
+    routes in that case.
+
+    Args:
+        counts: ``(M,)`` usage counts (unused modules count 0, so they get the full bonus).
+
+    Returns:
+        ``(M,)`` bonuses in ``[0, 1]``.
+    """
+    counts = counts.float()
+    c_min, c_max = counts.min(), counts.max()
+    spread = c_max - c_min
+    return torch.where(spread > 0, 1.0 - (counts - c_min) / spread.clamp_min(1e-12), 0.0)
+
+
+def route_bonus(routes: torch.Tensor, bonus: torch.Tensor) -> torch.Tensor:
+    """The sum of the bonuses of the modules each route uses.
+
+    Args:
+        routes: ``(B, T)`` action ids (PASS and padding ``>= len(bonus)`` add nothing).
+        bonus: ``(M,)`` per-module bonus.
+
+    Returns:
+        ``(B,)``.
+    """
+    n_modules = bonus.shape[0]
+    padded = torch.cat([bonus, bonus.new_zeros(1)])  # index M: PASS / padding
+    return padded[routes.clamp(max=n_modules)].sum(dim=1)
+
+
+def final_reward(loss: torch.Tensor, bonus: torch.Tensor, bonus_weight: float) -> torch.Tensor:
+    """``-loss + bonus_weight * bonus``, per episode (``(B,)`` each)."""
+    return -loss + bonus_weight * bonus

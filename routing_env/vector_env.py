@@ -1,0 +1,137 @@
+"""The MDP as a Gymnasium vector env: ``num_envs`` episodes in lockstep on one batched engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from routing_env.config import (
+    RoutingConfig,
+    final_info_to_numpy,
+    make_engine,
+    observation_space,
+    observation_to_numpy,
+)
+from routing_env.engine import RoutingEngine
+
+
+@dataclass
+class LockstepStep:
+    """One step of all episodes, as numpy: what both vector envs return, in their own conventions."""
+
+    obs: dict[str, np.ndarray]
+    rewards: np.ndarray  # (B,) float32
+    done: bool
+    invalid: np.ndarray  # (B,) bool
+    final: dict[str, np.ndarray] | None  # last step only: route, loss, correct, ...
+    final_obs: dict[str, np.ndarray] | None  # last step only: the terminal observation
+
+
+class LockstepRouting:
+    """``num_envs`` episodes on one :class:`RoutingEngine`; every episode ends at the same step, and
+    the next batch begins at once (the vector envs' autoreset)."""
+
+    def __init__(self, num_envs: int, benchmark: str, kwargs: dict[str, Any]) -> None:
+        if "batch_size" in kwargs and int(kwargs["batch_size"]) != int(num_envs):
+            raise ValueError(
+                f"batch_size={kwargs['batch_size']} differs from num_envs={num_envs}: the vector env runs "
+                "one batch of num_envs episodes per pool update"
+            )
+        kwargs = {**kwargs, "batch_size": int(num_envs)}
+        self.config = RoutingConfig.from_kwargs(benchmark=benchmark, **kwargs)
+        self.engine: RoutingEngine
+        self.engine, self.benchmark = make_engine(self.config)
+        self.single_observation_space = observation_space(self.engine, self.benchmark)
+        self.single_action_space = spaces.Discrete(self.engine.pool.n_actions)
+
+    def observation(self) -> dict[str, np.ndarray]:
+        return observation_to_numpy(self.engine.observation())
+
+    def reset(self, seed: int | None) -> dict[str, np.ndarray]:
+        if seed is not None:
+            self.engine.seed(seed)
+        self.engine.begin_batch()
+        return self.observation()
+
+    def step(self, actions: np.ndarray) -> LockstepStep:
+        actions = np.asarray(actions).reshape(-1)
+        n = self.engine.pool.n_actions
+        if actions.shape[0] != self.engine.batch_size:
+            raise ValueError(f"expected {self.engine.batch_size} actions, got {actions.shape[0]}")
+        if not np.issubdtype(actions.dtype, np.integer) or actions.min() < 0 or actions.max() >= n:
+            raise ValueError(f"actions must be integers in [0, {n}), got {actions!r}")
+        out = self.engine.step(torch.as_tensor(actions))
+        final = final_obs = None
+        if out.done:
+            final = final_info_to_numpy(out.final)
+            final_obs = self.observation()
+            self.engine.begin_batch()
+        return LockstepStep(
+            obs=self.observation(),
+            rewards=out.reward.float().cpu().numpy(),
+            done=out.done,
+            invalid=out.invalid.cpu().numpy(),
+            final=final,
+            final_obs=final_obs,
+        )
+
+
+class RoutingVectorEnv(VectorEnv):
+    """``num_envs`` LRN episodes in lockstep, one instance each (``gymnasium.make_vec`` with
+    ``vectorization_mode="vector_entry_point"``).
+
+    Spaces, actions, rewards and kwargs are those of :class:`routing_env.RoutingEnv`, batched; the
+    collapse bonus counts and the pool update run over the ``num_envs`` episodes of each batch
+    (``batch_size`` is ``num_envs``). All episodes end together after ``max_depth`` steps and the next
+    batch starts in the same step (``AutoresetMode.SAME_STEP``): that step's ``infos`` hold
+    ``final_obs`` (the terminal observations) and, per env, ``route``, ``loss``, ``correct``,
+    ``prediction``, ``bonus``, ``task``, ``label``, ``pair_index`` and ``epoch``.
+    """
+
+    metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
+
+    def __init__(self, num_envs: int = 128, benchmark: str = "mnist", **kwargs: Any) -> None:
+        self.core = LockstepRouting(num_envs, benchmark, kwargs)
+        self.num_envs = int(num_envs)
+        self.engine = self.core.engine
+        self.config = self.core.config
+        self.single_observation_space = self.core.single_observation_space
+        self.single_action_space = self.core.single_action_space
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self.action_names = self.engine.pool.action_names
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        super().reset(seed=seed)
+        engine_seed = int(self.np_random.integers(2**62)) if seed is not None else None
+        return self.core.reset(engine_seed), {}
+
+    def step(
+        self, actions: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        s = self.core.step(actions)
+        infos: dict[str, Any] = {"invalid_action": s.invalid}
+        if s.done:
+            infos.update(s.final)
+            infos["final_obs"] = s.final_obs
+        terminated = np.full(self.num_envs, s.done)
+        truncated = np.zeros(self.num_envs, dtype=bool)
+        return s.obs, s.rewards, terminated, truncated, infos
+
+    def action_masks(self) -> np.ndarray:
+        """``(num_envs, n_actions)`` bool: the valid actions of every episode now."""
+        return self.engine.action_mask().cpu().numpy()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.engine.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.engine.load_state_dict(state)
