@@ -118,14 +118,17 @@ class RouterNetwork(nn.Module):
         """Encoded state tokens ``(B, T, d)`` and their padding mask ``(B, T)`` (True = padding)."""
         batch = x.task.shape[0]
         route = x.route.clamp(0, self.n_actions)
-        tokens = torch.cat(
-            [
-                self.instance(x.image)[:, None],  # (B, 1, d)
-                self.task_embedding(x.task)[:, None],  # (B, 1, d)
-                self.action_embedding(route),  # (B, D, d)
-            ],
-            dim=1,
-        ) + self.position[None]  # (B, T, d)
+        tokens = (
+            torch.cat(
+                [
+                    self.instance(x.image)[:, None],  # (B, 1, d)
+                    self.task_embedding(x.task)[:, None],  # (B, 1, d)
+                    self.action_embedding(route),  # (B, D, d)
+                ],
+                dim=1,
+            )
+            + self.position[None]
+        )  # (B, T, d)
         padding = torch.cat([route.new_zeros(batch, 2, dtype=torch.bool), route == self.n_actions], dim=1)
         return self.encoder(tokens, src_key_padding_mask=padding), padding
 

@@ -14,9 +14,10 @@ from gymnasium import spaces
 from routing_env.benchmarks import BENCHMARKS, MTLBenchmark, load_benchmark, resolve_data_root
 from routing_env.benchmarks.base import seeded_generator
 from routing_env.engine import EngineConfig, RoutingEngine, resolve_device
-from routing_env.modules import ModulePool, TensorType, lrn_pool_specs
+from routing_env.modules import ModulePool, TensorType, lrn_pool_specs, static_pool_specs
 
 SPLITS = ("train", "test")
+POOLS = ("lrn", "static")
 
 
 @dataclass
@@ -40,6 +41,8 @@ class RoutingConfig:
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         seed: seeds the pool's initial weights and the order episodes walk the data.
         dispatch: ``"auto"``, ``"dense"`` or ``"grouped"`` (see :mod:`routing_env.modules`).
+        pool: ``"lrn"`` (the paper's pool) or ``"static"`` (one fixed network with a head per task,
+            routed by ``max_depth=5``; the static baseline).
     """
 
     benchmark: str = "mnist"
@@ -59,12 +62,15 @@ class RoutingConfig:
     device: str = "auto"
     seed: int | None = None
     dispatch: str = "auto"
+    pool: str = "lrn"
 
     def __post_init__(self) -> None:
         if self.benchmark not in BENCHMARKS:
             raise ValueError(f"unknown benchmark {self.benchmark!r}; known: {sorted(BENCHMARKS)}")
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
         if int(self.duplicates) < 1:
             raise ValueError(f"duplicates must be >= 1, got {self.duplicates}")
         if self.max_pairs is not None and int(self.max_pairs) < 1:
@@ -113,7 +119,10 @@ def get_benchmark(config: RoutingConfig) -> MTLBenchmark:
 
 
 def build_pool(config: RoutingConfig, benchmark: MTLBenchmark) -> ModulePool:
-    specs = lrn_pool_specs(benchmark.image_shape, benchmark.n_classes, int(config.duplicates))
+    if config.pool == "static":
+        specs = static_pool_specs(benchmark.image_shape, benchmark.n_classes, benchmark.n_tasks)
+    else:
+        specs = lrn_pool_specs(benchmark.image_shape, benchmark.n_classes, int(config.duplicates))
     return ModulePool(specs, TensorType("image", tuple(benchmark.image_shape)), seed=config.seed)
 
 
@@ -164,4 +173,6 @@ def observation_to_numpy(obs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
 
 
 def final_info_to_numpy(final: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    return {key: value.detach().to("cpu", copy=True).numpy() for key, value in final.items() if key != "reward"}
+    return {
+        key: value.detach().to("cpu", copy=True).numpy() for key, value in final.items() if key != "reward"
+    }

@@ -141,10 +141,13 @@ class RoutingEngine:
             torch.optim.Adam(self.pool.parameters(), lr=config.lr) if config.train_modules else None
         )
         window = max(config.update_every, config.batch_size)
-        self.recent_routes = torch.full((window, depth), self.pad_action, dtype=torch.long, device=self.device)
+        self.recent_routes = torch.full(
+            (window, depth), self.pad_action, dtype=torch.long, device=self.device
+        )
         self._recent_pos = 0
         self._pending_episodes = 0
         self.generator = torch.Generator()
+        self.reset_stats()
         self.seed(seed)
 
     # ----------------------------------------------------------------- data order
@@ -257,6 +260,7 @@ class RoutingEngine:
         self.used[:, self.pool.pass_action] = False  # PASS may repeat
         self.step_index = k + 1
         reward = -(~valid).float() * self.config.invalid_action_penalty
+        self._stats[5] += (~valid).sum()
         if self.step_index < depth:
             return StepOutput(reward=reward, invalid=~valid, done=False)
         final = self._finish()
@@ -298,6 +302,15 @@ class RoutingEngine:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self._pending_episodes = 0
+        self._stats[:5] += torch.stack(
+            [
+                torch.tensor(float(self.batch_size), device=self.device),
+                loss_value.sum(),
+                (prediction == self.labels).sum().float(),
+                reward.sum(),
+                bonus.sum(),
+            ]
+        )
         self.acts = [None] * len(self.acts)  # free the activations
         self._has_batch = False
         return {
@@ -319,6 +332,25 @@ class RoutingEngine:
         idx = (self._recent_pos + torch.arange(b, device=self.device)) % window
         self.recent_routes[idx] = routes
         self._recent_pos = (self._recent_pos + b) % window
+
+    # ----------------------------------------------------------------- running statistics
+    def reset_stats(self) -> None:
+        """Zero the running sums behind :meth:`stats` (kept on the device: no sync per step)."""
+        self._stats = torch.zeros(6, dtype=torch.float64, device=self.device)
+
+    def stats(self) -> dict[str, float]:
+        """Means over the episodes finished since :meth:`reset_stats`: train loss, accuracy, reward,
+        bonus, and invalid actions per episode."""
+        n, loss, correct, reward, bonus, invalid = self._stats.tolist()
+        n = max(n, 1.0)
+        return {
+            "train_episodes": int(self._stats[0]),
+            "train_loss": loss / n,
+            "train_accuracy": correct / n,
+            "train_reward": reward / n,
+            "train_bonus": bonus / n,
+            "train_invalid_actions": invalid / n,
+        }
 
     # ----------------------------------------------------------------- checkpoints
     def _walk_state(self) -> dict[str, Any]:

@@ -94,6 +94,30 @@ def lrn_pool_specs(
     ]
 
 
+def static_pool_specs(
+    image_shape: tuple[int, int, int],
+    n_classes: int,
+    n_tasks: int,
+    conv_channels: int = 32,
+    fc_width: int = 256,
+) -> list[BankSpec]:
+    """One fixed network of LRN's module types: input conv, hidden conv, two FC layers, and a head per
+    task (the static baseline); with ``max_depth=5`` the only route is ``[0, 1, 2, 3, 4 + task]``."""
+    _, height, width = image_shape
+    image = TensorType("image", tuple(image_shape))
+    conv = TensorType("conv", (conv_channels, height, width))
+    vec = TensorType("fc", (fc_width,))
+    vec2 = TensorType("fc2", (fc_width,))  # its own type, so the route's order is fixed
+    logits = TensorType("logits", (n_classes,))
+    return [
+        BankSpec("input_conv", "conv", image, conv, 1, "instance", steps=(0,)),
+        BankSpec("hidden_conv", "conv", conv, conv, 1, "instance", steps=(1,)),
+        BankSpec("fc_from_conv", "linear", conv, vec, 1, "layer", steps=(2,)),
+        BankSpec("hidden_fc", "linear", vec, vec2, 1, "layer", steps=(3,)),
+        BankSpec("task_head", "linear", vec2, logits, n_tasks, None, steps=(4,)),
+    ]
+
+
 def _uniform_(tensor: torch.Tensor, fan_in: int, generator: torch.Generator | None) -> None:
     # PyTorch's default init for Conv2d/Linear (kaiming_uniform with a=sqrt(5)) is U(-1/sqrt(fan_in), +).
     bound = 1.0 / math.sqrt(fan_in)
@@ -208,9 +232,7 @@ class ModulePool(nn.Module):
     A bank's ``steps`` further restricts where it may stand.
     """
 
-    def __init__(
-        self, specs: Sequence[BankSpec], image_type: TensorType, seed: int | None = None
-    ) -> None:
+    def __init__(self, specs: Sequence[BankSpec], image_type: TensorType, seed: int | None = None) -> None:
         super().__init__()
         if not specs:
             raise ValueError("a module pool needs at least one bank")

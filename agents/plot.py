@@ -1,0 +1,108 @@
+"""Plots of training runs, like the LRN paper's Figures 2-7.
+
+    python -m agents.plot RUN [RUN ...] [--out FILE]
+
+draws the test accuracy (and balanced accuracy) of several run folders on one figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def read_metrics(run: Path) -> list[dict[str, Any]]:
+    path = Path(run) / "metrics.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{run} has no metrics.jsonl: is it a train.py run folder?")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_label(run: Path) -> str:
+    config_path = Path(run) / "config.json"
+    if config_path.exists():
+        c = json.loads(config_path.read_text())
+        bonus = "" if c.get("bonus_weight", 1) > 0 else ", no bonus"
+        return f"{c.get('algo')} d{c.get('duplicates')} L{c.get('max_depth')}{bonus} s{c.get('seed')}"
+    return Path(run).name
+
+
+def plot_run(run: Path, action_names: list[str] | None = None) -> list[Path]:
+    """Write ``accuracy.png``, ``unused_modules.png`` and ``module_usage.png`` into the run folder."""
+    run = Path(run)
+    records = read_metrics(run)
+    if not records:
+        return []
+    epochs = [r["epoch"] for r in records]
+    written = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [100 * r["test_accuracy"] for r in records], marker="o", label="accuracy")
+    ax.plot(
+        epochs, [100 * r["test_balanced_accuracy"] for r in records], marker="s", label="balanced accuracy"
+    )
+    ax.set(xlabel="epoch", ylabel="test accuracy (%)", title=run_label(run))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    written.append(_save(fig, run / "accuracy.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [r["unused_modules"] for r in records], marker="o")
+    ax.set(xlabel="epoch", ylabel="modules unused on the test set", title=run_label(run))
+    ax.grid(alpha=0.3)
+    written.append(_save(fig, run / "unused_modules.png"))
+
+    usage = records[-1].get("module_usage")
+    if usage:
+        n_tasks, n_modules = len(usage), len(usage[0])
+        fig, ax = plt.subplots(figsize=(max(6, n_modules * 0.18), max(3, n_tasks * 0.35)))
+        im = ax.imshow(usage, aspect="auto", cmap="viridis", interpolation="nearest")
+        ax.set(xlabel="module", ylabel="task", title=f"test routes, epoch {records[-1]['epoch']}")
+        if action_names and len(action_names) >= n_modules:
+            ax.set_xticks(range(n_modules), action_names[:n_modules], rotation=90, fontsize=5)
+        fig.colorbar(im, ax=ax, label="uses")
+        written.append(_save(fig, run / "module_usage.png"))
+    return written
+
+
+def plot_runs(runs: list[Path], out: Path, key: str = "test_accuracy") -> Path:
+    """One curve per run folder, on one figure."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for run in runs:
+        records = read_metrics(Path(run))
+        ax.plot([r["epoch"] for r in records], [100 * r[key] for r in records], label=run_label(Path(run)))
+    ax.set(xlabel="epoch", ylabel=f"{key.replace('_', ' ')} (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, out)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("runs", nargs="+", type=Path, help="train.py run folders")
+    parser.add_argument("--out", type=Path, default=Path("runs_accuracy.png"), help="figure to write")
+    parser.add_argument("--key", default="test_accuracy", help="metric to plot (test_balanced_accuracy, ...)")
+    args = parser.parse_args(argv)
+    for run in args.runs:
+        if not (run / "metrics.jsonl").exists():
+            parser.error(f"{run} has no metrics.jsonl")
+    print(plot_runs(args.runs, args.out, args.key))
+
+
+if __name__ == "__main__":
+    main()

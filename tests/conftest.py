@@ -1,0 +1,63 @@
+"""Shared fixtures: fake data in the real formats (written once per session), and the real data when
+``$ROUTING_ENV_DATA`` holds it.
+
+Fixtures:
+    fake_data_root: a folder holding fake MNIST, CIFAR-100 and mini-ImageNet (see FAKE_SIZES).
+    real_or_fake_root: a function ``(name) -> Path``: ``$ROUTING_ENV_DATA`` if it holds benchmark
+        ``name`` ("mnist", "cifar", "min"), else ``fake_data_root``.
+    data_root: one folder where every benchmark loads, real data where present, fake otherwise
+        (symlinks to either).
+Helpers (import them with ``from datagen import ...``): ``has_real_data(name)``,
+``requires_real_data(name)`` (a skip marker), ``real_data_root(name)``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+if str(TESTS_DIR) not in sys.path:  # so that tests can `from datagen import ...` in any import mode
+    sys.path.insert(0, str(TESTS_DIR))
+
+from datagen import (  # noqa: E402
+    BENCHMARK_FOLDERS,
+    FAKE_SIZES,
+    real_data_root,
+    write_fake_cifar100,
+    write_fake_mini_imagenet,
+    write_fake_mnist,
+)
+
+
+@pytest.fixture(scope="session")
+def fake_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data root with all three fake data sets (about 4 s to write, once per session). Read-only:
+    tests that damage data must work on a copy (see ``datagen.link_tree``)."""
+    root = tmp_path_factory.mktemp("fake-data")
+    write_fake_mnist(root, **FAKE_SIZES["mnist"])
+    write_fake_cifar100(root, **FAKE_SIZES["cifar"])
+    write_fake_mini_imagenet(root, **FAKE_SIZES["min"])
+    return root
+
+
+@pytest.fixture(scope="session")
+def real_or_fake_root(fake_data_root: Path) -> Callable[[str], Path]:
+    """``root(name)``: the real data root for benchmark ``name`` if present, else the fake one."""
+
+    def root(name: str) -> Path:
+        return real_data_root(name) or fake_data_root
+
+    return root
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory: pytest.TempPathFactory, real_or_fake_root: Callable[[str], Path]) -> Path:
+    """A single data root for every benchmark: links to the real data where present, else to fake data."""
+    root = tmp_path_factory.mktemp("mixed-data")
+    for name, folder in BENCHMARK_FOLDERS.items():
+        (root / folder).symlink_to(real_or_fake_root(name) / folder, target_is_directory=True)
+    return root
