@@ -53,13 +53,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--minibatch", type=int, default=64, help="PPO minibatch, in --minibatch-unit")
     p.add_argument("--minibatch-unit", choices=("episodes", "transitions"), default="episodes")
     p.add_argument("--ppo-epochs", type=int, default=1, help="PPO passes over each batch")
-    p.add_argument("--lr", type=float, default=1e-4, help="router and module learning rate")
+    p.add_argument("--lr", type=float, default=1e-4, help="module (and default router) learning rate")
+    p.add_argument("--router-lr", type=float, default=None, help="router learning rate (default --lr)")
     p.add_argument("--lr-decay", type=float, default=0.97, help="lr factor after each epoch")
     p.add_argument("--gamma", type=float, default=0.99)
     p.add_argument("--gae-lambda", type=float, default=0.95)
     p.add_argument("--ent-coef", type=float, default=0.0)
     p.add_argument("--eval-batch-size", type=int, default=512)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-checkpoint", action="store_true", help="write no checkpoint (saves disk: a MIN-MTL one is ~7 GB)"
+    )
     p.add_argument("--no-tf32", action="store_true", help="full-precision float32 matmuls on CUDA")
     args = p.parse_args(argv)
     for name in ("epochs", "duplicates", "batch_size", "minibatch", "ppo_epochs", "eval_batch_size"):
@@ -131,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_float32_matmul_precision("high")  # TF32 matmuls and convs: ~2x on Hopper
         torch.backends.cudnn.allow_tf32 = True
     algo_cfg = AlgoConfig(
-        lr=args.lr,
+        lr=args.router_lr or args.lr,
         lr_decay=args.lr_decay,
         gamma=args.gamma,
         gae_lambda=args.gae_lambda,
@@ -196,13 +200,14 @@ def main(argv: list[str] | None = None) -> int:
             "epoch_seconds": round(epoch_seconds, 3),
             "train_seconds": round(train_seconds, 3),
             "eval_seconds": round(epoch_seconds - train_seconds, 3),
-            "router_lr": args.lr * args.lr_decay**epoch,
+            "router_lr": algo_cfg.lr * args.lr_decay**epoch,
             "module_lr": train_env.engine.optimizer.param_groups[0]["lr"],
             **train_env.engine.stats(),
             **result,
         }
         metrics.append(record)
-        checkpoint.save(epoch, trainer, train_env.state_dict(), {"wall_clock_s": wall})
+        if not args.no_checkpoint:
+            checkpoint.save(epoch, trainer, train_env.state_dict(), {"wall_clock_s": wall})
         plot_run(out, train_env.action_names)
         progress.describe(
             f"epoch {epoch}: test acc {100 * result['test_accuracy']:.2f}% "
