@@ -1,0 +1,104 @@
+"""Rebuild README's results table from results/<benchmark>/<run>/{metrics.jsonl,config.json}.
+
+    python scripts/results_table.py            # rewrite the table in README.md
+    python scripts/results_table.py --print    # print it only
+
+Every number in the table comes from those files; the paper's Table 1 stands beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BEGIN, END = "<!-- results-table:begin -->", "<!-- results-table:end -->"
+BENCHMARK_NAMES = {"mnist": "MNIST-MTL", "cifar": "CIFAR-MTL", "min": "MIN-MTL"}
+# LRN paper, Table 1: test accuracy (%) of LRN and of the original routing network.
+PAPER = {"mnist": (99.5, 99.0), "cifar": (70.0, 60.0), "min": (53.0, 35.9)}
+
+
+def describe(config: dict) -> str:
+    algo = config["algo"]
+    if algo == "static":
+        return "static network"
+    env = config.get("env_config", {})
+    bonus = env.get("bonus_weight", config.get("bonus_weight", 1.0))
+    parts = [f"LRN ({algo})", f"d{env.get('duplicates')} L{env.get('max_depth')}"]
+    parts.append("no bonus" if bonus == 0 else f"bonus {bonus:g}")
+    if config.get("router_lr"):
+        parts.append(f"router lr {config['router_lr']:g}")
+    if config.get("minibatch_unit") == "transitions":
+        parts.append("minibatch 64 transitions")
+    return ", ".join(parts)
+
+
+def rows(results: Path) -> list[list[str]]:
+    out = []
+    for bench in ("mnist", "cifar", "min"):
+        for run in sorted((results / bench).glob("*/metrics.jsonl")):
+            records = [json.loads(line) for line in run.read_text().splitlines() if line.strip()]
+            if not records:
+                continue
+            config = json.loads((run.parent / "config.json").read_text())
+            last = records[-1]
+            best = max(records, key=lambda r: r["test_accuracy"])
+            out.append(
+                [
+                    BENCHMARK_NAMES[bench],
+                    f"`{run.parent.name}`",
+                    describe(config),
+                    f"{100 * last['test_accuracy']:.2f}",
+                    f"{100 * last['test_balanced_accuracy']:.2f}",
+                    f"{100 * best['test_accuracy']:.2f} (ep {best['epoch']})",
+                    str(last["unused_modules"]),
+                    f"{last['epoch'] + 1}/{config['epochs']}",
+                    f"{last['wall_clock_s'] / 60:.1f}",
+                    config.get("device_name", "?"),
+                    f"{PAPER[bench][0]} / {PAPER[bench][1]}",
+                ]
+            )
+    return out
+
+
+def table(results: Path) -> str:
+    header = [
+        "benchmark",
+        "run",
+        "setting",
+        "test acc % (last)",
+        "balanced %",
+        "best test acc %",
+        "unused modules",
+        "epochs",
+        "minutes",
+        "card",
+        "paper LRN / RN %",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows(results)]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", type=Path, default=ROOT / "results")
+    p.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    p.add_argument("--print", action="store_true", help="print the table, leave README alone")
+    args = p.parse_args()
+    text = table(args.results)
+    if args.print:
+        print(text)
+        return
+    readme = args.readme.read_text()
+    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+    if not pattern.search(readme):
+        raise SystemExit(f"{args.readme} has no {BEGIN} ... {END} block")
+    args.readme.write_text(pattern.sub(lambda _: f"{BEGIN}\n{text}\n{END}", readme))
+    print(f"rewrote the table in {args.readme} ({text.count(chr(10)) - 1} runs)")
+
+
+if __name__ == "__main__":
+    main()
