@@ -15,6 +15,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- results-table:begin -->", "<!-- results-table:end -->"
+BENCH_BEGIN, BENCH_END = "<!-- bench-table:begin -->", "<!-- bench-table:end -->"
+BENCH_ROWS = [
+    ("env_episodes_per_second", "env alone, episodes/s (random valid actions, module training)", "{:.0f}"),
+    ("env_epoch_seconds", "env alone, s per MNIST-MTL epoch (100k episodes)", "{:.1f}"),
+    ("vec_env_episodes_per_second", "SB3 VecEnv (numpy in/out), episodes/s", "{:.0f}"),
+    ("lrn_epoch_seconds", "LRN training (MaskablePPO + router + modules), s per epoch", "{:.1f}"),
+    ("static_epoch_seconds", "static network, same engine, s per epoch", "{:.1f}"),
+    ("lrn_over_static", "LRN / static time per epoch", "{:.2f}x"),
+    ("eval_seconds", "evaluation pass (all test pairs), s", "{:.2f}"),
+    ("peak_gpu_memory_gb", "peak GPU memory, GB", "{:.2f}"),
+]
 BENCHMARK_NAMES = {"mnist": "MNIST-MTL", "cifar": "CIFAR-MTL", "min": "MIN-MTL"}
 # LRN paper, Table 1: test accuracy (%) of LRN and of the original routing network.
 PAPER = {"mnist": (99.5, 99.0), "cifar": (70.0, 60.0), "min": (53.0, 35.9)}
@@ -82,22 +93,45 @@ def table(results: Path) -> str:
     return "\n".join(lines)
 
 
+def bench_table(results: Path) -> str:
+    """One column per device in results/bench/*.json."""
+    reports = [json.loads(p.read_text()) for p in sorted((results / "bench").glob("*.json"))]
+    if not reports:
+        return "(no benchmark results yet)"
+    lines = ["| measure | " + " | ".join(r["device"] for r in reports) + " |", "|---|" + "---|" * len(reports)]
+    for key, label, fmt in BENCH_ROWS:
+        cells = [fmt.format(r[key]) if key in r else "-" for r in reports]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for n in ("1", "2", "4", "8"):
+        cells = [
+            f"{r['parallel'][n]['total_episodes_per_second']:.0f}" if n in r.get("parallel", {}) else "-"
+            for r in reports
+        ]
+        if any(c != "-" for c in cells):
+            lines.append(f"| {n} LRN trainings at once, total episodes/s | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def replace_block(text: str, begin: str, end: str, body: str) -> str:
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"README has no {begin} ... {end} block")
+    return pattern.sub(lambda _: f"{begin}\n{body}\n{end}", text)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", type=Path, default=ROOT / "results")
     p.add_argument("--readme", type=Path, default=ROOT / "README.md")
     p.add_argument("--print", action="store_true", help="print the table, leave README alone")
     args = p.parse_args()
-    text = table(args.results)
+    text, bench = table(args.results), bench_table(args.results)
     if args.print:
-        print(text)
+        print(text + "\n\n" + bench)
         return
-    readme = args.readme.read_text()
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-    if not pattern.search(readme):
-        raise SystemExit(f"{args.readme} has no {BEGIN} ... {END} block")
-    args.readme.write_text(pattern.sub(lambda _: f"{BEGIN}\n{text}\n{END}", readme))
-    print(f"rewrote the table in {args.readme} ({text.count(chr(10)) - 1} runs)")
+    readme = replace_block(args.readme.read_text(), BEGIN, END, text)
+    args.readme.write_text(replace_block(readme, BENCH_BEGIN, BENCH_END, bench))
+    print(f"rewrote the tables in {args.readme}")
 
 
 if __name__ == "__main__":
