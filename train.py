@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-batch-size", type=int, default=512)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
-        "--no-checkpoint", action="store_true", help="write no checkpoint (saves disk: a MIN-MTL one is ~7 GB)"
+        "--no-checkpoint", action="store_true", help="write no checkpoint (a MIN-MTL one is ~7 GB)"
     )
     p.add_argument("--no-tf32", action="store_true", help="full-precision float32 matmuls on CUDA")
     args = p.parse_args(argv)

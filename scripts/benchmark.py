@@ -138,7 +138,7 @@ def main() -> None:
     vec_env_only(vec, args.warmup)
     s = timed(lambda: vec_env_only(vec, args.batches), device, args.repeats)
     rows["vec_env_episodes_per_second"] = args.batches * args.batch_size / s
-    del vec
+    vec = None  # free its pool before the next measurement
 
     # 2. full LRN training: MaskablePPO + router + module training (what train.py does per epoch)
     env = RoutingVecEnv(ENV_IDS[args.benchmark], num_envs=args.batch_size, **env_kwargs(args))
@@ -171,7 +171,7 @@ def main() -> None:
         lambda: evaluate(trainer.act, test_engine, bench.n_tasks, bench.n_classes), device, args.repeats
     )
     rows["eval_pairs"] = len(test_engine.data)
-    del trainer, env
+    trainer = env = None
 
     # 4. the static network through the same engine
     static_cfg = RoutingConfig(

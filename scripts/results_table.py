@@ -98,7 +98,8 @@ def bench_table(results: Path) -> str:
     reports = [json.loads(p.read_text()) for p in sorted((results / "bench").glob("*.json"))]
     if not reports:
         return "(no benchmark results yet)"
-    lines = ["| measure | " + " | ".join(r["device"] for r in reports) + " |", "|---|" + "---|" * len(reports)]
+    header = "| measure | " + " | ".join(r["device"] for r in reports) + " |"
+    lines = [header, "|---|" + "---|" * len(reports)]
     for key, label, fmt in BENCH_ROWS:
         cells = [fmt.format(r[key]) if key in r else "-" for r in reports]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
