@@ -20,6 +20,9 @@ import torch.nn.functional as F
 
 from routing_env.benchmarks.base import MTLSplit
 from routing_env.modules import DISPATCH_MODES, ModulePool
+
+# "compact": each bank runs densely on only the samples that chose it (one host sync per step).
+ENGINE_DISPATCH = (*DISPATCH_MODES, "compact", "auto")
 from routing_env.rewards import collapse_bonus, final_reward, module_usage_counts, route_bonus
 
 
@@ -39,7 +42,8 @@ class EngineConfig:
         lr_decay: factor applied to ``lr`` after every pass over the split.
         train_modules: train the pool; False freezes it (and runs without autograd).
         sequential: walk the split in order (evaluation) instead of in a seeded shuffled order.
-        dispatch: ``"dense"``, ``"grouped"`` or ``"auto"`` (dense on CUDA, grouped elsewhere).
+        dispatch: ``"dense"``, ``"grouped"``, ``"compact"`` or ``"auto"`` (dense on CUDA, grouped
+            elsewhere); ``compact`` runs each bank on only its sub-batch at one host sync per step.
     """
 
     max_depth: int = 6
@@ -64,8 +68,8 @@ class EngineConfig:
             raise ValueError(f"bonus_weight must be >= 0, got {self.bonus_weight}")
         if self.lr <= 0 or not 0 < self.lr_decay <= 1:
             raise ValueError(f"need lr > 0 and 0 < lr_decay <= 1, got lr={self.lr}, lr_decay={self.lr_decay}")
-        if self.dispatch not in (*DISPATCH_MODES, "auto"):
-            raise ValueError(f"dispatch must be one of {(*DISPATCH_MODES, 'auto')}, got {self.dispatch!r}")
+        if self.dispatch not in ENGINE_DISPATCH:
+            raise ValueError(f"dispatch must be one of {ENGINE_DISPATCH}, got {self.dispatch!r}")
 
     @property
     def update_every(self) -> int:
@@ -137,6 +141,13 @@ class RoutingEngine:
         if len(logits_types) != 1:
             raise ValueError("the pool's heads must all write one logits type")
         self.logits_type = logits_types.pop()
+        # FIX (mask lookahead): the step rules alone admit dead ends, e.g. in the static pool a PASS at
+        # step 2 leaves conv features that no later step can turn into logits; the mask then had no
+        # valid action at the last step and the engine crashed or built a network without a head.
+        # ``completable[k, t]``: a network holding type ``t`` after step ``k`` can still end in a head.
+        self.completable = self._completable().to(self.device)  # (D, n_types)
+        if not bool(self.completable[0][pool.module_out_type[self.step_allowed[0, : pool.n_modules]]].any()):
+            raise ValueError(f"the module pool admits no complete network in max_depth={depth} steps")
         self.optimizer = (
             torch.optim.Adam(self.pool.parameters(), lr=config.lr) if config.train_modules else None
         )
@@ -152,7 +163,8 @@ class RoutingEngine:
 
     # ----------------------------------------------------------------- data order
     def seed(self, seed: int | None) -> None:
-        """Restart the walk over the data from a fresh (seeded) order; the pool is untouched."""
+        """Restart the walk over the data from a fresh (seeded) order and empty the collapse-bonus
+        window; the pool (and its optimizer) is untouched."""
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)).item())
         self.generator.manual_seed(int(seed))
@@ -163,6 +175,10 @@ class RoutingEngine:
         self.step_index = 0
         self._snapshot = None
         self._has_batch = False
+        # FIX: forget the collapse-bonus window too, so that a re-seeded engine (env.reset(seed=...))
+        # replays the same episodes and rewards as a fresh one (with a frozen pool).
+        self.recent_routes.fill_(self.pad_action)
+        self._recent_pos = 0
 
     def _new_order(self) -> torch.Tensor:
         n = len(self.data)
@@ -216,6 +232,21 @@ class RoutingEngine:
         self.step_index = 0
         self._has_batch = True
 
+    def _completable(self) -> torch.Tensor:
+        """``(max_depth, n_types)`` bool, by backward induction over the step rules (module reuse is
+        ignored: the middle steps always admit PASS, so reuse never blocks the pools built here)."""
+        pool, depth = self.pool, self.config.max_depth
+        allowed = self.step_allowed.cpu()
+        in_t, out_t = pool.module_in_type.cpu(), pool.module_out_type.cpu()
+        ok = torch.zeros(depth, len(pool.types), dtype=torch.bool)
+        ok[depth - 1, self.logits_type] = True
+        for k in range(depth - 2, -1, -1):
+            nxt = allowed[k + 1]
+            for t in range(len(pool.types)):
+                via_module = (nxt[: pool.n_modules] & (in_t == t) & ok[k + 1, out_t]).any()
+                ok[k, t] = via_module | (nxt[pool.pass_action] & ok[k + 1, t])
+        return ok
+
     def action_mask(self) -> torch.Tensor:
         """``(B, n_actions)`` bool: the actions that keep each network valid at the current step."""
         k = self.step_index
@@ -223,7 +254,12 @@ class RoutingEngine:
             return torch.zeros(self.batch_size, self.pool.n_actions, dtype=torch.bool, device=self.device)
         fits = self.pool.module_in_type[None, :] == self.cur_type[:, None]  # (B, M)
         fits = torch.cat([fits, fits.new_ones(self.batch_size, 1)], dim=1)  # PASS fits any type
-        return fits & self.step_allowed[k][None, :] & ~self.used
+        # FIX (mask lookahead): only actions after which a head is still reachable; PASS keeps the type.
+        out_type = torch.cat(
+            [self.pool.module_out_type[None, :].expand(self.batch_size, -1), self.cur_type[:, None]], dim=1
+        )
+        finishes = self.completable[k][out_type]  # (B, A)
+        return fits & self.step_allowed[k][None, :] & ~self.used & finishes
 
     def observation(self) -> dict[str, torch.Tensor]:
         """The state as tensors: image, task, route so far, step and action mask (all ``(B, ...)``)."""
@@ -271,6 +307,13 @@ class RoutingEngine:
         dup = self.pool.action_dup[actions]  # (B,)
         new_acts = list(self.acts)
         new_type = self.cur_type
+        if self.dispatch == "compact":
+            # One host sync per step: how many samples chose each bank. Then each bank runs (densely over
+            # its duplicates) on exactly the samples that chose it, taken as a slice of a sort by bank.
+            n_banks = len(self.pool.specs)
+            counts = torch.bincount(bank + 1, minlength=n_banks + 1).tolist()  # [PASS, bank 0, ...]
+            order = torch.argsort(bank, stable=True)
+            starts = [sum(counts[: b + 1]) for b in range(n_banks)]
         for b in self.bank_steps[k]:
             spec = self.pool.specs[b]
             t_in, t_out = self.pool.type_index[spec.in_type], self.pool.type_index[spec.out_type]
@@ -278,10 +321,18 @@ class RoutingEngine:
             if h is None:  # no network holds this bank's input type yet, so none can have chosen it
                 continue
             active = bank == b  # (B,)
-            out = self.pool.banks[b](h, dup, active, self.dispatch)  # (B, *out_shape)
-            keep = active.view(-1, *([1] * (out.dim() - 1)))
             prev = new_acts[t_out]
-            new_acts[t_out] = torch.where(keep, out, prev if prev is not None else torch.zeros_like(out))
+            if self.dispatch == "compact":
+                if counts[b + 1] == 0:
+                    continue
+                idx = order[starts[b] : starts[b] + counts[b + 1]]  # (n_b,) the samples that chose b
+                out = self.pool.banks[b](h[idx], dup[idx], active[idx], "dense")  # (n_b, *out_shape)
+                base = prev if prev is not None else out.new_zeros((self.batch_size, *out.shape[1:]))
+                new_acts[t_out] = base.index_copy(0, idx, out)
+            else:
+                out = self.pool.banks[b](h, dup, active, self.dispatch)  # (B, *out_shape)
+                keep = active.view(-1, *([1] * (out.dim() - 1)))
+                new_acts[t_out] = torch.where(keep, out, prev if prev is not None else torch.zeros_like(out))
             new_type = torch.where(active, t_out, new_type)
         self.acts, self.cur_type = new_acts, new_type
 
@@ -374,6 +425,13 @@ class RoutingEngine:
             "recent_routes": self.recent_routes.cpu(),
             "recent_pos": self._recent_pos,
             "pending_episodes": self._pending_episodes,
+            # FIX: the gradient accumulated by episodes not yet in an optimizer step (a single env
+            # updates every batch_size episodes); without it a resumed engine's next step differed.
+            "pending_grads": [
+                None if p.grad is None else p.grad.detach().cpu().clone() for p in self.pool.parameters()
+            ]
+            if self._pending_episodes
+            else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -390,5 +448,8 @@ class RoutingEngine:
         self.recent_routes.copy_(state["recent_routes"].to(self.device))
         self._recent_pos = int(state["recent_pos"])
         self._pending_episodes = int(state["pending_episodes"])
+        grads = state.get("pending_grads") or [None] * len(list(self.pool.parameters()))
+        for param, grad in zip(self.pool.parameters(), grads, strict=True):  # FIX: see state_dict
+            param.grad = None if grad is None else grad.to(param.device, param.dtype).clone()
         self._has_batch = False
         self.step_index = 0

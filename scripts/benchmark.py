@@ -109,6 +109,7 @@ def main() -> None:
     p.add_argument("--parallel", type=int, nargs="*", default=[], help="numbers of parallel LRN trainings")
     p.add_argument("--data-root", default=None)
     p.add_argument("--no-tf32", action="store_true")
+    p.add_argument("--compare-dispatch", nargs="*", default=[], help="also time the env alone in these modes")
     p.add_argument("--profile", type=Path, default=None, help="write a cProfile of LRN training here")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default results/bench/<device>.json)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -134,6 +135,15 @@ def main() -> None:
     s = timed(lambda: env_only(engine, args.batches), device, args.repeats)
     rows["env_episodes_per_second"] = args.batches * args.batch_size / s
     rows["env_epoch_seconds"] = s / args.batches * batches_per_epoch
+    for mode in args.compare_dispatch:
+        cfg_m = RoutingConfig(
+            benchmark=args.benchmark, batch_size=args.batch_size, **{**env_kwargs(args), "dispatch": mode}
+        )
+        engine_m, _ = make_engine(cfg_m)
+        env_only(engine_m, args.warmup)
+        s = timed(lambda e=engine_m: env_only(e, args.batches), device, args.repeats)
+        rows[f"env_episodes_per_second_{mode}"] = args.batches * args.batch_size / s
+        engine_m = None
     vec = RoutingVecEnv(ENV_IDS[args.benchmark], num_envs=args.batch_size, **env_kwargs(args))
     vec_env_only(vec, args.warmup)
     s = timed(lambda: vec_env_only(vec, args.batches), device, args.repeats)
