@@ -98,7 +98,11 @@ def bench_table(results: Path) -> str:
     reports = [json.loads(p.read_text()) for p in sorted((results / "bench").glob("*.json"))]
     if not reports:
         return "(no benchmark results yet)"
-    header = "| measure | " + " | ".join(r["device"] for r in reports) + " |"
+    header = (
+        "| measure | "
+        + " | ".join(f"{r['device']}, {r.get('dispatch', '?')} dispatch" for r in reports)
+        + " |"
+    )
     lines = [header, "|---|" + "---|" * len(reports)]
     for key, label, fmt in BENCH_ROWS:
         cells = [fmt.format(r[key]) if key in r else "-" for r in reports]
