@@ -35,10 +35,15 @@ def describe(config: dict) -> str:
     algo = config["algo"]
     if algo == "static":
         return "static network"
+    if algo == "routing_network":
+        learner = config.get("rn_learner", "wpl")
+        return f"routing network ({learner}, {config.get('duplicates')} modules/depth)"
     env = config.get("env_config", {})
     bonus = env.get("bonus_weight", config.get("bonus_weight", 1.0))
     parts = [f"LRN ({algo})", f"d{env.get('duplicates')} L{env.get('max_depth')}"]
     parts.append("no bonus" if bonus == 0 else f"bonus {bonus:g}")
+    if config.get("bonus_warmup") and bonus > 0:
+        parts.append(f"bonus from epoch {config['bonus_warmup']}")
     if config.get("router_lr"):
         parts.append(f"router lr {config['router_lr']:g}")
     if config.get("minibatch_unit") == "transitions":
