@@ -2,6 +2,7 @@
 
     python train.py --env RoutingMNIST-v0                   # the paper's setting, 100 epochs
     python train.py --env RoutingMIN-v0 --algo static       # the static-network baseline
+    python train.py --algo routing_network                  # the original routing network (WPL)
     python train.py --out runs/x --resume                   # continue a killed run
 
 Every epoch: one pass over the training pairs (batches of --batch-size episodes; one PPO update per
@@ -28,6 +29,7 @@ from agents.algorithms import ALGORITHMS, AlgoConfig, SB3Trainer, StaticTrainer
 from agents.callbacks import Checkpoint, MetricsLog, Progress, set_rng_state
 from agents.evaluation import evaluate
 from agents.plot import plot_run
+from agents.routing_network import RoutingNetworkTrainer
 from routing_env import DataError, RoutingConfig, RoutingVecEnv, make_engine
 from routing_env.engine import resolve_device
 
@@ -41,6 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-depth", type=int, default=6, help="steps per episode (modules + PASS)")
     p.add_argument("--no-bonus", action="store_true", help="no collapse bonus (bonus_weight 0)")
     p.add_argument("--bonus-weight", type=float, default=1.0)
+    p.add_argument(
+        "--bonus-warmup", type=int, default=0, help="epochs without the bonus before it switches on"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-seed", type=int, default=0, help="seeds the benchmark's pairs")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
@@ -59,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gamma", type=float, default=0.99)
     p.add_argument("--gae-lambda", type=float, default=0.95)
     p.add_argument("--ent-coef", type=float, default=0.0)
+    p.add_argument("--rn-learner", choices=("wpl", "reinforce"), default="wpl", help="routing_network's")
+    p.add_argument("--rn-lr", type=float, default=None, help="routing_network's lr (wpl 0.01, reinforce 0.1)")
+    p.add_argument("--rn-rho", type=float, default=0.0, help="routing_network's collaboration reward")
     p.add_argument("--eval-batch-size", type=int, default=512)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
@@ -87,6 +95,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.bonus_weight = 0.0
     if args.algo == "static":
         args.max_depth = 5  # the fixed network: input conv, hidden conv, two FC layers, task head
+    if args.algo == "routing_network":
+        args.max_depth, args.bonus_weight = 5, 0.0  # conv trunk + 3 routed FC depths; +-1 reward only
+        if (args.rn_lr is not None and args.rn_lr <= 0) or args.rn_rho < 0:
+            p.error("--rn-lr must be > 0 and --rn-rho >= 0")
     if args.out is None:
         args.out = Path("runs") / f"{args.env}-{args.algo}-s{args.seed}"
     return args
@@ -115,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         lr_decay=args.lr_decay,
         device=args.device,
         seed=args.seed,
-        pool="static" if args.algo == "static" else "lrn",
+        pool=args.algo if args.algo in ("static", "routing_network") else "lrn",
     )
     try:
         resolve_device(args.device)
@@ -146,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.algo == "static":
         trainer = StaticTrainer(train_env.engine)
+    elif args.algo == "routing_network":
+        trainer = RoutingNetworkTrainer(
+            train_env.engine, bench.n_tasks, args.rn_learner, args.rn_lr, args.rn_rho, seed=args.seed
+        )
+        algo_cfg = dataclasses.replace(algo_cfg, lr=trainer.lr, lr_decay=1.0)  # constant router lr
     else:
         trainer = SB3Trainer(args.algo, train_env, algo_cfg, args.seed, str(device))
     n_train = len(train_env.engine.data)
@@ -187,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     for epoch in range(start_epoch, args.epochs):
         t0 = time.perf_counter()
         trainer.set_epoch(epoch)
+        # Modules must specialise before balancing their use pays: no bonus in the warm-up epochs.
+        train_env.engine.config.bonus_weight = 0.0 if epoch < args.bonus_warmup else args.bonus_weight
         train_env.engine.reset_stats()
         trainer.learn_epoch(batches_per_epoch, progress)
         train_seconds = time.perf_counter() - t0
@@ -200,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             "epoch_seconds": round(epoch_seconds, 3),
             "train_seconds": round(train_seconds, 3),
             "eval_seconds": round(epoch_seconds - train_seconds, 3),
-            "router_lr": algo_cfg.lr * args.lr_decay**epoch,
+            "router_lr": algo_cfg.lr * algo_cfg.lr_decay**epoch,
             "module_lr": train_env.engine.optimizer.param_groups[0]["lr"],
             **train_env.engine.stats(),
             **result,

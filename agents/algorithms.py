@@ -7,6 +7,8 @@
 * ``static``: no routing: one fixed network (input conv, hidden conv, two FC layers, a head per task)
   trained through the same engine with the same optimizer and batch size (the accuracy reference
   "one shared network" and the speed floor).
+* ``routing_network``: the original routing network (Rosenbaum et al. 2017), per-task tabular routers
+  trained with WPL over 3 routed FC depths (:mod:`agents.routing_network`).
 
 Any SB3 algorithm can be swapped in by adding an entry to :data:`SB3_ALGORITHMS`.
 """
@@ -88,6 +90,9 @@ class SB3Trainer:
 
     def __init__(self, algo: str, env: RoutingVecEnv, cfg: AlgoConfig, seed: int, device: str) -> None:
         self.algo_name, self.env, self.cfg, self.device = algo, env, cfg, device
+        # torch.distributions checks every sample's support with a host sync; our masks already
+        # guarantee it, and the syncs cost several ms per batch on a GPU.
+        torch.distributions.Distribution.set_default_validate_args(False)
         self.algo_class, make_kwargs = SB3_ALGORITHMS[algo]
         self.model: BaseAlgorithm = self.algo_class(
             env=env, seed=seed, device=device, verbose=0, **make_kwargs(env, cfg)
@@ -116,6 +121,11 @@ class SB3Trainer:
 
     def load(self, folder: Path) -> None:
         self.model = self.algo_class.load(folder / "agent.zip", env=self.env, device=self.device)
+        # BUG FIX: load() re-seeds the env (set_random_seed -> env.seed), and the reset that starts the
+        # next learn() then restarted the engine's data walk from that seed, undoing the walk train.py
+        # restores from the checkpoint (a resumed run saw other batches and a reset module lr). Drop
+        # those seeds: the reset just begins the next batch of the restored walk.
+        self.env._reset_seeds()
 
 
 class _Constant:
@@ -218,4 +228,4 @@ class StaticTrainer:
         pass
 
 
-ALGORITHMS = (*SB3_ALGORITHMS, "static")
+ALGORITHMS = (*SB3_ALGORITHMS, "static", "routing_network")

@@ -14,10 +14,16 @@ from gymnasium import spaces
 from routing_env.benchmarks import BENCHMARKS, MTLBenchmark, load_benchmark, resolve_data_root
 from routing_env.benchmarks.base import seeded_generator
 from routing_env.engine import EngineConfig, RoutingEngine, resolve_device
-from routing_env.modules import ModulePool, TensorType, lrn_pool_specs, static_pool_specs
+from routing_env.modules import (
+    ModulePool,
+    TensorType,
+    lrn_pool_specs,
+    routing_network_pool_specs,
+    static_pool_specs,
+)
 
 SPLITS = ("train", "test")
-POOLS = ("lrn", "static")
+POOLS = ("lrn", "static", "routing_network")
 
 
 @dataclass
@@ -40,9 +46,11 @@ class RoutingConfig:
         train_modules: train the pool; default True for ``split="train"``, False for ``"test"``.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         seed: seeds the pool's initial weights and the order episodes walk the data.
-        dispatch: ``"auto"``, ``"dense"`` or ``"grouped"`` (see :mod:`routing_env.modules`).
+        dispatch: ``"auto"`` (dense on CUDA, compact on CPU), ``"dense"``, ``"compact"`` or ``"grouped"``.
         pool: ``"lrn"`` (the paper's pool) or ``"static"`` (one fixed network with a head per task,
-            routed by ``max_depth=5``; the static baseline).
+            routed by ``max_depth=5``; the static baseline) or ``"routing_network"`` (Rosenbaum et al.
+            2017: a fixed conv trunk, then 3 routed FC depths of ``duplicates`` modules each; needs
+            ``max_depth=5``; see :func:`routing_env.modules.routing_network_pool_specs`).
     """
 
     benchmark: str = "mnist"
@@ -71,6 +79,15 @@ class RoutingConfig:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
         if self.pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
+        if self.pool == "static" and int(self.max_depth) != 5:
+            # FIX: the static network has exactly 5 layers; any other depth admits no complete network.
+            raise ValueError(
+                f"pool='static' is one fixed 5-layer network: it needs max_depth=5, got {self.max_depth}"
+            )
+        if self.pool == "routing_network" and int(self.max_depth) != 5:
+            raise ValueError(
+                f"pool='routing_network' builds 5-layer networks: it needs max_depth=5, got {self.max_depth}"
+            )
         if int(self.duplicates) < 1:
             raise ValueError(f"duplicates must be >= 1, got {self.duplicates}")
         if self.max_pairs is not None and int(self.max_pairs) < 1:
@@ -121,9 +138,13 @@ def get_benchmark(config: RoutingConfig) -> MTLBenchmark:
 def build_pool(config: RoutingConfig, benchmark: MTLBenchmark) -> ModulePool:
     if config.pool == "static":
         specs = static_pool_specs(benchmark.image_shape, benchmark.n_classes, benchmark.n_tasks)
+    elif config.pool == "routing_network":
+        specs = routing_network_pool_specs(benchmark.image_shape, benchmark.n_classes, int(config.duplicates))
     else:
         specs = lrn_pool_specs(benchmark.image_shape, benchmark.n_classes, int(config.duplicates))
-    return ModulePool(specs, TensorType("image", tuple(benchmark.image_shape)), seed=config.seed)
+    image = TensorType("image", tuple(benchmark.image_shape))
+    # The original routing network routes every sample through all 5 layers: no PASS.
+    return ModulePool(specs, image, seed=config.seed, allow_pass=config.pool != "routing_network")
 
 
 def make_engine(

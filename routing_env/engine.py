@@ -20,10 +20,10 @@ import torch.nn.functional as F
 
 from routing_env.benchmarks.base import MTLSplit
 from routing_env.modules import DISPATCH_MODES, ModulePool
+from routing_env.rewards import collapse_bonus, final_reward, module_usage_counts, route_bonus
 
 # "compact": each bank runs densely on only the samples that chose it (one host sync per step).
 ENGINE_DISPATCH = (*DISPATCH_MODES, "compact", "auto")
-from routing_env.rewards import collapse_bonus, final_reward, module_usage_counts, route_bonus
 
 
 @dataclass
@@ -42,7 +42,7 @@ class EngineConfig:
         lr_decay: factor applied to ``lr`` after every pass over the split.
         train_modules: train the pool; False freezes it (and runs without autograd).
         sequential: walk the split in order (evaluation) instead of in a seeded shuffled order.
-        dispatch: ``"dense"``, ``"grouped"``, ``"compact"`` or ``"auto"`` (dense on CUDA, grouped
+        dispatch: ``"dense"``, ``"grouped"``, ``"compact"`` or ``"auto"`` (dense on CUDA, compact
             elsewhere); ``compact`` runs each bank on only its sub-batch at one host sync per step.
     """
 
@@ -132,7 +132,8 @@ class RoutingEngine:
         self.data = data.to(self.device)
         self.dispatch = config.dispatch
         if self.dispatch == "auto":
-            self.dispatch = "dense" if self.device.type == "cuda" else "grouped"
+            # Measured: dense is fastest on an H200; compact ~2.5x faster than grouped on a 2-core CPU.
+            self.dispatch = "dense" if self.device.type == "cuda" else "compact"
         depth = config.max_depth
         self.step_allowed = pool.step_allowed(depth).to(self.device)  # (D, A)
         self.bank_steps = pool.bank_steps(depth)

@@ -99,9 +99,16 @@ class RoutingEnv(gym.Env):
         return self._obs(), {}
 
     def step(self, action: int) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
-        if not self.action_space.contains(np.int64(action)):
+        # FIX: np.int64(action) truncated non-integers (1.5 -> 1, True -> 1) and raised OverflowError on
+        # huge ints; like the vector envs, accept only one integer in range.
+        a = np.asarray(action)
+        if (
+            a.size != 1
+            or not np.issubdtype(a.dtype, np.integer)
+            or not self.action_space.contains(a.reshape(()))
+        ):
             raise ValueError(f"action {action!r} is outside the action space {self.action_space}")
-        out = self.engine.step(torch.tensor([int(action)]))
+        out = self.engine.step(torch.tensor([int(a.reshape(()))]))
         info: dict[str, Any] = {"invalid_action": bool(out.invalid[0])}
         if out.done:
             final = {k: v[0] for k, v in final_info_to_numpy(out.final).items()}

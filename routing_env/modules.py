@@ -118,6 +118,39 @@ def static_pool_specs(
     ]
 
 
+def routing_network_pool_specs(
+    image_shape: tuple[int, int, int],
+    n_classes: int,
+    n_modules_per_depth: int = 10,
+    conv_channels: int = 32,
+    fc_width: int = 256,
+) -> list[BankSpec]:
+    """The original routing network (Rosenbaum et al. 2017) with LRN's module types (``max_depth=5``).
+
+    A fixed shared trunk (input conv at step 0, hidden conv at step 1, one copy each), then three
+    routed fully-connected depths, each with its own ``n_modules_per_depth`` modules: step 2
+    ``fc_from_conv`` (32*H*W->256), step 3 ``hidden_fc`` (256->256, writing its own type so it can stand
+    nowhere else), step 4 ``head`` (256->K). Build its :class:`ModulePool` with ``allow_pass=False``
+    (as :func:`routing_env.config.build_pool` does): else PASS could skip the hidden conv at step 1.
+    """
+    if n_modules_per_depth < 1:
+        raise ValueError(f"n_modules_per_depth must be >= 1, got {n_modules_per_depth}")
+    _, height, width = image_shape
+    image = TensorType("image", tuple(image_shape))
+    conv = TensorType("conv", (conv_channels, height, width))
+    vec = TensorType("fc", (fc_width,))
+    vec2 = TensorType("rn_fc2", (fc_width,))
+    logits = TensorType("logits", (n_classes,))
+    n = n_modules_per_depth
+    return [
+        BankSpec("input_conv", "conv", image, conv, 1, "instance", steps=(0,)),
+        BankSpec("hidden_conv", "conv", conv, conv, 1, "instance", steps=(1,)),
+        BankSpec("fc_from_conv", "linear", conv, vec, n, "layer", steps=(2,)),
+        BankSpec("hidden_fc", "linear", vec, vec2, n, "layer", steps=(3,)),
+        BankSpec("head", "linear", vec2, logits, n, None, steps=(4,)),
+    ]
+
+
 def _uniform_(tensor: torch.Tensor, fan_in: int, generator: torch.Generator | None) -> None:
     # PyTorch's default init for Conv2d/Linear (kaiming_uniform with a=sqrt(5)) is U(-1/sqrt(fan_in), +).
     bound = 1.0 / math.sqrt(fan_in)
@@ -229,10 +262,17 @@ class ModulePool(nn.Module):
       neither the image type nor a logits type, and that this network does not use yet, or PASS;
     * the last step picks a module that reads the current type and writes a logits type.
 
-    A bank's ``steps`` further restricts where it may stand.
+    A bank's ``steps`` further restricts where it may stand; ``allow_pass=False`` admits PASS nowhere (the
+    original routing network's fixed-depth routes). PASS stays an action id either way.
     """
 
-    def __init__(self, specs: Sequence[BankSpec], image_type: TensorType, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        specs: Sequence[BankSpec],
+        image_type: TensorType,
+        seed: int | None = None,
+        allow_pass: bool = True,
+    ) -> None:
         super().__init__()
         if not specs:
             raise ValueError("a module pool needs at least one bank")
@@ -240,6 +280,7 @@ class ModulePool(nn.Module):
         self.specs = list(specs)
         self.banks = nn.ModuleList([ModuleBank(s, generator) for s in self.specs])
         self.image_type = image_type
+        self.allow_pass = bool(allow_pass)
         types = [image_type]
         for s in self.specs:
             for t in (s.in_type, s.out_type):
@@ -292,7 +333,7 @@ class ModulePool(nn.Module):
                 if ok:
                     start = self.bank_offsets[b]
                     allowed[k, start : start + s.duplicates] = True
-        allowed[1 : max_depth - 1, self.pass_action] = True
+        allowed[1 : max_depth - 1, self.pass_action] = self.allow_pass
         return allowed
 
     def bank_steps(self, max_depth: int) -> list[list[int]]:
