@@ -138,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
             benchmark=args.benchmark, split="test", max_pairs=args.limit_test, **env_kwargs
         )
         test_engine, bench = make_engine(
-            test_config, batch_size=args.eval_batch_size, pool=train_env.engine.pool
+            test_config,
+            batch_size=min(args.eval_batch_size, args.limit_test or args.eval_batch_size),
+            pool=train_env.engine.pool,
         )
     except (DataError, ValueError) as e:
         sys.exit(f"error: {e}")

@@ -77,7 +77,9 @@ class RouterPolicy(MaskableActorCriticPolicy):
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
-        data = super()._get_constructor_parameters()
+        # BUG FIX: MaskableActorCriticPolicy's version reads net_arch, ortho_init, ... which this policy
+        # never sets (its __init__ is skipped above), so policy.save() raised AttributeError.
+        data = BasePolicy._get_constructor_parameters(self)
         cfg = self.router_config
         data.update(
             d_model=cfg.d_model,

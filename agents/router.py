@@ -38,7 +38,9 @@ def parse_observation(obs: dict[str, torch.Tensor], one_hot: bool = False) -> Ro
     batch = obs["image"].shape[0]
     if one_hot:
         image = obs["image"].float()
-        task = obs["task"].argmax(dim=-1)
+        # BUG FIX: a replay buffer stores Discrete observations as (B, 1), which SB3 one-hots to
+        # (B, 1, n); flatten first, else DQN's training step crashed in encode().
+        task = obs["task"].reshape(batch, -1).argmax(dim=-1)
         depth = obs["step"].shape[-1] - 1
         route = obs["route"].view(batch, depth, -1).argmax(dim=-1)
     else:
