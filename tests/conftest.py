@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:  # so that tests can `from datagen import ...` in any import mode
@@ -61,3 +62,13 @@ def data_root(tmp_path_factory: pytest.TempPathFactory, real_or_fake_root: Calla
     for name, folder in BENCHMARK_FOLDERS.items():
         (root / folder).symlink_to(real_or_fake_root(name) / folder, target_is_directory=True)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a test module of many small ops: faster on a small shared CPU (and avoids
+    OpenMP's spin-waits when other processes keep the cores busy). Restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

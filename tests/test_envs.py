@@ -24,15 +24,8 @@ from sb3_contrib.common.maskable.utils import get_action_masks
 import routing_env
 from routing_env import DataError, RoutingEnv, RoutingVecEnv, RoutingVectorEnv
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These tests run many small ops: one intra-op thread is faster on a small shared CPU (and avoids
-    OpenMP's spin-waits when other processes keep the cores busy). Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Many small ops: one intra-op thread is faster on a small shared CPU (fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 ENV_IDS = ["RoutingMNIST-v0", "RoutingCIFAR-v0", "RoutingMIN-v0"]

@@ -19,15 +19,8 @@ from routing_env.modules import (
 )
 from routing_env.rewards import collapse_bonus, final_reward, module_usage_counts, route_bonus
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These tests run many small ops: one intra-op thread is faster on a small shared CPU (and avoids
-    OpenMP's spin-waits when other processes keep the cores busy). Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Many small ops: one intra-op thread is faster on a small shared CPU (fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- bank dispatch: dense and grouped compute the same function ----------------------------------------
