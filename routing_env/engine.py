@@ -356,7 +356,7 @@ class RoutingEngine:
                 self._pending_episodes = 0
         self._stats[:5] += torch.stack(
             [
-                torch.tensor(float(self.batch_size), device=self.device),
+                loss_value.new_full((), float(loss_value.numel())),  # a fill kernel, no host-to-device copy
                 loss_value.sum(),
                 (prediction == self.labels).sum().float(),
                 reward.sum(),
