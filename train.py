@@ -64,6 +64,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gamma", type=float, default=0.99)
     p.add_argument("--gae-lambda", type=float, default=0.95)
     p.add_argument("--ent-coef", type=float, default=0.0)
+    p.add_argument(
+        "--task-prior",
+        type=float,
+        default=0.0,
+        help="std of the router's initial per-task logit bias (not in the paper; 0 = none)",
+    )
     p.add_argument("--rn-learner", choices=("wpl", "reinforce"), default="wpl", help="routing_network's")
     p.add_argument("--rn-lr", type=float, default=None, help="routing_network's lr (wpl 0.01, reinforce 0.1)")
     p.add_argument("--rn-rho", type=float, default=0.0, help="routing_network's collaboration reward")
@@ -157,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         minibatch_unit=args.minibatch_unit,
         ppo_epochs=args.ppo_epochs,
         ent_coef=args.ent_coef,
+        task_prior_std=args.task_prior,
     )
     if args.algo == "static":
         trainer = StaticTrainer(train_env.engine)

@@ -44,6 +44,8 @@ class AlgoConfig:
         minibatch_unit: ``"episodes"`` (default; 64 episodes = 64 * max_depth transitions, matching
             the paper's batch of 128 *episodes*) or ``"transitions"``.
         ppo_epochs: passes over each batch; clip_range, ent_coef, vf_coef, max_grad_norm: PPO's.
+        task_prior_std: the router's initial per-task logit bias (not in the paper; 0 = none), see
+            :class:`agents.router.RouterConfig`.
     """
 
     lr: float = 1e-4
@@ -57,6 +59,7 @@ class AlgoConfig:
     ent_coef: float = 0.0
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
+    task_prior_std: float = 0.0
 
 
 class Trainer(Protocol):
@@ -143,6 +146,7 @@ def _on_policy_kwargs(env: RoutingVecEnv, cfg: AlgoConfig) -> dict[str, Any]:
     minibatch = cfg.minibatch * (depth if cfg.minibatch_unit == "episodes" else 1)
     return dict(
         policy=RouterPolicy,
+        policy_kwargs=dict(task_prior_std=cfg.task_prior_std),
         learning_rate=_Constant(cfg.lr),
         n_steps=depth,  # one rollout = one batch of num_envs whole episodes
         batch_size=minibatch,
@@ -159,6 +163,7 @@ def _on_policy_kwargs(env: RoutingVecEnv, cfg: AlgoConfig) -> dict[str, Any]:
 def _a2c_kwargs(env: RoutingVecEnv, cfg: AlgoConfig) -> dict[str, Any]:
     return dict(
         policy=RouterPolicy,
+        policy_kwargs=dict(task_prior_std=cfg.task_prior_std),
         learning_rate=_Constant(cfg.lr),
         n_steps=env.engine.config.max_depth,
         gamma=cfg.gamma,

@@ -40,6 +40,8 @@ class RouterPolicy(MaskableActorCriticPolicy):
     :param d_ff: feed-forward width of the transformer layers.
     :param n_encoder_layers: encoder layers.
     :param n_decoder_layers: decoder (actor) layers.
+    :param task_prior_std: std of the initial per-task logit bias (not in the paper; 0 = none), see
+        :class:`agents.router.RouterConfig`.
     :param optimizer_class: the router's optimizer.
     :param optimizer_kwargs: its extra arguments.
     :param use_sde: accepted for SB3's on-policy algorithms; must be False.
@@ -55,6 +57,7 @@ class RouterPolicy(MaskableActorCriticPolicy):
         d_ff: int = 512,
         n_encoder_layers: int = 1,
         n_decoder_layers: int = 1,
+        task_prior_std: float = 0.0,
         optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
         optimizer_kwargs: dict[str, Any] | None = None,
         use_sde: bool = False,
@@ -71,7 +74,9 @@ class RouterPolicy(MaskableActorCriticPolicy):
             optimizer_class=optimizer_class,
             optimizer_kwargs=optimizer_kwargs or {},
         )
-        self.router_config = RouterConfig(d_model, n_heads, d_ff, n_encoder_layers, n_decoder_layers)
+        self.router_config = RouterConfig(
+            d_model, n_heads, d_ff, n_encoder_layers, n_decoder_layers, task_prior_std=task_prior_std
+        )
         self.router = _router_from_space(observation_space, self.router_config)
         self.action_dist = MaskableCategoricalDistribution(int(action_space.n))
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
@@ -87,6 +92,7 @@ class RouterPolicy(MaskableActorCriticPolicy):
             d_ff=cfg.d_ff,
             n_encoder_layers=cfg.n_encoder_layers,
             n_decoder_layers=cfg.n_decoder_layers,
+            task_prior_std=cfg.task_prior_std,
             lr_schedule=self._dummy_schedule,
             optimizer_class=self.optimizer_class,
             optimizer_kwargs=self.optimizer_kwargs,
@@ -127,8 +133,7 @@ class RouterPolicy(MaskableActorCriticPolicy):
     ) -> MaskableCategoricalDistribution:
         x = parse_observation(obs)
         states, padding = self.router.encode(x)
-        logits = self.router.actor(states, padding).masked_fill(~x.mask, -1e8)
-        return self._distribution(logits, x.mask, action_masks)
+        return self._distribution(self.router.masked_logits(x, states, padding), x.mask, action_masks)
 
     def predict_values(self, obs: PyTorchObs) -> torch.Tensor:
         x = parse_observation(obs)

@@ -19,6 +19,10 @@ class RouterConfig:
     n_encoder_layers: int = 1
     n_decoder_layers: int = 1
     conv_channels: tuple[int, int] = (32, 64)
+    # Not in the paper: std of a learned per-task bias on the action logits; 0 (the paper) = none.
+    # A random start of a few units gives each task its own preferred modules from the first batch, so
+    # routes are task-specific before PPO has any signal (else they collapse onto one shared route).
+    task_prior_std: float = 0.0
 
 
 @dataclass
@@ -113,6 +117,10 @@ class RouterNetwork(nn.Module):
         dec_layer = nn.TransformerDecoderLayer(d, cfg.n_heads, cfg.d_ff, dropout=0.0, batch_first=True)
         self.decoder = nn.TransformerDecoder(dec_layer, cfg.n_decoder_layers)
         self.score = nn.Linear(d, 1)
+        self.task_prior: nn.Embedding | None = None
+        if cfg.task_prior_std > 0:
+            self.task_prior = nn.Embedding(n_tasks, n_actions)  # (n_tasks, A) logit offsets
+            nn.init.normal_(self.task_prior.weight, std=cfg.task_prior_std)
         self.critic_attention = nn.Linear(d, 1)  # W_e
         self.critic_value = nn.Linear(d, 1)  # W_c
 
@@ -134,12 +142,19 @@ class RouterNetwork(nn.Module):
         padding = torch.cat([route.new_zeros(batch, 2, dtype=torch.bool), route == self.n_actions], dim=1)
         return self.encoder(tokens, src_key_padding_mask=padding), padding
 
-    def actor(self, states: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+    def actor(self, states: torch.Tensor, padding: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
         """Unmasked logits of every action, ``(B, A)``."""
         queries = self.action_embedding.weight[: self.n_actions]  # (A, d)
         queries = queries[None].expand(states.shape[0], -1, -1)  # (B, A, d)
         out = self.decoder(queries, states, memory_key_padding_mask=padding)  # (B, A, d)
-        return self.score(out).squeeze(-1)
+        logits = self.score(out).squeeze(-1)
+        if self.task_prior is not None:
+            logits = logits + self.task_prior(task)
+        return logits
+
+    def masked_logits(self, x: RouterInput, states: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, A)`` with invalid actions at -1e8."""
+        return self.actor(states, padding, x.task).masked_fill(~x.mask, -1e8)
 
     def critic(self, states: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
         """State value, ``(B,)``."""
@@ -154,5 +169,4 @@ class RouterNetwork(nn.Module):
     def forward(self, x: RouterInput) -> tuple[torch.Tensor, torch.Tensor]:
         """Masked logits ``(B, A)`` (invalid actions at -1e8) and values ``(B,)``."""
         states, padding = self.encode(x)
-        logits = self.actor(states, padding).masked_fill(~x.mask, -1e8)
-        return logits, self.critic(states, padding)
+        return self.masked_logits(x, states, padding), self.critic(states, padding)

@@ -44,6 +44,10 @@ def describe(config: dict) -> str:
     parts.append("no bonus" if bonus == 0 else f"bonus {bonus:g}")
     if config.get("bonus_warmup") and bonus > 0:
         parts.append(f"bonus from epoch {config['bonus_warmup']}")
+    if config.get("task_prior"):
+        parts.append(f"task prior {config['task_prior']:g}")
+    if config.get("ent_coef"):
+        parts.append(f"entropy {config['ent_coef']:g}")
     if config.get("router_lr"):
         parts.append(f"router lr {config['router_lr']:g}")
     if config.get("minibatch_unit") == "transitions":
