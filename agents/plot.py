@@ -25,12 +25,37 @@ def read_metrics(run: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def describe(config: dict[str, Any]) -> str:
+    """A run's setting in words, from its config.json (README's tables and the figures' legends)."""
+    algo = config["algo"]
+    if algo == "static":
+        return "static network"
+    if algo == "routing_network":
+        learner = config.get("rn_learner", "wpl")
+        return f"routing network ({learner}, {config.get('duplicates')} modules/depth)"
+    env = config.get("env_config", {})
+    bonus = env.get("bonus_weight", config.get("bonus_weight", 1.0))
+    parts = [f"LRN ({algo})", f"d{env.get('duplicates')} L{env.get('max_depth')}"]
+    parts.append("no bonus" if bonus == 0 else f"bonus {bonus:g}")
+    if config.get("bonus_warmup") and bonus > 0:
+        parts.append(f"bonus from epoch {config['bonus_warmup']}")
+    if config.get("task_prior"):
+        parts.append(f"task prior {config['task_prior']:g}")
+    if config.get("ent_coef"):
+        parts.append(f"entropy {config['ent_coef']:g}")
+    if config.get("router_lr"):
+        parts.append(f"router lr {config['router_lr']:g}")
+    if config.get("minibatch_unit") == "transitions":
+        parts.append("minibatch 64 transitions")
+    return ", ".join(parts)
+
+
+
 def run_label(run: Path) -> str:
     config_path = Path(run) / "config.json"
     if config_path.exists():
-        c = json.loads(config_path.read_text())
-        bonus = "" if c.get("bonus_weight", 1) > 0 else ", no bonus"
-        return f"{c.get('algo')} d{c.get('duplicates')} L{c.get('max_depth')}{bonus} s{c.get('seed')}"
+        config = json.loads(config_path.read_text())
+        return f"{describe(config)}, seed {config.get('seed')}"
     return Path(run).name
 
 

@@ -11,11 +11,54 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
+from collections import defaultdict
 from pathlib import Path
+
+from agents.plot import describe, plot_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- results-table:begin -->", "<!-- results-table:end -->"
 BENCH_BEGIN, BENCH_END = "<!-- bench-table:begin -->", "<!-- bench-table:end -->"
+SEEDS_BEGIN, SEEDS_END = "<!-- seeds-table:begin -->", "<!-- seeds-table:end -->"
+# Figures README shows: (file under results/, run folders under results/), one curve per run.
+FIGURES = [
+    (
+        "min/figure_task_prior.png",
+        [
+            "min/sweep1-lrn_default",
+            "min/sweep1-lrn_nobonus",
+            "min/prior-lrn_d10_L6_p3_bonus",
+            "min/prior-lrn_d10_L6_p3_nobonus",
+            "min/grid-lrn_d10_L6_p3_bonus0.3",
+            "min/long-lrn_d10_L6_p3_bonus0.1_s0",
+            "min/sweep1-static",
+            "min/final-rn_wpl",
+        ],
+    ),
+    (
+        "min/figure_grid.png",
+        [
+            "min/grid-lrn_d1_L6_p3_bonus0.1",
+            "min/grid-lrn_d5_L6_p3_bonus0.1",
+            "min/long-lrn_d10_L6_p3_bonus0.1_s0",
+            "min/grid-lrn_d5_L4_p3_bonus0.1",
+            "min/grid-lrn_d5_L4_p3_nobonus",
+        ],
+    ),
+    (
+        "mnist/figure_task_prior.png",
+        [
+            "mnist/sweep1-lrn_default",
+            "mnist/final-lrn_d10_L6_nobonus",
+            "mnist/long-lrn_d10_L6_p3_nobonus",
+            "mnist/grid-lrn_d10_L6_p3_bonus0.1",
+            "mnist/grid-lrn_d5_L4_p3_bonus0.1",
+            "mnist/grid-lrn_d5_L4_p3_nobonus",
+            "mnist/final-static",
+        ],
+    ),
+]
 BENCH_ROWS = [
     ("env_episodes_per_second", "env alone, episodes/s (random valid actions, module training)", "{:.0f}"),
     ("env_epoch_seconds", "env alone, s per MNIST-MTL epoch (100k episodes)", "{:.1f}"),
@@ -31,44 +74,16 @@ BENCHMARK_NAMES = {"mnist": "MNIST-MTL", "cifar": "CIFAR-MTL", "min": "MIN-MTL"}
 PAPER = {"mnist": (99.5, 99.0), "cifar": (70.0, 60.0), "min": (53.0, 35.9)}
 
 
-def describe(config: dict) -> str:
-    algo = config["algo"]
-    if algo == "static":
-        return "static network"
-    if algo == "routing_network":
-        learner = config.get("rn_learner", "wpl")
-        return f"routing network ({learner}, {config.get('duplicates')} modules/depth)"
-    env = config.get("env_config", {})
-    bonus = env.get("bonus_weight", config.get("bonus_weight", 1.0))
-    parts = [f"LRN ({algo})", f"d{env.get('duplicates')} L{env.get('max_depth')}"]
-    parts.append("no bonus" if bonus == 0 else f"bonus {bonus:g}")
-    if config.get("bonus_warmup") and bonus > 0:
-        parts.append(f"bonus from epoch {config['bonus_warmup']}")
-    if config.get("task_prior"):
-        parts.append(f"task prior {config['task_prior']:g}")
-    if config.get("ent_coef"):
-        parts.append(f"entropy {config['ent_coef']:g}")
-    if config.get("router_lr"):
-        parts.append(f"router lr {config['router_lr']:g}")
-    if config.get("minibatch_unit") == "transitions":
-        parts.append("minibatch 64 transitions")
-    return ", ".join(parts)
-
-
 def rows(results: Path) -> list[list[str]]:
     out = []
     for bench in ("mnist", "cifar", "min"):
-        for run in sorted((results / bench).glob("*/metrics.jsonl")):
-            records = [json.loads(line) for line in run.read_text().splitlines() if line.strip()]
-            if not records:
-                continue
-            config = json.loads((run.parent / "config.json").read_text())
+        for run, config, records in _runs(results, bench):
             last = records[-1]
             best = max(records, key=lambda r: r["test_accuracy"])
             out.append(
                 [
                     BENCHMARK_NAMES[bench],
-                    f"`{run.parent.name}`",
+                    f"`{run.name}`",
                     describe(config),
                     f"{100 * last['test_accuracy']:.2f}",
                     f"{100 * last['test_balanced_accuracy']:.2f}",
@@ -81,6 +96,59 @@ def rows(results: Path) -> list[list[str]]:
                 ]
             )
     return out
+
+
+def _runs(results: Path, bench: str) -> list[tuple[Path, dict, list[dict]]]:
+    out = []
+    for run in sorted((results / bench).glob("*/metrics.jsonl")):
+        records = [json.loads(line) for line in run.read_text().splitlines() if line.strip()]
+        if records:
+            out.append((run.parent, json.loads((run.parent / "config.json").read_text()), records))
+    return out
+
+
+def _mean_std(values: list[float]) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {std:.2f}"
+
+
+def seeds_table(results: Path) -> str:
+    """Settings run with several seeds: mean ± std (sample std) over the seeds."""
+    header = ["benchmark", "setting", "seeds", "test acc % (last)", "best test acc %", "epochs"]
+    header.append("paper LRN %")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for bench in ("mnist", "cifar", "min"):
+        groups: dict[str, list[tuple[dict, list[dict]]]] = defaultdict(list)
+        for _, config, records in _runs(results, bench):
+            groups[describe(config)].append((config, records))
+        for setting, runs in sorted(groups.items()):
+            seeds = sorted({c["seed"] for c, _ in runs})
+            if len(seeds) < 2:
+                continue
+            last = [100 * r[-1]["test_accuracy"] for _, r in runs]
+            best = [100 * max(x["test_accuracy"] for x in r) for _, r in runs]
+            epochs = sorted({r[-1]["epoch"] + 1 for _, r in runs})
+            cells = [
+                BENCHMARK_NAMES[bench],
+                setting,
+                ", ".join(map(str, seeds)),
+                _mean_std(last),
+                _mean_std(best),
+                "-".join(map(str, (epochs[0], epochs[-1]))) if len(epochs) > 1 else str(epochs[0]),
+                str(PAPER[bench][0]),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def figures(results: Path) -> list[Path]:
+    """Write the FIGURES whose runs are all present."""
+    written = []
+    for name, runs in FIGURES:
+        folders = [results / r for r in runs]
+        if all((f / "metrics.jsonl").exists() for f in folders):
+            written.append(plot_runs(folders, results / name))
+    return written
 
 
 def table(results: Path) -> str:
@@ -139,13 +207,16 @@ def main() -> None:
     p.add_argument("--readme", type=Path, default=ROOT / "README.md")
     p.add_argument("--print", action="store_true", help="print the table, leave README alone")
     args = p.parse_args()
-    text, bench = table(args.results), bench_table(args.results)
+    text, seeds, bench = table(args.results), seeds_table(args.results), bench_table(args.results)
     if args.print:
-        print(text + "\n\n" + bench)
+        print(text + "\n\n" + seeds + "\n\n" + bench)
         return
     readme = replace_block(args.readme.read_text(), BEGIN, END, text)
+    readme = replace_block(readme, SEEDS_BEGIN, SEEDS_END, seeds)
     args.readme.write_text(replace_block(readme, BENCH_BEGIN, BENCH_END, bench))
     print(f"rewrote the tables in {args.readme}")
+    for path in figures(args.results):
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -46,9 +46,9 @@ def small_trainer(algo: str, env: RoutingVecEnv, cfg: AlgoConfig, seed: int, **r
     """train.py's SB3Trainer (same algorithm kwargs), with a smaller router to save CPU time."""
     trainer = SB3Trainer(algo, env, cfg, seed=seed, device="cpu")
     algo_class, make_kwargs = SB3_ALGORITHMS[algo]
-    trainer.model = algo_class(
-        env=env, seed=seed, device="cpu", policy_kwargs=router or SMALL_ROUTER, **make_kwargs(env, cfg)
-    )
+    kwargs = make_kwargs(env, cfg)
+    kwargs["policy_kwargs"] = {**kwargs.get("policy_kwargs", {}), **(router or SMALL_ROUTER)}  # keeps cfg's
+    trainer.model = algo_class(env=env, seed=seed, device="cpu", **kwargs)
     return trainer
 
 
@@ -91,8 +91,8 @@ def _adversarial(policy: RouterPolicy) -> None:
         seen["mask"] = x.mask
         return encode(x)
 
-    def spiteful_actor(states, padding):
-        return actor(states, padding) + 1e4 * (~seen["mask"]).float()
+    def spiteful_actor(states, padding, *rest):  # rest: the task ids the task prior reads
+        return actor(states, padding, *rest) + 1e4 * (~seen["mask"]).float()
 
     router.encode = encode_and_remember  # RouterNetwork.forward and get_distribution call these
     router.actor = spiteful_actor
@@ -239,6 +239,121 @@ def test_trainer_save_load(fake_data_root: Path, tmp_path: Path, algo: str) -> N
     env.engine.begin_batch()
     obs = env.engine.observation()
     assert torch.equal(trainer.act(obs), clone.act(obs))
+
+
+# --- task prior (not in the paper) -----------------------------------------------------------------
+
+# The paper's router, by top-level module: a task prior of 0 must leave exactly these parameters.
+PAPER_ROUTER_MODULES = {
+    "instance", "task_embedding", "action_embedding", "position", "encoder", "decoder", "score",
+    "critic_attention", "critic_value",
+}  # fmt: skip
+
+
+def _router_policy(env: RoutingVecEnv, seed: int = 0, **kwargs) -> RouterPolicy:
+    torch.manual_seed(seed)
+    return RouterPolicy(env.observation_space, env.action_space, lambda _: 1e-3, **{**SMALL_ROUTER, **kwargs})
+
+
+def _tiled(obs: dict[str, np.ndarray], tasks: np.ndarray) -> dict[str, np.ndarray]:
+    """``len(tasks)`` copies of the first state of ``obs`` (same image, route and mask), with ``tasks``."""
+    tiled = {k: np.repeat(v[:1], len(tasks), axis=0) for k, v in obs.items()}
+    tiled["task"] = tasks.astype(tiled["task"].dtype)
+    return tiled
+
+
+def test_task_prior_is_absent_by_default_and_shaped_tasks_by_actions(env: RoutingVecEnv) -> None:
+    n_tasks, n_actions = int(env.observation_space["task"].n), int(env.action_space.n)
+    paper = _router_policy(env).router
+    names = {n for n, _ in paper.named_parameters()}
+    assert paper.task_prior is None
+    assert {n.split(".")[0] for n in names} == PAPER_ROUTER_MODULES
+    assert paper.config.task_prior_std == 0.0 and RouterConfig().task_prior_std == 0.0
+
+    router = _router_policy(env, task_prior_std=1.5).router
+    assert {n for n, _ in router.named_parameters()} == names | {"task_prior.weight"}
+    assert router.task_prior.weight.shape == (n_tasks, n_actions)
+    assert router.task_prior.weight.requires_grad
+    assert 1.0 < router.task_prior.weight.std().item() < 2.0  # N(0, 1.5) over 10 x 13 entries
+
+    # AlgoConfig.task_prior_std reaches the policy of every actor-critic algorithm (train.py's path)
+    for algo in ("maskable_ppo", "ppo", "a2c"):
+        default = SB3Trainer(algo, env, AlgoConfig(minibatch=16), seed=0, device="cpu")
+        assert default.model.policy.router.task_prior is None
+        trainer = SB3Trainer(algo, env, AlgoConfig(minibatch=16, task_prior_std=1.5), seed=0, device="cpu")
+        assert trainer.model.policy.router_config.task_prior_std == 1.5
+        assert trainer.model.policy.router.task_prior.weight.shape == (n_tasks, n_actions)
+
+
+def test_large_task_prior_makes_fresh_routes_task_specific(env: RoutingVecEnv) -> None:
+    """With a prior of std 5, a fresh router's first module depends on the task, not on the image."""
+    policy = _router_policy(env, task_prior_std=5.0)
+    n_tasks = int(env.observation_space["task"].n)
+    obs = env.reset()
+    first_valid = np.flatnonzero(obs["action_mask"][0])
+    assert len(first_valid) >= 2  # two duplicates of the input conv: a real choice
+
+    # one batch: every task, 4 copies of the same image each
+    tasks = np.repeat(np.arange(n_tasks), 4)
+    actions, _ = policy.predict(_tiled(obs, tasks), deterministic=True)
+    per_task = actions.reshape(n_tasks, 4)
+    assert (per_task == per_task[:, :1]).all()  # one task, one image: one action
+    assert np.isin(per_task, first_valid).all()
+    assert len(set(per_task[:, 0].tolist())) >= 2, "every task picked the same first module"
+
+    # the prior outweighs the (untrained) image features: where a task's prior gap between the two
+    # valid first modules is clear, all 16 different images of the batch take the same first module
+    prior = policy.router.task_prior.weight.detach()
+    gap = (prior[:, first_valid[0]] - prior[:, first_valid[1]]).abs()
+    clear = [t for t in range(n_tasks) if gap[t] > 2.0]
+    assert clear
+    for t in clear:
+        varied = {k: v.copy() for k, v in obs.items()}
+        varied["task"][:] = t
+        assert len(np.unique(varied["image"].reshape(env.num_envs, -1), axis=0)) > 1
+        chosen, _ = policy.predict(varied, deterministic=True)
+        assert (chosen == chosen[0]).all(), t
+
+    # masking holds against the prior: make it favour every action the first step forbids by far
+    with torch.no_grad():
+        policy.router.task_prior.weight[:, ~obs["action_mask"][0].astype(bool)] += 100.0
+
+    def choose(step_obs, mask, deterministic):
+        obs_t, _ = policy.obs_to_tensor(step_obs)
+        with torch.no_grad():
+            probs = policy.get_distribution(obs_t).distribution.probs
+        assert torch.all(probs[~torch.as_tensor(mask)] == 0)
+        return policy.predict(step_obs, deterministic=deterministic)[0]
+
+    for deterministic in (True, False):
+        _walk_states(env, lambda o, m, d=deterministic: choose(o, m, d), n_batches=1)
+
+
+def test_save_load_keeps_the_task_prior(env: RoutingVecEnv, tmp_path: Path) -> None:
+    kwargs = {**SMALL_ROUTER, "task_prior_std": 2.5}
+    model = MaskablePPO(
+        RouterPolicy, env, n_steps=4, batch_size=64, seed=3, device="cpu", policy_kwargs=kwargs
+    )
+    prior = model.policy.router.task_prior.weight
+    with torch.no_grad():  # weights a fresh init cannot reproduce: they must come from the file
+        prior.add_(torch.linspace(-3, 3, prior.numel()).view_as(prior))
+    obs_t, _ = model.policy.obs_to_tensor(env.reset())
+
+    def logits(policy: RouterPolicy) -> torch.Tensor:
+        with torch.no_grad():
+            return policy.get_distribution(obs_t).distribution.logits
+
+    model.save(tmp_path / "agent.zip")
+    loaded = MaskablePPO.load(tmp_path / "agent.zip", env=env, device="cpu")
+    model.policy.save(tmp_path / "policy.pt")
+    alone = RouterPolicy.load(tmp_path / "policy.pt", device="cpu")
+    for restored in (loaded.policy, alone):
+        assert restored.router_config == RouterConfig(**kwargs)
+        assert restored._get_constructor_parameters()["task_prior_std"] == 2.5
+        assert torch.equal(restored.router.task_prior.weight, model.policy.router.task_prior.weight)
+        assert torch.equal(logits(restored), logits(model.policy))
+    fresh = _router_policy(env, seed=3, **kwargs)
+    assert not torch.allclose(logits(fresh), logits(model.policy))
 
 
 # --- evaluation -------------------------------------------------------------------------------------

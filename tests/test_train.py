@@ -18,6 +18,7 @@ from urllib.error import URLError
 
 import pytest
 import torchvision.datasets.mnist
+from sb3_contrib import MaskablePPO
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # train.py is a script at the repository root, not an installed module
@@ -356,3 +357,19 @@ def test_each_algorithm_runs_an_epoch(algo: str, fake_data_root: Path, tmp_path:
         assert record["mean_route_modules"] == 5.0
     else:
         assert (out / "checkpoint" / "agent.zip").exists()
+
+
+def test_task_prior_flag_reaches_config_and_checkpoint(fake_data_root: Path, tmp_path: Path) -> None:
+    """--task-prior (not in the paper) is recorded in config.json and built into the saved router."""
+    out = tmp_path / "prior"
+    argv = [
+        "--task-prior", 3, "--limit-train", 64, "--limit-test", 60, "--batch-size", 16, "--max-depth", 3,
+        "--eval-batch-size", 64, "--minibatch", 8, "--epochs", 1, *TINY, "--data-root", fake_data_root,
+    ]  # fmt: skip
+    assert run_main([*argv, "--out", out]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["task_prior"] == 3.0 and config["algo_config"]["task_prior_std"] == 3.0
+    policy = MaskablePPO.load(out / "checkpoint" / "agent.zip", device="cpu").policy
+    assert policy.router_config.task_prior_std == 3.0
+    assert policy.router.task_prior.weight.shape == (10, int(policy.action_space.n))
+    assert train.parse_args([]).task_prior == 0.0  # the paper's router by default

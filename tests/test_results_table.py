@@ -1,0 +1,96 @@
+"""scripts/results_table.py: README's tables come from results/ files, seeds are aggregated right."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def results_table():
+    spec = importlib.util.spec_from_file_location("results_table", ROOT / "scripts" / "results_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write_run(folder: Path, seed: int, accuracies: list[float], task_prior: float = 3.0) -> None:
+    folder.mkdir(parents=True)
+    config = {
+        "algo": "maskable_ppo",
+        "seed": seed,
+        "epochs": 100,
+        "device_name": "test card",
+        "task_prior": task_prior,
+        "env_config": {"duplicates": 10, "max_depth": 6, "bonus_weight": 0.1},
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    records = [
+        {
+            "epoch": e,
+            "test_accuracy": a,
+            "test_balanced_accuracy": a,
+            "unused_modules": 3,
+            "wall_clock_s": 60.0 * (e + 1),
+        }
+        for e, a in enumerate(accuracies)
+    ]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_tables_and_seed_aggregation(results_table, tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    _write_run(results / "min" / "a_s0", 0, [0.2, 0.5, 0.4])
+    _write_run(results / "min" / "a_s1", 1, [0.3, 0.6])
+    _write_run(results / "min" / "single", 0, [0.25], task_prior=0.0)  # one seed: no seeds row
+
+    table = results_table.table(results)
+    assert "| MIN-MTL | `a_s0` | LRN (maskable_ppo), d10 L6, bonus 0.1, task prior 3 | 40.00 |" in table
+    assert "50.00 (ep 1)" in table and "| 3/100 |" in table and "test card" in table
+
+    seeds = results_table.seeds_table(results).splitlines()
+    assert len(seeds) == 3  # header, rule, one setting
+    # last 40 / 60 -> 50 ± 14.14; best 50 / 60 -> 55 ± 7.07; epochs reached 2 and 3
+    assert seeds[2] == (
+        "| MIN-MTL | LRN (maskable_ppo), d10 L6, bonus 0.1, task prior 3 | 0, 1 | 50.00 ± 14.14 "
+        "| 55.00 ± 7.07 | 2-3 | 53.0 |"
+    )
+
+
+def test_readme_blocks_are_replaced_and_missing_ones_refused(results_table) -> None:
+    text = "intro\n<!-- seeds-table:begin -->\nold\n<!-- seeds-table:end -->\nrest\n"
+    out = results_table.replace_block(text, results_table.SEEDS_BEGIN, results_table.SEEDS_END, "new")
+    assert out == "intro\n<!-- seeds-table:begin -->\nnew\n<!-- seeds-table:end -->\nrest\n"
+    with pytest.raises(SystemExit, match="no <!-- results-table:begin"):
+        results_table.replace_block(text, results_table.BEGIN, results_table.END, "x")
+
+
+def test_figures_only_where_every_run_exists(results_table, tmp_path: Path, monkeypatch) -> None:
+    results = tmp_path / "results"
+    _write_run(results / "min" / "a_s0", 0, [0.2, 0.5])
+    _write_run(results / "min" / "a_s1", 1, [0.3, 0.6])
+    monkeypatch.setattr(
+        results_table,
+        "FIGURES",
+        [("min/both.png", ["min/a_s0", "min/a_s1"]), ("min/missing.png", ["min/a_s0", "min/absent"])],
+    )
+    assert results_table.figures(results) == [results / "min" / "both.png"]
+    assert (results / "min" / "both.png").stat().st_size > 0
+    assert not (results / "min" / "missing.png").exists()
+
+
+def test_committed_readme_matches_committed_results(results_table) -> None:
+    """README's tables are what the script builds from results/ (nobody edited them by hand)."""
+    readme = (ROOT / "README.md").read_text()
+    results = ROOT / "results"
+    for begin, end, body in (
+        (results_table.BEGIN, results_table.END, results_table.table(results)),
+        (results_table.SEEDS_BEGIN, results_table.SEEDS_END, results_table.seeds_table(results)),
+        (results_table.BENCH_BEGIN, results_table.BENCH_END, results_table.bench_table(results)),
+    ):
+        assert f"{begin}\n{body}\n{end}" in readme
