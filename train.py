@@ -50,6 +50,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-seed", type=int, default=0, help="seeds the benchmark's pairs")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--data-root", default=None, help="default $ROUTING_ENV_DATA, else ~/.cache/routing_env")
+    p.add_argument(
+        "--no-download",
+        action="store_true",
+        help="fail at once when data is missing (no torchvision download)",
+    )
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/<env>-<algo>-s<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--limit-train", type=int, default=None, help="use only N training pairs per pass")
@@ -88,6 +93,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.max_depth < 2:
         p.error("--max-depth must be >= 2")
+    if args.task_prior < 0:
+        p.error("--task-prior must be >= 0")
+    if args.task_prior > 0 and args.algo not in ("maskable_ppo", "ppo", "a2c"):
+        p.error(
+            f"--task-prior is a RouterPolicy option: use --algo maskable_ppo, ppo or a2c (not {args.algo})"
+        )
     try:
         benchmark = gym.spec(args.env).kwargs.get("benchmark")
     except gym.error.Error as e:
@@ -125,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"error: --resume: no checkpoint in {out}")
     env_kwargs = dict(
         data_root=args.data_root,
+        download=not args.no_download,
         data_seed=args.data_seed,
         duplicates=args.duplicates,
         max_depth=args.max_depth,

@@ -50,7 +50,6 @@ def describe(config: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-
 def run_label(run: Path) -> str:
     config_path = Path(run) / "config.json"
     if config_path.exists():

@@ -278,6 +278,8 @@ def test_unknown_env(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
         (["--max-depth", "1"], "--max-depth must be >= 2"),
         (["--algo", "sac"], "invalid choice: 'sac'"),
         (["--device", "tpu"], "device"),
+        (["--task-prior", "-1"], "--task-prior must be >= 0"),
+        (["--task-prior", "3", "--algo", "dqn"], "--task-prior is a RouterPolicy option"),
     ],
 )
 def test_bad_numbers_and_choices(
@@ -290,7 +292,7 @@ def test_bad_numbers_and_choices(
 
 def test_missing_data_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     def offline(*args, **kwargs):
-        raise URLError("no network in tests")
+        raise URLError("no network in tests\n  (torchvision's messages span lines)")
 
     # never reach the network: torchvision's MNIST download fails at once, as it does offline
     monkeypatch.setattr("urllib.request.urlopen", offline)
@@ -299,8 +301,29 @@ def test_missing_data_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyP
     empty.mkdir()
     message = fails(["--data-root", empty, "--out", out, "--device", "cpu", "--no-progress"], capsys)
     assert message.startswith(f"error: MNIST data in {empty / 'MNIST'} is unusable: download failed")
+    assert len(message.strip().splitlines()) == 1, message  # one line, the cause included
+    assert "no network in tests (torchvision's messages span lines)" in message
     assert not out.exists()
     assert list(empty.iterdir()) == []  # no partial download left behind either
+
+
+def test_no_download_fails_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    def network(*args, **kwargs):
+        raise AssertionError("--no-download must not touch the network")
+
+    monkeypatch.setattr("urllib.request.urlopen", network)
+    monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", network)
+    empty, out = tmp_path / "empty", tmp_path / "run"
+    empty.mkdir()
+    argv = ["--data-root", empty, "--out", out, "--device", "cpu", "--no-progress", "--no-download"]
+    message = fails(argv, capsys)
+    assert message.startswith(f"error: MNIST data in {empty / 'MNIST'} is unusable: missing ")
+    assert (
+        "(download=False)" in message
+        and "Expected layout" in message
+        and len(message.strip().splitlines()) == 1
+    )
+    assert not out.exists() and list(empty.iterdir()) == []
 
 
 def test_existing_run_needs_resume(

@@ -117,6 +117,11 @@ def atomic_download_dir(root: Path, final_name: str) -> Iterator[Path]:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def download_failure(exc: BaseException) -> str:
+    """A failed download's cause on one line (torchvision's messages span several)."""
+    return f"download failed ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})"
+
+
 def seeded_generator(seed: int) -> torch.Generator:
     """A CPU generator for the protocol's draws (CPU so that splits do not depend on the device)."""
     return torch.Generator().manual_seed(int(seed))

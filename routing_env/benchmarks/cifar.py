@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import DataError, MTLBenchmark, MTLSplit, atomic_download_dir
+from .base import DataError, MTLBenchmark, MTLSplit, atomic_download_dir, download_failure
 
 NAME = "cifar"
 N_FINE = 100
@@ -135,7 +135,7 @@ def _ensure_files(root: Path, download: bool) -> None:
             # torchvision checks md5 sums here, on the real archive; we read the pickles ourselves below.
             torchvision.datasets.CIFAR100(str(scratch), train=True, download=True)
     except Exception as exc:  # network, disk and format errors all mean the same thing to the caller
-        raise _error(root, f"download failed ({type(exc).__name__}: {str(exc).strip()[:300]})") from exc
+        raise _error(root, download_failure(exc)) from exc
 
 
 def load(data_root: Path, seed: int = 0, download: bool = True) -> MTLBenchmark:

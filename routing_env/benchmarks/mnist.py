@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .base import DataError, MTLBenchmark, MTLSplit, atomic_download_dir, seeded_generator
+from .base import DataError, MTLBenchmark, MTLSplit, atomic_download_dir, download_failure, seeded_generator
 
 NAME = "mnist"
 N_DIGITS = 10
@@ -59,7 +59,7 @@ def _ensure_files(root: Path, download: bool) -> None:
             for train in (True, False):
                 torchvision.datasets.MNIST(str(scratch), train=train, download=True)
     except Exception as exc:  # network, disk and format errors all mean the same thing to the caller
-        raise _error(root, f"download failed ({type(exc).__name__}: {str(exc).strip()[:300]})") from exc
+        raise _error(root, download_failure(exc)) from exc
 
 
 def _read(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
