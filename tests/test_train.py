@@ -290,40 +290,31 @@ def test_bad_numbers_and_choices(
     assert not out.exists()
 
 
-def test_missing_data_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+@pytest.mark.parametrize(
+    "flags, cause",
+    [
+        # offline: torchvision's MNIST download fails at once, with a message over several lines
+        ([], "download failed (RuntimeError: Error downloading train-images-idx3-ubyte.gz: Tried "),
+        # --no-download: no attempt at all (a network call would turn into "download failed")
+        (["--no-download"], "missing "),
+    ],
+)
+def test_missing_data_is_one_line_and_writes_nothing(
+    flags: list, cause: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
     def offline(*args, **kwargs):
-        raise URLError("no network in tests\n  (torchvision's messages span lines)")
+        raise URLError("no network\n  (torchvision's messages span lines)")
 
-    # never reach the network: torchvision's MNIST download fails at once, as it does offline
     monkeypatch.setattr("urllib.request.urlopen", offline)
     monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", offline)
     empty, out = tmp_path / "empty", tmp_path / "run"
     empty.mkdir()
-    message = fails(["--data-root", empty, "--out", out, "--device", "cpu", "--no-progress"], capsys)
-    assert message.startswith(f"error: MNIST data in {empty / 'MNIST'} is unusable: download failed")
-    assert len(message.strip().splitlines()) == 1, message  # one line, the cause included
-    assert "no network in tests (torchvision's messages span lines)" in message
+    message = fails(["--data-root", empty, "--out", out, "--device", "cpu", "--no-progress", *flags], capsys)
+    assert message.startswith(f"error: MNIST data in {empty / 'MNIST'} is unusable: {cause}"), message
+    assert "Expected layout" in message and len(message.strip().splitlines()) == 1, message
+    assert ("(torchvision's messages span lines)" in message) == (not flags)  # the cause, joined
     assert not out.exists()
     assert list(empty.iterdir()) == []  # no partial download left behind either
-
-
-def test_no_download_fails_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    def network(*args, **kwargs):
-        raise AssertionError("--no-download must not touch the network")
-
-    monkeypatch.setattr("urllib.request.urlopen", network)
-    monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", network)
-    empty, out = tmp_path / "empty", tmp_path / "run"
-    empty.mkdir()
-    argv = ["--data-root", empty, "--out", out, "--device", "cpu", "--no-progress", "--no-download"]
-    message = fails(argv, capsys)
-    assert message.startswith(f"error: MNIST data in {empty / 'MNIST'} is unusable: missing ")
-    assert (
-        "(download=False)" in message
-        and "Expected layout" in message
-        and len(message.strip().splitlines()) == 1
-    )
-    assert not out.exists() and list(empty.iterdir()) == []
 
 
 def test_existing_run_needs_resume(
@@ -396,3 +387,18 @@ def test_task_prior_flag_reaches_config_and_checkpoint(fake_data_root: Path, tmp
     assert policy.router_config.task_prior_std == 3.0
     assert policy.router.task_prior.weight.shape == (10, int(policy.action_space.n))
     assert train.parse_args([]).task_prior == 0.0  # the paper's router by default
+
+
+def test_cifar_format_runs_end_to_end(fake_data_root: Path, tmp_path: Path) -> None:
+    """A user with CIFAR-100 gets CIFAR-MTL with one command: train, evaluate, plot, on files in
+    torchvision's CIFAR-100 format (written by the tests; the real data is not here)."""
+    out = tmp_path / "cifar"
+    argv = ["--env", "RoutingCIFAR-v0", "--epochs", 1, "--limit-train", 256, "--task-prior", 3]
+    assert run_main([*argv, "--bonus-weight", 0.1, *TINY, "--data-root", fake_data_root, "--out", out]) == 0
+    (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    config = json.loads((out / "config.json").read_text())
+    assert config["env"] == "RoutingCIFAR-v0" and config["env_config"]["benchmark"] == "cifar"
+    assert len(record["per_task_accuracy"]) == 20  # one task per CIFAR-100 superclass
+    assert record["test_pairs"] == config["test_pairs"] > 0
+    assert 0.0 <= record["test_accuracy"] <= 1.0
+    assert (out / "accuracy.png").exists() and (out / "checkpoint").is_dir()

@@ -1,12 +1,10 @@
 #!/usr/bin/env bash
 # GPU call (issue 5): LRN with the router's per-task prior (--task-prior), with and without the bonus,
 # side by side on one card for ~9 minutes (each run stops at its last whole epoch).
-export OMP_NUM_THREADS=2 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-T=${T:-540}
+RUN_ARGS=--no-checkpoint
+source "$(dirname "$0")/common.sh"
 P=${P:-prior}
 gpu_mb=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
-run() { name=$1; shift; timeout $T python3 train.py --device cuda --no-progress --no-checkpoint --out runs/$name "$@" > runs_$(echo $name | tr / _).log 2>&1 & }
-mkdir -p runs
 run min/$P-lrn_d10_L6_p3_nobonus --env RoutingMIN-v0 --task-prior 3 --no-bonus
 run min/$P-lrn_d10_L6_p3_bonus --env RoutingMIN-v0 --task-prior 3
 run mnist/$P-lrn_d10_L6_p3_nobonus --env RoutingMNIST-v0 --task-prior 3 --no-bonus
@@ -16,6 +14,4 @@ if [ "$gpu_mb" -gt 100000 ]; then
   run min/$P-lrn_d10_L6_p3_bonus0.1 --env RoutingMIN-v0 --task-prior 3 --bonus-weight 0.1
   run min/$P-lrn_d10_L6_p3_nobonus_s1 --env RoutingMIN-v0 --task-prior 3 --no-bonus --seed 1
 fi
-wait
-for f in runs_*.log; do echo "== $f"; grep "^epoch" $f | tail -3; grep -i "error" $f | tail -2; done
-tar czf "$OUT/$P.tgz" runs/*/*/metrics.jsonl runs/*/*/config.json runs/*/*/*.png
+finish $P.tgz
