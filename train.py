@@ -25,7 +25,7 @@ import gymnasium as gym
 import torch
 
 import routing_env
-from agents.algorithms import ALGORITHMS, AlgoConfig, SB3Trainer, StaticTrainer
+from agents.algorithms import ALGORITHMS, ROUTER_POLICY_ALGORITHMS, AlgoConfig, SB3Trainer, StaticTrainer
 from agents.callbacks import Checkpoint, MetricsLog, Progress, set_rng_state
 from agents.evaluation import evaluate
 from agents.plot import plot_run
@@ -95,7 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--max-depth must be >= 2")
     if args.task_prior < 0:
         p.error("--task-prior must be >= 0")
-    if args.task_prior > 0 and args.algo not in ("maskable_ppo", "ppo", "a2c"):
+    if args.task_prior > 0 and args.algo not in ROUTER_POLICY_ALGORITHMS:
         p.error(
             f"--task-prior is a RouterPolicy option: use --algo maskable_ppo, ppo or a2c (not {args.algo})"
         )

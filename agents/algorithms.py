@@ -141,12 +141,16 @@ class _Constant:
         return self.value
 
 
+def _router_policy(cfg: AlgoConfig) -> dict[str, Any]:
+    """The policy kwargs of every algorithm that trains :class:`RouterPolicy`."""
+    return dict(policy=RouterPolicy, policy_kwargs=dict(task_prior_std=cfg.task_prior_std))
+
+
 def _on_policy_kwargs(env: RoutingVecEnv, cfg: AlgoConfig) -> dict[str, Any]:
     depth = env.engine.config.max_depth
     minibatch = cfg.minibatch * (depth if cfg.minibatch_unit == "episodes" else 1)
     return dict(
-        policy=RouterPolicy,
-        policy_kwargs=dict(task_prior_std=cfg.task_prior_std),
+        **_router_policy(cfg),
         learning_rate=_Constant(cfg.lr),
         n_steps=depth,  # one rollout = one batch of num_envs whole episodes
         batch_size=minibatch,
@@ -162,8 +166,7 @@ def _on_policy_kwargs(env: RoutingVecEnv, cfg: AlgoConfig) -> dict[str, Any]:
 
 def _a2c_kwargs(env: RoutingVecEnv, cfg: AlgoConfig) -> dict[str, Any]:
     return dict(
-        policy=RouterPolicy,
-        policy_kwargs=dict(task_prior_std=cfg.task_prior_std),
+        **_router_policy(cfg),
         learning_rate=_Constant(cfg.lr),
         n_steps=env.engine.config.max_depth,
         gamma=cfg.gamma,
@@ -234,3 +237,7 @@ class StaticTrainer:
 
 
 ALGORITHMS = (*SB3_ALGORITHMS, "static", "routing_network")
+# the algorithms whose agent is RouterPolicy (and so take its options, e.g. task_prior_std)
+ROUTER_POLICY_ALGORITHMS = tuple(
+    name for name, (_, kwargs) in SB3_ALGORITHMS.items() if kwargs in (_on_policy_kwargs, _a2c_kwargs)
+)

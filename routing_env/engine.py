@@ -393,10 +393,10 @@ class RoutingEngine:
     def stats(self) -> dict[str, float]:
         """Means over the episodes finished since :meth:`reset_stats`: train loss, accuracy, reward,
         bonus, and invalid actions per episode."""
-        n, loss, correct, reward, bonus, invalid = self._stats.tolist()
-        n = max(n, 1.0)
+        episodes, loss, correct, reward, bonus, invalid = self._stats.tolist()  # one device read
+        n = max(episodes, 1.0)
         return {
-            "train_episodes": int(self._stats[0]),
+            "train_episodes": int(episodes),
             "train_loss": loss / n,
             "train_accuracy": correct / n,
             "train_reward": reward / n,

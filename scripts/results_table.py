@@ -15,7 +15,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from agents.plot import describe, plot_runs
+from agents.plot import describe, plot_runs, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- results-table:begin -->", "<!-- results-table:end -->"
@@ -99,12 +99,18 @@ def rows(results: Path) -> list[list[str]]:
 
 
 def _runs(results: Path, bench: str) -> list[tuple[Path, dict, list[dict]]]:
+    """``(folder, config, epoch records)`` of every run of ``bench`` with at least one epoch."""
     out = []
-    for run in sorted((results / bench).glob("*/metrics.jsonl")):
-        records = [json.loads(line) for line in run.read_text().splitlines() if line.strip()]
+    for run in sorted(p.parent for p in (results / bench).glob("*/metrics.jsonl")):
+        records = read_metrics(run)
         if records:
-            out.append((run.parent, json.loads((run.parent / "config.json").read_text()), records))
+            out.append((run, json.loads((run / "config.json").read_text()), records))
     return out
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def _mean_std(values: list[float]) -> str:
@@ -114,9 +120,16 @@ def _mean_std(values: list[float]) -> str:
 
 def seeds_table(results: Path) -> str:
     """Settings run with several seeds: mean ± std (sample std) over the seeds."""
-    header = ["benchmark", "setting", "seeds", "test acc % (last)", "best test acc %", "epochs"]
-    header.append("paper LRN %")
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    header = [
+        "benchmark",
+        "setting",
+        "seeds",
+        "test acc % (last)",
+        "best test acc %",
+        "epochs",
+        "paper LRN %",
+    ]
+    out = []
     for bench in ("mnist", "cifar", "min"):
         groups: dict[str, list[tuple[dict, list[dict]]]] = defaultdict(list)
         for _, config, records in _runs(results, bench):
@@ -128,17 +141,18 @@ def seeds_table(results: Path) -> str:
             last = [100 * r[-1]["test_accuracy"] for _, r in runs]
             best = [100 * max(x["test_accuracy"] for x in r) for _, r in runs]
             epochs = sorted({r[-1]["epoch"] + 1 for _, r in runs})
-            cells = [
-                BENCHMARK_NAMES[bench],
-                setting,
-                ", ".join(map(str, seeds)),
-                _mean_std(last),
-                _mean_std(best),
-                "-".join(map(str, (epochs[0], epochs[-1]))) if len(epochs) > 1 else str(epochs[0]),
-                str(PAPER[bench][0]),
-            ]
-            lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            out.append(
+                [
+                    BENCHMARK_NAMES[bench],
+                    setting,
+                    ", ".join(map(str, seeds)),
+                    _mean_std(last),
+                    _mean_std(best),
+                    "-".join(map(str, (epochs[0], epochs[-1]))) if len(epochs) > 1 else str(epochs[0]),
+                    str(PAPER[bench][0]),
+                ]
+            )
+    return _markdown(header, out)
 
 
 def figures(results: Path) -> list[Path]:
@@ -165,9 +179,7 @@ def table(results: Path) -> str:
         "card",
         "paper LRN / RN %",
     ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows(results)]
-    return "\n".join(lines)
+    return _markdown(header, rows(results))
 
 
 def bench_table(results: Path) -> str:
