@@ -38,7 +38,7 @@ def evaluate(act: ActFn, engine: RoutingEngine, n_tasks: int, n_classes: int) ->
     for _ in range(math.ceil(n_pairs / engine.batch_size)):
         engine.begin_batch()
         out = None
-        for _ in range(engine.config.max_depth):
+        for _ in range(engine.max_depth):
             out = engine.step(act(engine.observation()))
         first_pass = out.final["epoch"] == 0  # the last batch wraps around: count each pair once
         for key in collected:

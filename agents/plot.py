@@ -25,27 +25,46 @@ def read_metrics(run: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def settings(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's settings from its config.json, flat: ``algo``, ``seed``, ``epochs``, the env's fields, the
+    agent's and the router's, and ``rn_learner``. Reads both the nested layout train.py writes and the
+    flat one of runs made before it (``env_config``, ``algo_config``, ``task_prior``)."""
+    if "env_id" in config:  # nested: RunConfig.to_dict()
+        flat = {**config["env"], **config["agent"], **config["router"]}
+        flat["rn_learner"] = config["routing_network"]["learner"]
+    else:
+        flat = {**config.get("algo_config", {}), **config.get("env_config", {})}
+        flat["task_prior_std"] = config.get("task_prior", 0.0)
+        flat["router_lr"] = config.get("router_lr")
+        flat["rn_learner"] = config.get("rn_learner", "wpl")
+        flat.setdefault("bonus_warmup", config.get("bonus_warmup", 0))
+        for key in ("duplicates", "max_depth", "bonus_weight", "ent_coef", "minibatch_unit"):
+            flat.setdefault(key, config.get(key))
+    for key in ("algo", "seed", "epochs"):
+        flat[key] = config.get(key)
+    return flat
+
+
 def describe(config: dict[str, Any]) -> str:
     """A run's setting in words, from its config.json (README's tables and the figures' legends)."""
-    algo = config["algo"]
+    s = settings(config)
+    algo = s["algo"]
     if algo == "static":
         return "static network"
     if algo == "routing_network":
-        learner = config.get("rn_learner", "wpl")
-        return f"routing network ({learner}, {config.get('duplicates')} modules/depth)"
-    env = config.get("env_config", {})
-    bonus = env.get("bonus_weight", config.get("bonus_weight", 1.0))
-    parts = [f"LRN ({algo})", f"d{env.get('duplicates')} L{env.get('max_depth')}"]
+        return f"routing network ({s['rn_learner']}, {s['duplicates']} modules/depth)"
+    bonus = s.get("bonus_weight", 1.0)
+    parts = [f"LRN ({algo})", f"d{s['duplicates']} L{s['max_depth']}"]
     parts.append("no bonus" if bonus == 0 else f"bonus {bonus:g}")
-    if config.get("bonus_warmup") and bonus > 0:
-        parts.append(f"bonus from epoch {config['bonus_warmup']}")
-    if config.get("task_prior"):
-        parts.append(f"task prior {config['task_prior']:g}")
-    if config.get("ent_coef"):
-        parts.append(f"entropy {config['ent_coef']:g}")
-    if config.get("router_lr"):
-        parts.append(f"router lr {config['router_lr']:g}")
-    if config.get("minibatch_unit") == "transitions":
+    if s.get("bonus_warmup") and bonus > 0:
+        parts.append(f"bonus from epoch {s['bonus_warmup']}")
+    if s.get("task_prior_std"):
+        parts.append(f"task prior {s['task_prior_std']:g}")
+    if s.get("ent_coef"):
+        parts.append(f"entropy {s['ent_coef']:g}")
+    if s.get("router_lr"):
+        parts.append(f"router lr {s['router_lr']:g}")
+    if s.get("minibatch_unit") == "transitions":
         parts.append("minibatch 64 transitions")
     return ", ".join(parts)
 

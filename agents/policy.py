@@ -3,6 +3,7 @@ features extractor for value-based algorithms (DQN)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -14,19 +15,20 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 
-from agents.router import RouterConfig, RouterNetwork, parse_observation
+from agents.config import RouterConfig
+from agents.router import LRNRouter, parse_observation
 
 
-def _router_from_space(observation_space: spaces.Dict, config: RouterConfig) -> RouterNetwork:
+def _router_from_space(observation_space: spaces.Dict, config: RouterConfig) -> LRNRouter:
     image_shape = tuple(observation_space["image"].shape)
     n_tasks = int(observation_space["task"].n)
     n_actions = int(observation_space["action_mask"].n)
     max_depth = int(observation_space["route"].shape[0])
-    return RouterNetwork(image_shape, n_tasks, n_actions, max_depth, config)
+    return LRNRouter(image_shape, n_tasks, n_actions, max_depth, config)
 
 
 class RouterPolicy(MaskableActorCriticPolicy):
-    """Actor-critic policy around :class:`agents.router.RouterNetwork`.
+    """Actor-critic policy around :class:`agents.router.LRNRouter`.
 
     The action mask travels in the observation (``obs["action_mask"]``) and is always applied, so the
     policy never picks an invalid module, also under PPO and A2C, which know nothing of masks.
@@ -35,16 +37,14 @@ class RouterPolicy(MaskableActorCriticPolicy):
     :param observation_space: the routing env's ``Dict`` observation space.
     :param action_space: ``Discrete(n_actions)``.
     :param lr_schedule: learning rate schedule (SB3 passes it).
-    :param d_model: width of every embedding and of the transformer.
-    :param n_heads: attention heads.
-    :param d_ff: feed-forward width of the transformer layers.
-    :param n_encoder_layers: encoder layers.
-    :param n_decoder_layers: decoder (actor) layers.
-    :param task_prior_std: std of the initial per-task logit bias (not in the paper; 0 = none), see
-        :class:`agents.router.RouterConfig`.
     :param optimizer_class: the router's optimizer.
     :param optimizer_kwargs: its extra arguments.
-    :param use_sde: accepted for SB3's on-policy algorithms; must be False.
+    :param use_sde: passed by SB3's on-policy algorithms; must be False.
+    :param normalize_images: divide the uint8 image by 255 (False when a wrapper such as VecNormalize
+        already normalises it).
+    :param router_kwargs: the router's architecture, the fields of :class:`agents.config.RouterConfig`
+        (``d_model``, ``n_heads``, ``d_ff``, ``n_encoder_layers``, ``n_decoder_layers``,
+        ``conv_channels``, ``task_prior_std``); an unknown keyword is an error.
     """
 
     def __init__(
@@ -52,19 +52,15 @@ class RouterPolicy(MaskableActorCriticPolicy):
         observation_space: spaces.Dict,
         action_space: spaces.Discrete,
         lr_schedule: Schedule,
-        d_model: int = 256,
-        n_heads: int = 4,
-        d_ff: int = 512,
-        n_encoder_layers: int = 1,
-        n_decoder_layers: int = 1,
-        task_prior_std: float = 0.0,
         optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
         optimizer_kwargs: dict[str, Any] | None = None,
         use_sde: bool = False,
-        **_ignored: Any,
+        normalize_images: bool = True,
+        **router_kwargs: Any,
     ) -> None:
         if use_sde:
             raise ValueError("RouterPolicy has a discrete action space: use_sde must be False")
+        router_config = RouterConfig.from_kwargs(**router_kwargs)
         # MaskablePPO requires a MaskableActorCriticPolicy; its __init__ builds SB3's MLP heads, which
         # the router replaces, so initialise as the BasePolicy it derives from.
         BasePolicy.__init__(
@@ -73,26 +69,19 @@ class RouterPolicy(MaskableActorCriticPolicy):
             action_space,
             optimizer_class=optimizer_class,
             optimizer_kwargs=optimizer_kwargs or {},
+            normalize_images=normalize_images,
         )
-        self.router_config = RouterConfig(
-            d_model, n_heads, d_ff, n_encoder_layers, n_decoder_layers, task_prior_std=task_prior_std
-        )
-        self.router = _router_from_space(observation_space, self.router_config)
+        self.router_config = router_config
+        self.router = _router_from_space(observation_space, router_config)
         self.action_dist = MaskableCategoricalDistribution(int(action_space.n))
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
-        # BUG FIX: MaskableActorCriticPolicy's version reads net_arch, ortho_init, ... which this policy
-        # never sets (its __init__ is skipped above), so policy.save() raised AttributeError.
+        # MaskableActorCriticPolicy's version reads net_arch, ortho_init, ... which this policy never
+        # sets (its __init__ is skipped above); save the router's configuration whole instead.
         data = BasePolicy._get_constructor_parameters(self)
-        cfg = self.router_config
         data.update(
-            d_model=cfg.d_model,
-            n_heads=cfg.n_heads,
-            d_ff=cfg.d_ff,
-            n_encoder_layers=cfg.n_encoder_layers,
-            n_decoder_layers=cfg.n_decoder_layers,
-            task_prior_std=cfg.task_prior_std,
+            **dataclasses.asdict(self.router_config),
             lr_schedule=self._dummy_schedule,
             optimizer_class=self.optimizer_class,
             optimizer_kwargs=self.optimizer_kwargs,
@@ -113,7 +102,7 @@ class RouterPolicy(MaskableActorCriticPolicy):
         self, obs: PyTorchObs, deterministic: bool = False, action_masks: np.ndarray | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Actions ``(B,)``, values ``(B, 1)`` and log-probabilities ``(B,)``."""
-        x = parse_observation(obs)
+        x = parse_observation(obs, normalize_images=self.normalize_images)
         logits, values = self.router(x)
         dist = self._distribution(logits, x.mask, action_masks)
         actions = dist.get_actions(deterministic=deterministic)
@@ -123,7 +112,7 @@ class RouterPolicy(MaskableActorCriticPolicy):
         self, obs: PyTorchObs, actions: torch.Tensor, action_masks: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Values ``(B, 1)``, log-probabilities and entropies ``(B,)`` of ``actions``."""
-        x = parse_observation(obs)
+        x = parse_observation(obs, normalize_images=self.normalize_images)
         logits, values = self.router(x)
         dist = self._distribution(logits, x.mask, action_masks)
         return values[:, None], dist.log_prob(actions.reshape(-1)), dist.entropy()
@@ -131,12 +120,12 @@ class RouterPolicy(MaskableActorCriticPolicy):
     def get_distribution(
         self, obs: PyTorchObs, action_masks: np.ndarray | None = None
     ) -> MaskableCategoricalDistribution:
-        x = parse_observation(obs)
+        x = parse_observation(obs, normalize_images=self.normalize_images)
         states, padding = self.router.encode(x)
         return self._distribution(self.router.masked_logits(x, states, padding), x.mask, action_masks)
 
     def predict_values(self, obs: PyTorchObs) -> torch.Tensor:
-        x = parse_observation(obs)
+        x = parse_observation(obs, normalize_images=self.normalize_images)
         states, padding = self.router.encode(x)
         return self.router.critic(states, padding)[:, None]
 
@@ -166,18 +155,18 @@ class RouterPolicy(MaskableActorCriticPolicy):
 
 class RouterFeaturesExtractor(BaseFeaturesExtractor):
     """The router's encoder, attention-pooled to one feature vector, for SB3 policies built from a
-    features extractor (DQN's ``MultiInputPolicy``). Such algorithms do not see the mask; the env
-    replaces an invalid action (and charges ``invalid_action_penalty``).
+    features extractor (``MultiInputPolicy`` of DQN, QR-DQN, RecurrentPPO, ...). Such algorithms do not
+    see the mask; the env replaces an invalid action (and charges ``invalid_action_penalty``).
 
     :param observation_space: the routing env's ``Dict`` observation space.
-    :param d_model: feature width.
-    :param n_heads: attention heads.
-    :param d_ff: feed-forward width.
+    :param router_kwargs: the fields of :class:`agents.config.RouterConfig` (``d_model`` is the feature
+        width); an unknown keyword is an error.
     """
 
-    def __init__(self, observation_space: spaces.Dict, d_model: int = 256, n_heads: int = 4, d_ff: int = 512):
-        super().__init__(observation_space, features_dim=d_model)
-        self.router = _router_from_space(observation_space, RouterConfig(d_model, n_heads, d_ff))
+    def __init__(self, observation_space: spaces.Dict, **router_kwargs: Any) -> None:
+        config = RouterConfig.from_kwargs(**router_kwargs)
+        super().__init__(observation_space, features_dim=config.d_model)
+        self.router = _router_from_space(observation_space, config)
 
     def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
         x = parse_observation(observations, one_hot=True)

@@ -8,21 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-
-@dataclass
-class RouterConfig:
-    """Sizes of the router (the paper's: d_model 256, 4 heads, d_ff 512, 1 layer each)."""
-
-    d_model: int = 256
-    n_heads: int = 4
-    d_ff: int = 512
-    n_encoder_layers: int = 1
-    n_decoder_layers: int = 1
-    conv_channels: tuple[int, int] = (32, 64)
-    # Not in the paper: std of a learned per-task bias on the action logits; 0 (the paper) = none.
-    # A random start of a few units gives each task its own preferred modules from the first batch, so
-    # routes are task-specific before PPO has any signal (else they collapse onto one shared route).
-    task_prior_std: float = 0.0
+from agents.config import RouterConfig
 
 
 @dataclass
@@ -35,20 +21,22 @@ class RouterInput:
     mask: torch.Tensor  # (B, A) bool: valid next actions
 
 
-def parse_observation(obs: dict[str, torch.Tensor], one_hot: bool = False) -> RouterInput:
+def parse_observation(
+    obs: dict[str, torch.Tensor], one_hot: bool = False, normalize_images: bool = True
+) -> RouterInput:
     """Read SB3's observation tensors, raw (uint8 image, int ids, as collected) or from a rollout buffer
     (float copies, discrete ids shaped ``(B, 1)``); ``one_hot=True`` reads SB3's *preprocessed*
-    observations (image already scaled to [0, 1], Discrete and MultiDiscrete as one-hot)."""
+    observations (image already scaled to [0, 1], Discrete and MultiDiscrete as one-hot).
+    ``normalize_images=False``: the image is already normalised (e.g. by VecNormalize); use it as is."""
     batch = obs["image"].shape[0]
     if one_hot:
         image = obs["image"].float()
-        # BUG FIX: a replay buffer stores Discrete observations as (B, 1), which SB3 one-hots to
-        # (B, 1, n); flatten first, else DQN's training step crashed in encode().
+        # A replay buffer stores Discrete observations as (B, 1), which SB3 one-hots to (B, 1, n).
         task = obs["task"].reshape(batch, -1).argmax(dim=-1)
         depth = obs["step"].shape[-1] - 1
         route = obs["route"].view(batch, depth, -1).argmax(dim=-1)
     else:
-        image = obs["image"].float() / 255.0
+        image = obs["image"].float() / 255.0 if normalize_images else obs["image"].float()
         task = obs["task"].reshape(batch).long()
         route = obs["route"].reshape(batch, -1).long()
     mask = obs["action_mask"].reshape(batch, -1) > 0.5
@@ -76,7 +64,7 @@ class InstanceEncoder(nn.Module):
         return self.net(image)  # (B, d)
 
 
-class RouterNetwork(nn.Module):
+class LRNRouter(nn.Module):
     """Actor and critic of the LRN router.
 
     State tokens: ``[instance, task, route_0, ..., route_{D-1}]`` plus learned position embeddings;
@@ -90,7 +78,7 @@ class RouterNetwork(nn.Module):
         n_tasks: number of tasks.
         n_actions: modules + PASS.
         max_depth: route length.
-        config: sizes.
+        config: the architecture (:class:`agents.config.RouterConfig`).
     """
 
     def __init__(

@@ -1,51 +1,34 @@
 """Limitless Routing Networks: the network-construction MDP as Gymnasium (and SB3) environments.
 
-``import routing_env`` registers ``RoutingMNIST-v0``, ``RoutingCIFAR-v0`` and ``RoutingMIN-v0``.
+``import routing_env`` registers ``RoutingMNIST-v0``, ``RoutingCIFAR-v0`` and ``RoutingMIN-v0``; the
+classes below load on first use, so importing the package (e.g. to read configs or parse flags) does
+not import torch.
 """
 
-from gymnasium.envs.registration import register
+from __future__ import annotations
 
-from routing_env.benchmarks import DataError, MTLBenchmark, MTLSplit, load_benchmark
-from routing_env.config import RoutingConfig, make_engine
-from routing_env.engine import EngineConfig, RoutingEngine
-from routing_env.env import RoutingEnv
-from routing_env.modules import BankSpec, ModulePool, TensorType, lrn_pool_specs
-from routing_env.sb3_vec_env import RoutingVecEnv
-from routing_env.vector_env import RoutingVectorEnv
+from routing_env.config import RoutingConfig
+from routing_env.lazy import lazy_attributes
+from routing_env.registration import benchmark_of, register_benchmark, routing_env_ids
 
-register(
-    id="RoutingMNIST-v0",
-    entry_point="routing_env.env:RoutingEnv",
-    vector_entry_point="routing_env.vector_env:RoutingVectorEnv",
-    kwargs={"benchmark": "mnist"},
-)
-register(
-    id="RoutingCIFAR-v0",
-    entry_point="routing_env.env:RoutingEnv",
-    vector_entry_point="routing_env.vector_env:RoutingVectorEnv",
-    kwargs={"benchmark": "cifar"},
-)
-register(
-    id="RoutingMIN-v0",
-    entry_point="routing_env.env:RoutingEnv",
-    vector_entry_point="routing_env.vector_env:RoutingVectorEnv",
-    kwargs={"benchmark": "min"},
-)
+# public name -> the module that defines it
+_LAZY = {
+    "BankSpec": "routing_env.modules",
+    "ModulePool": "routing_env.modules",
+    "TensorType": "routing_env.modules",
+    "lrn_pool_specs": "routing_env.modules",
+    "DataError": "routing_env.benchmarks.base",
+    "MTLBenchmark": "routing_env.benchmarks.base",
+    "MTLSplit": "routing_env.benchmarks.base",
+    "load_benchmark": "routing_env.benchmarks",
+    "make_engine": "routing_env.build",
+    "RoutingEngine": "routing_env.engine",
+    "RoutingEnv": "routing_env.env",
+    "RoutingVectorEnv": "routing_env.vector_env",
+    "RoutingSB3VecEnv": "routing_env.sb3_vec_env",
+}
 
-__all__ = [
-    "BankSpec",
-    "DataError",
-    "EngineConfig",
-    "MTLBenchmark",
-    "MTLSplit",
-    "ModulePool",
-    "RoutingConfig",
-    "RoutingEngine",
-    "RoutingEnv",
-    "RoutingVecEnv",
-    "RoutingVectorEnv",
-    "TensorType",
-    "load_benchmark",
-    "lrn_pool_specs",
-    "make_engine",
-]
+
+__getattr__ = lazy_attributes(__name__, _LAZY)
+
+__all__ = [*_LAZY, "RoutingConfig", "benchmark_of", "register_benchmark", "routing_env_ids"]

@@ -9,13 +9,8 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from routing_env.config import (
-    RoutingConfig,
-    final_info_to_numpy,
-    make_engine,
-    observation_space,
-    observation_to_numpy,
-)
+from routing_env.build import make_engine, observation_space, to_numpy
+from routing_env.config import RoutingConfig
 
 
 class RoutingEnv(gym.Env):
@@ -70,11 +65,11 @@ class RoutingEnv(gym.Env):
     ## Arguments
     See :class:`routing_env.config.RoutingConfig`: ``data_root``, ``download``, ``data_seed``,
     ``split``, ``max_pairs``, ``duplicates`` (10), ``max_depth`` (6), ``batch_size`` (128),
-    ``bonus_weight`` (1), ``invalid_action_penalty`` (1), ``lr`` (1e-4), ``lr_decay`` (0.97),
-    ``train_modules``, ``device`` ("auto"), ``seed``, ``dispatch``.
+    ``bonus_weight`` (1), ``bonus_warmup`` (0), ``invalid_action_penalty`` (1), ``lr`` (1e-4),
+    ``lr_decay`` (0.97), ``train_modules``, ``device`` ("auto"), ``seed``, ``dispatch``, ``pool``.
 
     For batches of episodes on the device use ``gymnasium.make_vec(id, num_envs=128,
-    vectorization_mode="vector_entry_point")`` or :class:`routing_env.RoutingVecEnv` (SB3).
+    vectorization_mode="vector_entry_point")`` or :class:`routing_env.RoutingSB3VecEnv` (SB3).
     """
 
     metadata = {"render_modes": []}
@@ -83,7 +78,7 @@ class RoutingEnv(gym.Env):
         self.config = RoutingConfig.from_kwargs(benchmark=benchmark, **kwargs)
         # One episode at a time; the pool is updated (and the bonus counted) every batch_size episodes.
         self.engine, self.benchmark = make_engine(
-            self.config, batch_size=1, episodes_per_update=int(self.config.batch_size)
+            self.config, batch_size=1, update_every=self.config.batch_size
         )
         self.observation_space = observation_space(self.engine, self.benchmark)
         self.action_space = spaces.Discrete(self.engine.pool.n_actions)
@@ -99,8 +94,7 @@ class RoutingEnv(gym.Env):
         return self._obs(), {}
 
     def step(self, action: int) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
-        # FIX: np.int64(action) truncated non-integers (1.5 -> 1, True -> 1) and raised OverflowError on
-        # huge ints; like the vector envs, accept only one integer in range.
+        # Only one integer in range: np.int64(action) would truncate 1.5 or True to 1.
         a = np.asarray(action)
         if (
             a.size != 1
@@ -111,20 +105,9 @@ class RoutingEnv(gym.Env):
         out = self.engine.step(torch.tensor([int(a.reshape(()))]))
         info: dict[str, Any] = {"invalid_action": bool(out.invalid[0])}
         if out.done:
-            final = {k: v[0] for k, v in final_info_to_numpy(out.final).items()}
-            info.update(
-                route=final["route"].tolist(),
-                loss=float(final["loss"]),
-                correct=bool(final["correct"]),
-                prediction=int(final["prediction"]),
-                bonus=float(final["bonus"]),
-                reward_loss=-float(final["loss"]),
-                reward_bonus=self.config.bonus_weight * float(final["bonus"]),
-                task=int(final["task"]),
-                label=int(final["label"]),
-                pair_index=int(final["pair_index"]),
-                epoch=int(final["epoch"]),
-            )
+            final = {k: v[0] for k, v in to_numpy(out.final, skip=("reward",)).items()}
+            info["route"] = final.pop("route").tolist()
+            info.update({k: v.item() for k, v in final.items()})
         return self._obs(), float(out.reward[0]), bool(out.done), False, info
 
     def action_masks(self) -> np.ndarray:
@@ -132,7 +115,7 @@ class RoutingEnv(gym.Env):
         return self.engine.action_mask()[0].cpu().numpy()
 
     def _obs(self) -> dict[str, np.ndarray]:
-        return {k: v[0] for k, v in observation_to_numpy(self.engine.observation()).items()}
+        return {k: v[0] for k, v in to_numpy(self.engine.observation()).items()}
 
     # Pool checkpoints: an SB3 model file holds the agent, not the env's pool and its optimizer.
     def state_dict(self) -> dict[str, Any]:

@@ -9,8 +9,8 @@ Two ways to run a bank on a batch where each sample picked one duplicate (or non
 
 * ``dense``: every duplicate runs on every sample as one wide layer, then each sample keeps its own
   duplicate's slice. ``duplicates`` times the arithmetic, but a fixed handful of kernels and no
-  host-device synchronisation: fastest on a GPU, where this work is launch-bound
-  (``../shared/probes``: 5.4 s against 20 s per MNIST-MTL epoch for one launch per chosen module).
+  host-device synchronisation: fastest on a GPU, where this work is launch-bound (measured on an
+  H200: 5.4 s against 20 s per MNIST-MTL epoch for one launch per chosen module).
 * ``grouped``: one call per duplicate that was picked, on its sub-batch. No wasted arithmetic but a
   host sync per bank: fastest on a CPU.
 
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-DISPATCH_MODES = ("dense", "grouped")
+BANK_MODES = ("dense", "grouped")  # how a bank runs; the engine adds "compact" on top
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,28 @@ class BankSpec:
     steps: tuple[int, ...] | None = None
 
 
+@dataclass(frozen=True)
+class ActivationTypes:
+    """The activation types of the pools built here: the image, conv features, FC features, logits."""
+
+    image: TensorType
+    conv: TensorType
+    fc: TensorType
+    logits: TensorType
+
+    @classmethod
+    def of(
+        cls, image_shape: tuple[int, int, int], n_classes: int, conv_channels: int, fc_width: int
+    ) -> ActivationTypes:
+        _, height, width = image_shape
+        return cls(
+            TensorType("image", tuple(image_shape)),
+            TensorType("conv", (conv_channels, height, width)),
+            TensorType("fc", (fc_width,)),
+            TensorType("logits", (n_classes,)),
+        )
+
+
 def lrn_pool_specs(
     image_shape: tuple[int, int, int],
     n_classes: int,
@@ -78,11 +100,8 @@ def lrn_pool_specs(
     """
     if duplicates < 1:
         raise ValueError(f"duplicates must be >= 1, got {duplicates}")
-    _, height, width = image_shape
-    image = TensorType("image", tuple(image_shape))
-    conv = TensorType("conv", (conv_channels, height, width))
-    vec = TensorType("fc", (fc_width,))
-    logits = TensorType("logits", (n_classes,))
+    t = ActivationTypes.of(image_shape, n_classes, conv_channels, fc_width)
+    image, conv, vec, logits = t.image, t.conv, t.fc, t.logits
     d = duplicates
     return [
         BankSpec("input_conv", "conv", image, conv, d, "instance"),
@@ -103,12 +122,9 @@ def static_pool_specs(
 ) -> list[BankSpec]:
     """One fixed network of LRN's module types: input conv, hidden conv, two FC layers, and a head per
     task (the static baseline); with ``max_depth=5`` the only route is ``[0, 1, 2, 3, 4 + task]``."""
-    _, height, width = image_shape
-    image = TensorType("image", tuple(image_shape))
-    conv = TensorType("conv", (conv_channels, height, width))
-    vec = TensorType("fc", (fc_width,))
+    t = ActivationTypes.of(image_shape, n_classes, conv_channels, fc_width)
+    image, conv, vec, logits = t.image, t.conv, t.fc, t.logits
     vec2 = TensorType("fc2", (fc_width,))  # its own type, so the route's order is fixed
-    logits = TensorType("logits", (n_classes,))
     return [
         BankSpec("input_conv", "conv", image, conv, 1, "instance", steps=(0,)),
         BankSpec("hidden_conv", "conv", conv, conv, 1, "instance", steps=(1,)),
@@ -131,16 +147,13 @@ def routing_network_pool_specs(
     routed fully-connected depths, each with its own ``n_modules_per_depth`` modules: step 2
     ``fc_from_conv`` (32*H*W->256), step 3 ``hidden_fc`` (256->256, writing its own type so it can stand
     nowhere else), step 4 ``head`` (256->K). Build its :class:`ModulePool` with ``allow_pass=False``
-    (as :func:`routing_env.config.build_pool` does): else PASS could skip the hidden conv at step 1.
+    (as :func:`routing_env.build.build_pool` does): else PASS could skip the hidden conv at step 1.
     """
     if n_modules_per_depth < 1:
         raise ValueError(f"n_modules_per_depth must be >= 1, got {n_modules_per_depth}")
-    _, height, width = image_shape
-    image = TensorType("image", tuple(image_shape))
-    conv = TensorType("conv", (conv_channels, height, width))
-    vec = TensorType("fc", (fc_width,))
+    t = ActivationTypes.of(image_shape, n_classes, conv_channels, fc_width)
+    image, conv, vec, logits = t.image, t.conv, t.fc, t.logits
     vec2 = TensorType("rn_fc2", (fc_width,))
-    logits = TensorType("logits", (n_classes,))
     n = n_modules_per_depth
     return [
         BankSpec("input_conv", "conv", image, conv, 1, "instance", steps=(0,)),
@@ -202,7 +215,7 @@ class ModuleBank(nn.Module):
             return self._dense(h, dup)
         if mode == "grouped":
             return self._grouped(h, dup, active)
-        raise ValueError(f"unknown dispatch mode {mode!r}; expected one of {DISPATCH_MODES}")
+        raise ValueError(f"unknown dispatch mode {mode!r}; expected one of {BANK_MODES}")
 
     def _dense(self, h: torch.Tensor, dup: torch.Tensor) -> torch.Tensor:
         batch, d = h.shape[0], self.spec.duplicates

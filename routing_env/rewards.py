@@ -1,4 +1,5 @@
-"""The LRN reward, as pure functions of tensors (paper section 4, eq. 6).
+"""The LRN reward, as pure functions of tensors (paper section 4, eq. 6), and the window of recent
+routes whose module counts make the collapse bonus.
 
 An episode's reward is 0 before its last step and, at the last step,
 
@@ -9,6 +10,8 @@ batch of episodes the episode belongs to: the least used module gets 1, the most
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -65,3 +68,41 @@ def route_bonus(routes: torch.Tensor, bonus: torch.Tensor) -> torch.Tensor:
 def final_reward(loss: torch.Tensor, bonus: torch.Tensor, bonus_weight: float) -> torch.Tensor:
     """``-loss + bonus_weight * bonus``, per episode (``(B,)`` each)."""
     return -loss + bonus_weight * bonus
+
+
+class UsageWindow:
+    """The routes of the last ``size`` episodes: the batch whose module counts make the collapse bonus.
+
+    Args:
+        size: episodes remembered (the env's ``batch_size``).
+        depth: steps per route.
+        pad: the id of an unfilled route step (counts as no module).
+        device: where the routes live.
+    """
+
+    def __init__(self, size: int, depth: int, pad: int, device: torch.device) -> None:
+        self.pad = int(pad)
+        self.routes = torch.full((int(size), int(depth)), self.pad, dtype=torch.long, device=device)
+        self.position = 0
+
+    def push(self, routes: torch.Tensor) -> None:
+        """Remember ``routes`` ``(B, T)``, forgetting the oldest."""
+        size, b = self.routes.shape[0], routes.shape[0]
+        idx = (self.position + torch.arange(b, device=self.routes.device)) % size
+        self.routes[idx] = routes
+        self.position = (self.position + b) % size
+
+    def counts(self, n_modules: int) -> torch.Tensor:
+        """``(n_modules,)`` usage counts over the window."""
+        return module_usage_counts(self.routes, n_modules)
+
+    def clear(self) -> None:
+        self.routes.fill_(self.pad)
+        self.position = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"routes": self.routes.cpu(), "position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.routes.copy_(state["routes"].to(self.routes.device))
+        self.position = int(state["position"])

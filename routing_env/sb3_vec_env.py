@@ -9,16 +9,18 @@ import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
 
-from routing_env.vector_env import LockstepRouting
+from routing_env.config import RoutingConfig
+from routing_env.registration import benchmark_of
+from routing_env.vector_env import LockstepRouting, lockstep_config
 
 
-class RoutingVecEnv(VecEnv):
+class RoutingSB3VecEnv(VecEnv):
     """``num_envs`` LRN episodes in lockstep for SB3 and sb3-contrib (``MaskablePPO`` gets the action
     masks through ``env_method("action_masks")``).
 
     Args:
-        env_id: a registered id (``"RoutingMNIST-v0"``, ``"RoutingCIFAR-v0"``, ``"RoutingMIN-v0"``) or a
-            benchmark name (``"mnist"``, ``"cifar"``, ``"min"``).
+        env_id: a routing env id (``"RoutingMNIST-v0"``, ``"module:MyBench-v0"``, ...) or a benchmark
+            name (``"mnist"``, ``"cifar"``, ``"min"``).
         num_envs: episodes per batch (the pool update and the bonus count run over them).
         **kwargs: the env kwargs of :class:`routing_env.RoutingEnv` (``batch_size`` is ``num_envs``).
 
@@ -29,8 +31,18 @@ class RoutingVecEnv(VecEnv):
     """
 
     def __init__(self, env_id: str = "RoutingMNIST-v0", num_envs: int = 128, **kwargs: Any) -> None:
-        benchmark = _benchmark_of(env_id)
-        self.core = LockstepRouting(num_envs, benchmark, kwargs)
+        self._init(lockstep_config(num_envs, benchmark_of(env_id), kwargs))
+
+    @classmethod
+    def from_config(cls, config: RoutingConfig) -> RoutingSB3VecEnv:
+        """The vector env of ``config`` (``num_envs`` = ``config.batch_size``)."""
+        env = cls.__new__(cls)
+        env._init(config)
+        return env
+
+    def _init(self, config: RoutingConfig) -> None:
+        num_envs = config.batch_size
+        self.core = LockstepRouting(config)
         self.engine = self.core.engine
         self.config = self.core.config
         self.action_names = self.engine.pool.action_names
@@ -60,7 +72,7 @@ class RoutingVecEnv(VecEnv):
         if not s.done:
             infos = [{"invalid_action": bool(x)} for x in s.invalid]
             return s.obs, s.rewards, dones, infos
-        depth = self.engine.config.max_depth
+        depth = self.engine.max_depth
         infos = [
             {
                 "invalid_action": bool(s.invalid[i]),
@@ -110,15 +122,3 @@ class RoutingVecEnv(VecEnv):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.engine.load_state_dict(state)
-
-
-def _benchmark_of(env_id: str) -> str:
-    from routing_env.benchmarks import BENCHMARKS
-
-    if env_id in BENCHMARKS:
-        return env_id
-    spec = gym.spec(env_id)  # raises gymnasium's own clear error for an unknown id
-    benchmark = spec.kwargs.get("benchmark")
-    if benchmark is None:
-        raise ValueError(f"{env_id!r} is not a routing env id (its spec has no 'benchmark' kwarg)")
-    return benchmark

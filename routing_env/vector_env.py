@@ -11,13 +11,8 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from routing_env.config import (
-    RoutingConfig,
-    final_info_to_numpy,
-    make_engine,
-    observation_space,
-    observation_to_numpy,
-)
+from routing_env.build import make_engine, observation_space, to_numpy
+from routing_env.config import RoutingConfig
 from routing_env.engine import RoutingEngine
 
 
@@ -33,25 +28,29 @@ class LockstepStep:
     final_obs: dict[str, np.ndarray] | None  # last step only: the terminal observation
 
 
-class LockstepRouting:
-    """``num_envs`` episodes on one :class:`RoutingEngine`; every episode ends at the same step, and
-    the next batch begins at once (the vector envs' autoreset)."""
+def lockstep_config(num_envs: int, benchmark: str, kwargs: dict[str, Any]) -> RoutingConfig:
+    """The config of a vector env of ``num_envs`` episodes per batch (its ``batch_size``)."""
+    if "batch_size" in kwargs and int(kwargs["batch_size"]) != int(num_envs):
+        raise ValueError(
+            f"batch_size={kwargs['batch_size']} differs from num_envs={num_envs}: the vector env runs "
+            "one batch of num_envs episodes per pool update"
+        )
+    return RoutingConfig.from_kwargs(**{**kwargs, "benchmark": benchmark, "batch_size": int(num_envs)})
 
-    def __init__(self, num_envs: int, benchmark: str, kwargs: dict[str, Any]) -> None:
-        if "batch_size" in kwargs and int(kwargs["batch_size"]) != int(num_envs):
-            raise ValueError(
-                f"batch_size={kwargs['batch_size']} differs from num_envs={num_envs}: the vector env runs "
-                "one batch of num_envs episodes per pool update"
-            )
-        kwargs = {**kwargs, "batch_size": int(num_envs)}
-        self.config = RoutingConfig.from_kwargs(benchmark=benchmark, **kwargs)
+
+class LockstepRouting:
+    """``config.batch_size`` episodes on one :class:`RoutingEngine`; every episode ends at the same step,
+    and the next batch begins at once (the vector envs' autoreset)."""
+
+    def __init__(self, config: RoutingConfig) -> None:
+        self.config = config
         self.engine: RoutingEngine
         self.engine, self.benchmark = make_engine(self.config)
         self.single_observation_space = observation_space(self.engine, self.benchmark)
         self.single_action_space = spaces.Discrete(self.engine.pool.n_actions)
 
     def observation(self) -> dict[str, np.ndarray]:
-        return observation_to_numpy(self.engine.observation())
+        return to_numpy(self.engine.observation())
 
     def reset(self, seed: int | None) -> dict[str, np.ndarray]:
         if seed is not None:
@@ -69,7 +68,7 @@ class LockstepRouting:
         out = self.engine.step(torch.as_tensor(actions))
         final = final_obs = None
         if out.done:
-            final = final_info_to_numpy(out.final)
+            final = to_numpy(out.final, skip=("reward",))
             final_obs = self.observation()
             self.engine.begin_batch()
         return LockstepStep(
@@ -97,7 +96,7 @@ class RoutingVectorEnv(VectorEnv):
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
 
     def __init__(self, num_envs: int = 128, benchmark: str = "mnist", **kwargs: Any) -> None:
-        self.core = LockstepRouting(num_envs, benchmark, kwargs)
+        self.core = LockstepRouting(lockstep_config(num_envs, benchmark, kwargs))
         self.num_envs = int(num_envs)
         self.engine = self.core.engine
         self.config = self.core.config

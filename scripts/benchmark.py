@@ -20,17 +20,26 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from agents.algorithms import AlgoConfig, SB3Trainer, StaticTrainer  # noqa: E402
-from agents.evaluation import evaluate  # noqa: E402
-from routing_env import RoutingConfig, RoutingVecEnv, make_engine  # noqa: E402
-from train import device_name  # noqa: E402
+from agents.algorithms import ALGORITHMS
+from agents.config import AgentConfig, RunConfig
+from agents.evaluation import evaluate
+from agents.trainers.static import StaticTrainer
+from agents.training import device_name
+from routing_env import RoutingConfig, RoutingSB3VecEnv, make_engine
 
 ENV_IDS = {"mnist": "RoutingMNIST-v0", "cifar": "RoutingCIFAR-v0", "min": "RoutingMIN-v0"}
+
+
+def lrn_trainer(env: RoutingSB3VecEnv, args: argparse.Namespace):
+    """train.py's MaskablePPO trainer for ``env``."""
+    cfg = RunConfig(
+        env_id=ENV_IDS[args.benchmark], env=env.config, agent=AgentConfig(minibatch_unit=args.minibatch_unit)
+    )
+    return ALGORITHMS["maskable_ppo"].build(env, cfg)
 
 
 def sync(device: torch.device) -> None:
@@ -57,13 +66,13 @@ def random_valid_actions(mask: torch.Tensor, generator: torch.Generator | None =
 def env_only(engine, n_batches: int) -> None:
     for _ in range(n_batches):
         engine.begin_batch()
-        for _ in range(engine.config.max_depth):
+        for _ in range(engine.max_depth):
             engine.step(random_valid_actions(engine.action_mask()))
 
 
-def vec_env_only(env: RoutingVecEnv, n_batches: int) -> None:
+def vec_env_only(env: RoutingSB3VecEnv, n_batches: int) -> None:
     env.reset()
-    for _ in range(n_batches * env.engine.config.max_depth):
+    for _ in range(n_batches * env.engine.max_depth):
         masks = torch.as_tensor(env.action_masks())
         env.step(random_valid_actions(masks).numpy())
 
@@ -71,8 +80,8 @@ def vec_env_only(env: RoutingVecEnv, n_batches: int) -> None:
 def lrn_worker(args: argparse.Namespace) -> dict:
     """One LRN training (MaskablePPO + router + module training) for --batches batches."""
     kwargs = env_kwargs(args)
-    env = RoutingVecEnv(ENV_IDS[args.benchmark], num_envs=args.batch_size, **kwargs)
-    trainer = SB3Trainer("maskable_ppo", env, AlgoConfig(minibatch_unit=args.minibatch_unit), 0, args.device)
+    env = RoutingSB3VecEnv(ENV_IDS[args.benchmark], num_envs=args.batch_size, **kwargs)
+    trainer = lrn_trainer(env, args)
     trainer.learn_epoch(args.warmup, lambda n: None)
     device = env.engine.device
     sync(device)
@@ -144,15 +153,15 @@ def main() -> None:
         s = timed(lambda e=engine_m: env_only(e, args.batches), device, args.repeats)
         rows[f"env_episodes_per_second_{mode}"] = args.batches * args.batch_size / s
         engine_m = None
-    vec = RoutingVecEnv(ENV_IDS[args.benchmark], num_envs=args.batch_size, **env_kwargs(args))
+    vec = RoutingSB3VecEnv(ENV_IDS[args.benchmark], num_envs=args.batch_size, **env_kwargs(args))
     vec_env_only(vec, args.warmup)
     s = timed(lambda: vec_env_only(vec, args.batches), device, args.repeats)
     rows["vec_env_episodes_per_second"] = args.batches * args.batch_size / s
     vec = None  # free its pool before the next measurement
 
     # 2. full LRN training: MaskablePPO + router + module training (what train.py does per epoch)
-    env = RoutingVecEnv(ENV_IDS[args.benchmark], num_envs=args.batch_size, **env_kwargs(args))
-    trainer = SB3Trainer("maskable_ppo", env, AlgoConfig(minibatch_unit=args.minibatch_unit), 0, str(device))
+    env = RoutingSB3VecEnv(ENV_IDS[args.benchmark], num_envs=args.batch_size, **env_kwargs(args))
+    trainer = lrn_trainer(env, args)
     trainer.learn_epoch(args.warmup, lambda n: None)
     s = timed(lambda: trainer.learn_epoch(args.batches, lambda n: None), device, args.repeats)
     rows["lrn_episodes_per_second"] = args.batches * args.batch_size / s
@@ -191,7 +200,7 @@ def main() -> None:
         **{**env_kwargs(args), "max_depth": 5},
     )
     static_engine, _ = make_engine(static_cfg)
-    static = StaticTrainer(static_engine)
+    static = StaticTrainer(SimpleNamespace(engine=static_engine))
     static.learn_epoch(args.warmup, lambda n: None)
     s = timed(lambda: static.learn_epoch(args.batches, lambda n: None), device, args.repeats)
     rows["static_samples_per_second"] = args.batches * args.batch_size / s

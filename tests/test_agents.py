@@ -14,23 +14,24 @@ import torch
 from sb3_contrib import MaskablePPO
 from stable_baselines3 import A2C, PPO
 
-from agents.algorithms import SB3_ALGORITHMS, AlgoConfig, SB3Trainer, StaticTrainer
+from agents.algorithms import ALGORITHMS
+from agents.config import AgentConfig, RouterConfig, RunConfig
 from agents.evaluation import balanced_accuracy, evaluate
 from agents.policy import RouterPolicy
-from agents.router import RouterConfig
-from routing_env import RoutingConfig, RoutingVecEnv, make_engine
+from agents.trainers.static import StaticTrainer
+from routing_env import RoutingConfig, RoutingSB3VecEnv, make_engine
 
 SMALL_ROUTER = dict(d_model=32, n_heads=2, d_ff=64)
 
 
-def make_env(root: Path, num_envs: int = 16, max_depth: int = 4, **kwargs) -> RoutingVecEnv:
+def make_env(root: Path, num_envs: int = 16, max_depth: int = 4, **kwargs) -> RoutingSB3VecEnv:
     kwargs = dict(data_root=root, download=False, duplicates=2, device="cpu", seed=0, max_pairs=512, **kwargs)
-    return RoutingVecEnv("RoutingMNIST-v0", num_envs=num_envs, max_depth=max_depth, **kwargs)
+    return RoutingSB3VecEnv("RoutingMNIST-v0", num_envs=num_envs, max_depth=max_depth, **kwargs)
 
 
-def make_model(algo_class, env: RoutingVecEnv, seed: int = 0, **policy_kwargs):
+def make_model(algo_class, env: RoutingSB3VecEnv, seed: int = 0, **policy_kwargs):
     """An SB3 model with a small router; every rollout is one batch of whole episodes."""
-    depth = env.engine.config.max_depth
+    depth = env.engine.max_depth
     return algo_class(
         RouterPolicy,
         env,
@@ -42,18 +43,28 @@ def make_model(algo_class, env: RoutingVecEnv, seed: int = 0, **policy_kwargs):
     )
 
 
-def small_trainer(algo: str, env: RoutingVecEnv, cfg: AlgoConfig, seed: int, **router) -> SB3Trainer:
-    """train.py's SB3Trainer (same algorithm kwargs), with a smaller router to save CPU time."""
-    trainer = SB3Trainer(algo, env, cfg, seed=seed, device="cpu")
-    algo_class, make_kwargs = SB3_ALGORITHMS[algo]
-    kwargs = make_kwargs(env, cfg)
-    kwargs["policy_kwargs"] = {**kwargs.get("policy_kwargs", {}), **(router or SMALL_ROUTER)}  # keeps cfg's
-    trainer.model = algo_class(env=env, seed=seed, device="cpu", **kwargs)
-    return trainer
+def run_config(
+    env: RoutingSB3VecEnv, algo: str, seed: int = 0, router: dict | None = None, **agent
+) -> RunConfig:
+    """The run configuration train.py would build for ``env`` (a smaller router by default)."""
+    router = RouterConfig(**(SMALL_ROUTER if router is None else router))
+    return RunConfig(
+        env_id=env.config.benchmark,
+        algo=algo,
+        seed=seed,
+        env=env.config,
+        agent=AgentConfig(**agent),
+        router=router,
+    )
+
+
+def small_trainer(algo: str, env: RoutingSB3VecEnv, seed: int = 0, router: dict | None = None, **agent):
+    """train.py's trainer of ``algo`` (same algorithm kwargs), with a smaller router to save CPU time."""
+    return ALGORITHMS[algo].build(env, run_config(env, algo, seed, router, **agent))
 
 
 @pytest.fixture(scope="module")
-def env(fake_data_root: Path) -> RoutingVecEnv:
+def env(fake_data_root: Path) -> RoutingSB3VecEnv:
     """A batch of 16 episodes of 4 steps over a frozen pool (the masks do not depend on training it)."""
     return make_env(fake_data_root, train_modules=False)
 
@@ -61,13 +72,13 @@ def env(fake_data_root: Path) -> RoutingVecEnv:
 # --- masking ----------------------------------------------------------------------------------------
 
 
-def _walk_states(env: RoutingVecEnv, choose, n_batches: int) -> int:
+def _walk_states(env: RoutingSB3VecEnv, choose, n_batches: int) -> int:
     """Step ``env`` through ``n_batches`` whole batches with ``choose(obs, mask)``; assert that every
     chosen action is valid by ``env.action_masks()`` (read before each step) and that the env agrees.
     Returns the number of (state, action) pairs checked."""
     obs = env.reset()
     checked = 0
-    for _ in range(n_batches * env.engine.config.max_depth):
+    for _ in range(n_batches * env.engine.max_depth):
         mask = env.action_masks()
         assert np.array_equal(obs["action_mask"].astype(bool), mask)  # the observation carries the mask
         assert mask.any(axis=1).all()
@@ -100,7 +111,7 @@ def _adversarial(policy: RouterPolicy) -> None:
 
 @pytest.mark.parametrize("algo_class", [MaskablePPO, PPO, A2C], ids=["maskable_ppo", "ppo", "a2c"])
 @pytest.mark.parametrize("deterministic", [False, True], ids=["sampled", "deterministic"])
-def test_policy_never_picks_a_masked_action(env: RoutingVecEnv, algo_class, deterministic: bool) -> None:
+def test_policy_never_picks_a_masked_action(env: RoutingSB3VecEnv, algo_class, deterministic: bool) -> None:
     model = make_model(algo_class, env)
     _adversarial(model.policy)
     calls = []
@@ -113,13 +124,13 @@ def test_policy_never_picks_a_masked_action(env: RoutingVecEnv, algo_class, dete
             actions, _ = model.predict(obs, deterministic=deterministic)  # the mask in obs suffices
         return actions
 
-    assert _walk_states(env, choose, n_batches=3) == 3 * env.num_envs * env.engine.config.max_depth
+    assert _walk_states(env, choose, n_batches=3) == 3 * env.num_envs * env.engine.max_depth
 
 
-def test_masked_actions_have_zero_probability(env: RoutingVecEnv) -> None:
+def test_masked_actions_have_zero_probability(env: RoutingSB3VecEnv) -> None:
     model = make_model(MaskablePPO, env)
     obs = env.reset()
-    for _ in range(env.engine.config.max_depth):
+    for _ in range(env.engine.max_depth):
         mask = torch.as_tensor(env.action_masks())
         obs_t, _ = model.policy.obs_to_tensor(obs)
         with torch.no_grad():
@@ -143,10 +154,10 @@ def test_masked_actions_have_zero_probability(env: RoutingVecEnv) -> None:
 
 
 @pytest.mark.parametrize("algo", ["maskable_ppo", "ppo", "a2c"])
-def test_training_rollouts_take_no_invalid_action(env: RoutingVecEnv, algo: str) -> None:
+def test_training_rollouts_take_no_invalid_action(env: RoutingSB3VecEnv, algo: str) -> None:
     """Actions sampled while learning (collect_rollouts) are valid too: the engine counts none invalid,
     and train.py's progress callback hears of every batch."""
-    trainer = small_trainer(algo, env, AlgoConfig(lr=1e-3, minibatch=16), seed=0)
+    trainer = small_trainer(algo, env, router_lr=1e-3, minibatch=16)
     env.engine.reset_stats()
     episodes = []
     trainer.learn_epoch(3, episodes.append)
@@ -159,12 +170,12 @@ def test_training_rollouts_take_no_invalid_action(env: RoutingVecEnv, algo: str)
 # --- save / load ------------------------------------------------------------------------------------
 
 
-def _deterministic_actions(model, env: RoutingVecEnv, n_batches: int = 2) -> np.ndarray:
+def _deterministic_actions(model, env: RoutingSB3VecEnv, n_batches: int = 2) -> np.ndarray:
     env.reset()  # consumes the seeds SB3 gave the env (a reset with a seed restarts the data walk)
     env.engine.seed(123)
     obs = env.reset()
     taken = []
-    for _ in range(n_batches * env.engine.config.max_depth):
+    for _ in range(n_batches * env.engine.max_depth):
         actions, _ = model.predict(obs, deterministic=True, action_masks=env.action_masks())
         taken.append(actions)
         obs, *_ = env.step(actions)
@@ -179,7 +190,7 @@ class _PolicyOnly:
         return self.policy.predict(obs, deterministic=deterministic, action_masks=action_masks)
 
 
-def test_save_load_round_trip(env: RoutingVecEnv, tmp_path: Path) -> None:
+def test_save_load_round_trip(env: RoutingSB3VecEnv, tmp_path: Path) -> None:
     kwargs = dict(d_model=48, n_heads=3, d_ff=40, n_encoder_layers=2, n_decoder_layers=1)
     model = MaskablePPO(
         RouterPolicy, env, n_steps=4, batch_size=64, seed=3, device="cpu", policy_kwargs=kwargs
@@ -223,14 +234,14 @@ def test_save_load_round_trip(env: RoutingVecEnv, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("algo", ["maskable_ppo", "ppo", "a2c", "dqn"])
 def test_trainer_save_load(fake_data_root: Path, tmp_path: Path, algo: str) -> None:
-    """train.py's SB3Trainer (default router) saves and loads every SB3 algorithm; DQN's second batch
+    """train.py's trainer (default router) saves and loads every SB3 algorithm; DQN's second batch
     trains from its replay buffer."""
     env = make_env(fake_data_root, num_envs=8, max_depth=3)
-    trainer = SB3Trainer(algo, env, AlgoConfig(lr=1e-3, minibatch=8), seed=0, device="cpu")
+    trainer = small_trainer(algo, env, router=RouterConfig().__dict__, router_lr=1e-3, minibatch=8)
     trainer.learn_epoch(2, lambda n: None)
     trainer.save(tmp_path)
     before = {k: v.clone() for k, v in trainer.model.policy.state_dict().items()}
-    clone = SB3Trainer(algo, env, AlgoConfig(lr=1e-3, minibatch=8), seed=1, device="cpu")
+    clone = small_trainer(algo, env, seed=1, router=RouterConfig().__dict__, router_lr=1e-3, minibatch=8)
     clone.load(tmp_path)
     after = clone.model.policy.state_dict()
     assert before.keys() == after.keys()
@@ -250,7 +261,7 @@ PAPER_ROUTER_MODULES = {
 }  # fmt: skip
 
 
-def _router_policy(env: RoutingVecEnv, seed: int = 0, **kwargs) -> RouterPolicy:
+def _router_policy(env: RoutingSB3VecEnv, seed: int = 0, **kwargs) -> RouterPolicy:
     torch.manual_seed(seed)
     return RouterPolicy(env.observation_space, env.action_space, lambda _: 1e-3, **{**SMALL_ROUTER, **kwargs})
 
@@ -262,7 +273,7 @@ def _tiled(obs: dict[str, np.ndarray], tasks: np.ndarray) -> dict[str, np.ndarra
     return tiled
 
 
-def test_task_prior_is_absent_by_default_and_shaped_tasks_by_actions(env: RoutingVecEnv) -> None:
+def test_task_prior_is_absent_by_default_and_shaped_tasks_by_actions(env: RoutingSB3VecEnv) -> None:
     n_tasks, n_actions = int(env.observation_space["task"].n), int(env.action_space.n)
     paper = _router_policy(env).router
     names = {n for n, _ in paper.named_parameters()}
@@ -276,16 +287,16 @@ def test_task_prior_is_absent_by_default_and_shaped_tasks_by_actions(env: Routin
     assert router.task_prior.weight.requires_grad
     assert 1.0 < router.task_prior.weight.std().item() < 2.0  # N(0, 1.5) over 10 x 13 entries
 
-    # AlgoConfig.task_prior_std reaches the policy of every actor-critic algorithm (train.py's path)
+    # RouterConfig.task_prior_std reaches the policy of every actor-critic algorithm (train.py's path)
     for algo in ("maskable_ppo", "ppo", "a2c"):
-        default = SB3Trainer(algo, env, AlgoConfig(minibatch=16), seed=0, device="cpu")
+        default = small_trainer(algo, env, minibatch=16)
         assert default.model.policy.router.task_prior is None
-        trainer = SB3Trainer(algo, env, AlgoConfig(minibatch=16, task_prior_std=1.5), seed=0, device="cpu")
+        trainer = small_trainer(algo, env, router={**SMALL_ROUTER, "task_prior_std": 1.5}, minibatch=16)
         assert trainer.model.policy.router_config.task_prior_std == 1.5
         assert trainer.model.policy.router.task_prior.weight.shape == (n_tasks, n_actions)
 
 
-def test_large_task_prior_makes_fresh_routes_task_specific(env: RoutingVecEnv) -> None:
+def test_large_task_prior_makes_fresh_routes_task_specific(env: RoutingSB3VecEnv) -> None:
     """With a prior of std 5, a fresh router's first module depends on the task, not on the image."""
     policy = _router_policy(env, task_prior_std=5.0)
     n_tasks = int(env.observation_space["task"].n)
@@ -329,7 +340,7 @@ def test_large_task_prior_makes_fresh_routes_task_specific(env: RoutingVecEnv) -
         _walk_states(env, lambda o, m, d=deterministic: choose(o, m, d), n_batches=1)
 
 
-def test_save_load_keeps_the_task_prior(env: RoutingVecEnv, tmp_path: Path) -> None:
+def test_save_load_keeps_the_task_prior(env: RoutingSB3VecEnv, tmp_path: Path) -> None:
     kwargs = {**SMALL_ROUTER, "task_prior_std": 2.5}
     model = MaskablePPO(
         RouterPolicy, env, n_steps=4, batch_size=64, seed=3, device="cpu", policy_kwargs=kwargs
@@ -418,7 +429,7 @@ def test_evaluate_refuses_a_training_engine(fake_data_root: Path) -> None:
 def _setup(root: Path, benchmark: str, batch: int, test_pairs: int, **kwargs):
     """A train env and a test engine sharing its pool, as train.py builds them."""
     kwargs = dict(data_root=root, download=False, device="cpu", lr_decay=1.0, **kwargs)
-    env = RoutingVecEnv(benchmark, num_envs=batch, **kwargs)
+    env = RoutingSB3VecEnv(benchmark, num_envs=batch, **kwargs)
     config = RoutingConfig(benchmark=benchmark, split="test", max_pairs=test_pairs, **kwargs)
     test_engine, bench = make_engine(config, batch_size=256, pool=env.engine.pool)
     return env, test_engine, bench
@@ -433,7 +444,7 @@ def test_static_baseline_learns_mnist_mtl_quickly(fake_data_root: Path) -> None:
     env, test_engine, bench = _setup(
         fake_data_root, "mnist", 32, 300, pool="static", max_depth=5, lr=1e-3, seed=0, bonus_weight=0.0
     )
-    trainer = StaticTrainer(env.engine)
+    trainer = StaticTrainer(env)
     before = _evaluate(trainer, test_engine, bench)
     trainer.learn_epoch(50, lambda n: None)
     after = _evaluate(trainer, test_engine, bench)
@@ -457,7 +468,7 @@ def test_lrn_learns_min_mtl(fake_data_root: Path) -> None:
     env, test_engine, bench = _setup(
         fake_data_root, "min", 16, 100, duplicates=2, max_depth=2, lr=1e-3, seed=1, bonus_weight=0.0
     )
-    trainer = small_trainer("maskable_ppo", env, AlgoConfig(lr=1e-3, lr_decay=1.0), seed=1, **ROUTER_64)
+    trainer = small_trainer("maskable_ppo", env, seed=1, router=ROUTER_64)
     before = _evaluate(trainer, test_engine, bench)
     trainer.learn_epoch(60, lambda n: None)
     after = _evaluate(trainer, test_engine, bench)
@@ -478,7 +489,7 @@ def test_lrn_trains_its_pool_on_mnist_mtl(fake_data_root: Path) -> None:
     env, test_engine, bench = _setup(
         fake_data_root, "mnist", 32, 300, duplicates=2, max_depth=3, lr=1e-3, seed=0, bonus_weight=0.0
     )
-    trainer = small_trainer("maskable_ppo", env, AlgoConfig(lr=1e-3, lr_decay=1.0), seed=0, **ROUTER_64)
+    trainer = small_trainer("maskable_ppo", env, seed=0, router=ROUTER_64)
     before = _evaluate(trainer, test_engine, bench)
     trainer.learn_epoch(30, lambda n: None)
     after = _evaluate(trainer, test_engine, bench)

@@ -32,7 +32,6 @@ from datagen import (
 from PIL import Image
 
 from routing_env.benchmarks import (
-    BENCHMARKS,
     DATA_ENV_VAR,
     DataError,
     MTLBenchmark,
@@ -41,6 +40,7 @@ from routing_env.benchmarks import (
     load_benchmark,
     mini_imagenet,
     mnist,
+    registered_benchmarks,
 )
 
 # --- loaded once per module -----------------------------------------------------------------------
@@ -125,7 +125,7 @@ def _equal(a: MTLBenchmark, b: MTLBenchmark) -> bool:
 SHAPES = {"mnist": (10, 2, (1, 28, 28)), "cifar": (20, 5, (3, 32, 32)), "min": (10, 5, (3, 84, 84))}
 
 
-@pytest.mark.parametrize("name", sorted(BENCHMARKS))
+@pytest.mark.parametrize("name", ["cifar", "min", "mnist"])
 def test_structure(name: str, request: pytest.FixtureRequest) -> None:
     bench: MTLBenchmark = request.getfixturevalue(f"{name}_bench")
     n_tasks, n_classes, image_shape = SHAPES[name]
@@ -151,8 +151,8 @@ def test_structure(name: str, request: pytest.FixtureRequest) -> None:
 
 
 def test_registry_and_load_benchmark(data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert set(BENCHMARKS) == {"mnist", "cifar", "min"}
-    with pytest.raises(ValueError, match="cifar, min, mnist"):
+    assert {"mnist", "cifar", "min"} <= set(registered_benchmarks())
+    with pytest.raises(ValueError, match="unknown benchmark 'imagenet'"):
         load_benchmark("imagenet", data_root)
     assert load_benchmark("cifar", data_root, download=False).name == "cifar"
     monkeypatch.setenv(DATA_ENV_VAR, str(data_root))  # no data_root argument: $ROUTING_ENV_DATA

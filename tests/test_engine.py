@@ -17,7 +17,7 @@ import torch
 
 from routing_env import RoutingConfig, make_engine
 from routing_env.benchmarks import MTLSplit
-from routing_env.engine import EngineConfig, RoutingEngine, StepOutput
+from routing_env.engine import RoutingEngine, StepOutput
 from routing_env.modules import ModulePool, TensorType, lrn_pool_specs, static_pool_specs
 from routing_env.rewards import collapse_bonus, module_usage_counts, route_bonus
 
@@ -58,7 +58,8 @@ def tiny_engine(
     duplicates: int = 2, pairs: int = 40, seed: int = 0, pool: str = "lrn", **config
 ) -> RoutingEngine:
     """An engine over ``pairs`` random (image, task, label) pairs with a small pool (3 classes, 4 tasks);
-    ``seed`` seeds the pool's weights and the data order. ``config``: :class:`EngineConfig` fields."""
+    ``seed`` seeds the pool's weights and the data order. ``config``: :class:`RoutingConfig` fields, and
+    ``update_every`` (episodes per pool step)."""
     gen = torch.Generator().manual_seed(1234)
     n_images, n_tasks, n_classes = 30, 4, 3
     split = MTLSplit(
@@ -73,8 +74,9 @@ def tiny_engine(
     else:
         specs = lrn_pool_specs(TINY_IMAGE, n_classes, duplicates, conv_channels=4, fc_width=16)
     module_pool = ModulePool(specs, TensorType("image", TINY_IMAGE), seed=seed)
-    config = {"max_depth": 4, "batch_size": 8, "lr": 1e-2, "dispatch": "grouped", **config}
-    return RoutingEngine(module_pool, split, EngineConfig(**config), device="cpu", seed=seed)
+    update_every = config.pop("update_every", None)
+    config = {"max_depth": 4, "batch_size": 8, "lr": 1e-2, "dispatch": "grouped", "device": "cpu", **config}
+    return RoutingEngine(module_pool, split, RoutingConfig(seed=seed, **config), update_every=update_every)
 
 
 def random_policy(seed: int, avoid: torch.Tensor | None = None) -> Policy:
@@ -97,7 +99,7 @@ def run_batch(engine: RoutingEngine, policy: Policy) -> tuple[list[StepOutput], 
     """One batch of episodes; returns every step's output and the mask before every step."""
     engine.begin_batch()
     outs, masks = [], []
-    for _ in range(engine.config.max_depth):
+    for _ in range(engine.max_depth):
         masks.append(engine.action_mask().clone())
         outs.append(engine.step(policy(engine)))
     assert outs[-1].done and not any(o.done for o in outs[:-1])
@@ -127,7 +129,7 @@ def used_modules(routes: torch.Tensor, n_modules: int) -> set[int]:
 
 def reference_mask(engine: RoutingEngine, k: int, cur_type: int, used: set[int]) -> list[bool]:
     """The LRN rules from the docs, written out per action (no lookahead needed for the LRN pool)."""
-    pool, depth = engine.pool, engine.config.max_depth
+    pool, depth = engine.pool, engine.max_depth
     names = [t.name for t in pool.types]
     in_types, out_types = pool.module_in_type.tolist(), pool.module_out_type.tolist()
     valid = []
@@ -144,7 +146,7 @@ def reference_mask(engine: RoutingEngine, k: int, cur_type: int, used: set[int])
 
 
 def check_route(engine: RoutingEngine, route: list[int]) -> None:
-    pool, depth = engine.pool, engine.config.max_depth
+    pool, depth = engine.pool, engine.max_depth
     names = [t.name for t in pool.types]
     in_types, out_types = pool.module_in_type.tolist(), pool.module_out_type.tolist()
     pass_action = pool.pass_action
@@ -310,7 +312,7 @@ def test_gradients_reach_exactly_the_used_modules(new_engine, source: str, dispa
         return new_engine(**kwargs)
 
     # Accumulate over two batches before stepping, so one batch leaves its gradient in .grad.
-    engine = build(engine_overrides={"episodes_per_update": 2 * b})
+    engine = build(engine_overrides={"update_every": 2 * b})
     p = engine.pool
     last_dup = torch.zeros(p.n_actions, dtype=torch.bool)
     for offset in p.bank_offsets:
@@ -339,7 +341,7 @@ def test_gradients_reach_exactly_the_used_modules(new_engine, source: str, dispa
 def test_dispatch_modes_agree_in_the_engine(mode: str) -> None:
     """Every dispatch mode gives the losses, rewards and accumulated gradients of ``grouped``."""
     engines = {
-        m: tiny_engine(duplicates=3, max_depth=6, batch_size=16, dispatch=m, episodes_per_update=32)
+        m: tiny_engine(duplicates=3, max_depth=6, batch_size=16, dispatch=m, update_every=32)
         for m in (mode, "grouped")
     }
     finals = {m: run_batch(engine, random_policy(seed=4))[0][-1].final for m, engine in engines.items()}
@@ -412,13 +414,13 @@ def test_train_split_covers_every_pair_once_per_pass_and_decays_lr() -> None:
         assert outs[-1].final["epoch"].tolist() == [0] * 8
         seen += outs[-1].final["pair_index"].tolist()
     assert sorted(seen) == list(range(24)) and seen != list(range(24))  # a shuffled pass
-    assert engine.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
+    assert engine.optimizer.lr == pytest.approx(1e-3)
     outs, _ = run_batch(engine, random_policy(0))
     assert outs[-1].final["epoch"].tolist() == [1] * 8
-    assert engine.optimizer.param_groups[0]["lr"] == pytest.approx(0.5e-3)
+    assert engine.optimizer.lr == pytest.approx(0.5e-3)
     assert outs[-1].final["pair_index"].tolist() != seen[:8]  # each pass draws a new order
     engine.seed(0)  # a fresh walk: the same first pass as a fresh engine with seed 0
-    assert engine.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
+    assert engine.optimizer.lr == pytest.approx(1e-3)
     outs, _ = run_batch(engine, random_policy(0))
     assert outs[-1].final["pair_index"].tolist() == seen[:8]
 
@@ -455,7 +457,7 @@ def test_state_dict_resumes_exactly() -> None:
             torch.testing.assert_close(g[key], e[key], msg=key)
     assert expected[0]["epoch"].tolist() == [0] * 4 + [1] * 4  # the resumed batch crossed into a new pass
     assert_same_pool(a, b)
-    assert b.optimizer.param_groups[0]["lr"] == a.optimizer.param_groups[0]["lr"] == pytest.approx(5e-3)
+    assert b.optimizer.lr == a.optimizer.lr == pytest.approx(5e-3)
 
 
 def test_state_dict_of_a_drawn_unstarted_batch_draws_it_again() -> None:
@@ -473,11 +475,11 @@ def test_state_dict_of_a_drawn_unstarted_batch_draws_it_again() -> None:
 
 def test_state_dict_keeps_gradients_of_pending_episodes() -> None:
     """With updates every 3 batches, a checkpoint after 2 holds their accumulated gradient."""
-    kwargs = dict(batch_size=4, lr=1e-2, episodes_per_update=12)
+    kwargs = dict(batch_size=4, lr=1e-2, update_every=12)
     a = tiny_engine(seed=0, **kwargs)
     run_and_record(a, 2, seed=0)
     state = copy.deepcopy(a.state_dict())
-    assert state["pending_episodes"] == 8
+    assert state["optimizer"]["pending_episodes"] == 8
     run_and_record(a, 2, seed=3)  # the first of these takes the optimizer step
     b = tiny_engine(seed=1, **kwargs)
     run_and_record(b, 1, seed=4)  # b has a gradient of its own pending: loading must drop it

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from routing_env.modules import (
-    DISPATCH_MODES,
+    BANK_MODES,
     BankSpec,
     ModuleBank,
     ModulePool,
@@ -103,7 +103,7 @@ def test_each_sample_uses_its_own_duplicate() -> None:
     h = torch.randn(6, 7)
     dup = torch.tensor([0, 3, 1, 1, 2, 0])
     active = torch.ones(6, dtype=torch.bool)
-    for mode in DISPATCH_MODES:
+    for mode in BANK_MODES:
         out = bank(h, dup, active, mode)
         for i, j in enumerate(dup.tolist()):
             z = torch.nn.functional.layer_norm(h[i] @ bank.weight[j].T + bank.bias[j], (7,))

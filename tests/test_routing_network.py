@@ -1,4 +1,4 @@
-"""The original routing network baseline (agents/routing_network.py, pool="routing_network").
+"""The original routing network baseline (agents/trainers/routing_network.py, pool="routing_network").
 
 Constraints of the route (trunk forced, 3 routed FC depths with their own modules, no PASS), WPL and
 REINFORCE on bandits, the batched update, checkpoints, and a short train.py run on fake MNIST-MTL that
@@ -8,20 +8,14 @@ must lift balanced accuracy clearly above chance (0.5).
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from agents.routing_network import RoutingNetworkTrainer, project_to_simplex, wpl_update
+import train
+from agents.trainers.routing_network import RoutingNetworkTrainer, project_to_simplex, wpl_update
 from routing_env import RoutingConfig, make_engine
-
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # train.py is a script at the repository root
-    sys.path.insert(0, str(REPO))
-
-import train  # noqa: E402
 
 N = 3  # modules per routed depth in these tests (the default is 10)
 
@@ -78,7 +72,7 @@ def test_only_the_last_three_layers_are_routed_and_pass_is_never_valid(engine) -
     assert trainer.routed_steps == [2, 3, 4]
     pass_action = engine.pool.pass_action
     for k in range(5):
-        assert not bool(engine.step_allowed[k, pass_action])
+        assert not bool(engine.rules.step_allowed[k, pass_action])
     engine.seed(0)
     engine.begin_batch()
     for k in range(5):
@@ -222,8 +216,8 @@ def test_short_train_run_beats_chance(fake_data_root: Path, tmp_path: Path) -> N
     assert train.main([str(a) for a in argv]) == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     config = json.loads((out / "config.json").read_text())
-    assert config["max_depth"] == 5 and config["env_config"]["pool"] == "routing_network"
-    assert config["env_config"]["bonus_weight"] == 0.0
+    assert config["env"]["max_depth"] == 5 and config["env"]["pool"] == "routing_network"
+    assert config["env"]["bonus_weight"] == 0.0
     assert [r["epoch"] for r in records] == [0, 1]
     last = records[-1]
     assert last["router_lr"] == 1.0 and last["train_invalid_actions"] == 0

@@ -20,11 +20,9 @@ import pytest
 import torchvision.datasets.mnist
 from sb3_contrib import MaskablePPO
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # train.py is a script at the repository root, not an installed module
-    sys.path.insert(0, str(REPO))
+import train
 
-import train  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 TINY = ["--device", "cpu", "--duplicates", "2", "--no-progress"]
 RECORD_KEYS = {
@@ -115,8 +113,10 @@ def test_run_writes_metrics_config_plots_tensorboard_and_checkpoint(two_epoch_ru
     assert records[1]["router_lr"] == pytest.approx(records[0]["router_lr"] * 0.97)
 
     config = json.loads((out / "config.json").read_text())
-    assert config["env"] == "RoutingMNIST-v0" and config["algo"] == "maskable_ppo"
-    assert config["seed"] == 0 and config["device"] == "cpu" and config["device_name"].startswith("cpu")
+    assert config["env_id"] == "RoutingMNIST-v0" and config["algo"] == "maskable_ppo"
+    assert (
+        config["seed"] == 0 and config["env"]["device"] == "cpu" and config["device_name"].startswith("cpu")
+    )
     assert config["train_pairs"] == 256 and config["test_pairs"] == 200 and config["epochs"] == 2
 
     for png in ("accuracy.png", "unused_modules.png", "module_usage.png"):
@@ -262,10 +262,10 @@ def fails(argv: list, capsys: pytest.CaptureFixture) -> str:
 
 def test_unknown_env(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "run"
-    assert "unknown --env 'RoutingImageNet-v0'" in fails(
+    assert "unknown env id 'RoutingImageNet-v0'" in fails(
         ["--env", "RoutingImageNet-v0", "--out", out], capsys
     )
-    assert "not a routing env" in fails(["--env", "CartPole-v1", "--out", out], capsys)
+    assert "not a routing env id" in fails(["--env", "CartPole-v1", "--out", out], capsys)
     assert not out.exists()
 
 
@@ -277,9 +277,9 @@ def test_unknown_env(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
         (["--limit-train", "0"], "--limit-train must be >= 1"),
         (["--max-depth", "1"], "--max-depth must be >= 2"),
         (["--algo", "sac"], "invalid choice: 'sac'"),
-        (["--device", "tpu"], "device"),
-        (["--task-prior", "-1"], "--task-prior must be >= 0"),
-        (["--task-prior", "3", "--algo", "dqn"], "--task-prior is a RouterPolicy option"),
+        (["--device", "tpu"], "unknown --device 'tpu'"),
+        (["--task-prior-std", "-1"], "--task-prior-std must be >= 0"),
+        (["--task-prior-std", "3", "--algo", "dqn"], "--task-prior-std is a RouterPolicy option"),
     ],
 )
 def test_bad_numbers_and_choices(
@@ -362,7 +362,7 @@ def test_each_algorithm_runs_an_epoch(algo: str, fake_data_root: Path, tmp_path:
     assert (out / "checkpoint" / "state.json").exists()
     if algo == "static":
         # the fixed network: max_depth forced to 5, every route [0, 1, 2, 3, 4 + task]
-        assert config["max_depth"] == 5
+        assert config["env"]["max_depth"] == 5 and config["env"]["pool"] == "static"
         usage = record["module_usage"]
         for t, row in enumerate(usage):
             n = row[0]
@@ -374,30 +374,30 @@ def test_each_algorithm_runs_an_epoch(algo: str, fake_data_root: Path, tmp_path:
 
 
 def test_task_prior_flag_reaches_config_and_checkpoint(fake_data_root: Path, tmp_path: Path) -> None:
-    """--task-prior (not in the paper) is recorded in config.json and built into the saved router."""
+    """--task-prior-std (not in the paper) is recorded in config.json and built into the saved router."""
     out = tmp_path / "prior"
     argv = [
-        "--task-prior", 3, "--limit-train", 64, "--limit-test", 60, "--batch-size", 16, "--max-depth", 3,
+        "--task-prior-std", 3, "--limit-train", 64, "--limit-test", 60, "--batch-size", 16, "--max-depth", 3,
         "--eval-batch-size", 64, "--minibatch", 8, "--epochs", 1, *TINY, "--data-root", fake_data_root,
     ]  # fmt: skip
     assert run_main([*argv, "--out", out]) == 0
     config = json.loads((out / "config.json").read_text())
-    assert config["task_prior"] == 3.0 and config["algo_config"]["task_prior_std"] == 3.0
+    assert config["router"]["task_prior_std"] == 3.0
     policy = MaskablePPO.load(out / "checkpoint" / "agent.zip", device="cpu").policy
     assert policy.router_config.task_prior_std == 3.0
     assert policy.router.task_prior.weight.shape == (10, int(policy.action_space.n))
-    assert train.parse_args([]).task_prior == 0.0  # the paper's router by default
+    assert train.parse_run_config([])[0].router.task_prior_std == 0.0  # the paper's router by default
 
 
 def test_cifar_format_runs_end_to_end(fake_data_root: Path, tmp_path: Path) -> None:
     """A user with CIFAR-100 gets CIFAR-MTL with one command: train, evaluate, plot, on files in
     torchvision's CIFAR-100 format (written by the tests; the real data is not here)."""
     out = tmp_path / "cifar"
-    argv = ["--env", "RoutingCIFAR-v0", "--epochs", 1, "--limit-train", 256, "--task-prior", 3]
+    argv = ["--env", "RoutingCIFAR-v0", "--epochs", 1, "--limit-train", 256, "--task-prior-std", 3]
     assert run_main([*argv, "--bonus-weight", 0.1, *TINY, "--data-root", fake_data_root, "--out", out]) == 0
     (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     config = json.loads((out / "config.json").read_text())
-    assert config["env"] == "RoutingCIFAR-v0" and config["env_config"]["benchmark"] == "cifar"
+    assert config["env_id"] == "RoutingCIFAR-v0" and config["env"]["benchmark"] == "cifar"
     assert len(record["per_task_accuracy"]) == 20  # one task per CIFAR-100 superclass
     assert record["test_pairs"] == config["test_pairs"] > 0
     assert 0.0 <= record["test_accuracy"] <= 1.0

@@ -1,46 +1,53 @@
-"""Multi-task benchmarks built from real image data sets: MNIST-MTL, CIFAR-MTL and MIN-MTL."""
+"""Multi-task benchmarks built from real image data sets: MNIST-MTL, CIFAR-MTL and MIN-MTL, and any
+benchmark a user registers (:func:`register_benchmark`)."""
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
-from . import cifar, mini_imagenet, mnist
-from .base import (
-    DATA_ENV_VAR,
-    BenchmarkLoader,
-    DataError,
-    MTLBenchmark,
-    MTLSplit,
-    atomic_download_dir,
-    resolve_data_root,
-    seeded_generator,
-)
+from .registry import BenchmarkLoader, get_loader, is_registered, register_benchmark, registered_benchmarks
 
-BENCHMARKS: dict[str, BenchmarkLoader] = {
-    "mnist": mnist.load,
-    "cifar": cifar.load,
-    "min": mini_imagenet.load,
-}
-
-
-def load_benchmark(
-    name: str, data_root: str | os.PathLike | None = None, seed: int = 0, download: bool = True
-) -> MTLBenchmark:
-    """Load benchmark ``name`` from ``data_root`` (default: ``$ROUTING_ENV_DATA``, else a cache folder)."""
-    if name not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(sorted(BENCHMARKS))}")
-    return BENCHMARKS[name](resolve_data_root(data_root), seed=seed, download=download)
-
-
-__all__ = [
-    "BENCHMARKS",
+_FROM_BASE = (
     "DATA_ENV_VAR",
-    "BenchmarkLoader",
     "DataError",
     "MTLBenchmark",
     "MTLSplit",
     "atomic_download_dir",
-    "load_benchmark",
     "resolve_data_root",
     "seeded_generator",
+)
+
+
+def load_benchmark(
+    name: str, data_root: str | os.PathLike | None = None, seed: int = 0, download: bool = True, **kwargs: Any
+) -> Any:
+    """Load benchmark ``name`` from ``data_root`` (default: ``$ROUTING_ENV_DATA``, else a cache folder)."""
+    from .base import MTLBenchmark, resolve_data_root
+
+    benchmark = get_loader(name)(resolve_data_root(data_root), seed=seed, download=download, **kwargs)
+    if not isinstance(benchmark, MTLBenchmark):
+        raise TypeError(
+            f"the loader of benchmark {name!r} returned {type(benchmark).__name__}, not MTLBenchmark"
+        )
+    return benchmark
+
+
+def __getattr__(name: str) -> Any:
+    # The data classes import torch; load them on first use so that registering stays light.
+    if name in _FROM_BASE:
+        from . import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    *_FROM_BASE,
+    "BenchmarkLoader",
+    "get_loader",
+    "is_registered",
+    "load_benchmark",
+    "register_benchmark",
+    "registered_benchmarks",
 ]

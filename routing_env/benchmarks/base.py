@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,10 +86,6 @@ class MTLBenchmark:
             self.test.to(device),
             self.task_names,
         )
-
-
-# A loader builds a benchmark from the data root and a seed (the seed fixes every draw the protocol makes).
-BenchmarkLoader = Callable[..., MTLBenchmark]
 
 
 def resolve_data_root(data_root: str | os.PathLike | None = None) -> Path:

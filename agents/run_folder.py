@@ -1,4 +1,4 @@
-"""What a training run writes as it goes: progress bar, metrics (JSONL + TensorBoard), checkpoints."""
+"""A run folder: its metrics (JSONL + TensorBoard) and its checkpoints, with the RNG states they hold."""
 
 from __future__ import annotations
 
@@ -12,30 +12,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
-
-
-class Progress:
-    """A tqdm bar over all episodes of the run, with episodes per second and ETA."""
-
-    def __init__(self, total_episodes: int, done_episodes: int, enabled: bool = True) -> None:
-        self.bar = tqdm(
-            total=total_episodes,
-            initial=done_episodes,
-            unit="ep",
-            unit_scale=True,
-            dynamic_ncols=True,
-            disable=not enabled,
-        )
-
-    def __call__(self, episodes: int) -> None:
-        self.bar.update(episodes)
-
-    def describe(self, text: str) -> None:
-        self.bar.set_postfix_str(text, refresh=False)
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 class MetricsLog:

@@ -1,26 +1,29 @@
-"""Rebuild README's results table from results/<benchmark>/<run>/{metrics.jsonl,config.json}.
+"""Rebuild README's generated blocks: the results tables and figures from
+results/<benchmark>/<run>/{metrics.jsonl,config.json} and results/bench/*.json, and the tables of env
+kwargs and train.py flags from the configuration dataclasses.
 
-    python scripts/results_table.py            # rewrite the table in README.md
-    python scripts/results_table.py --print    # print it only
+    python scripts/readme_tables.py            # rewrite the blocks in README.md, redraw the figures
+    python scripts/readme_tables.py --print    # print them only
 
-Every number in the table comes from those files; the paper's Table 1 stands beside them.
+Every number in the results tables comes from those files; the paper's Table 1 stands beside them.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
+from agents.cli import SECTIONS, field_docs, flag_of
 from agents.plot import describe, plot_runs, read_metrics
+from routing_env.config import RoutingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-BEGIN, END = "<!-- results-table:begin -->", "<!-- results-table:end -->"
-BENCH_BEGIN, BENCH_END = "<!-- bench-table:begin -->", "<!-- bench-table:end -->"
-SEEDS_BEGIN, SEEDS_END = "<!-- seeds-table:begin -->", "<!-- seeds-table:end -->"
 # Figures README shows: (file under results/, run folders under results/), one curve per run.
 FIGURES = [
     (
@@ -206,7 +209,51 @@ def bench_table(results: Path) -> str:
     return "\n".join(lines)
 
 
-def replace_block(text: str, begin: str, end: str, body: str) -> str:
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def env_kwargs_table(_results: Path | None = None) -> str:
+    """Every env kwarg (``RoutingConfig``), its default and meaning."""
+    docs = field_docs(RoutingConfig)
+    rows = [[f"`{f.name}`", f"`{_default(f)}`", _md(docs[f.name])] for f in dataclasses.fields(RoutingConfig)]
+    return _markdown(["kwarg", "default", "meaning"], rows)
+
+
+def flags_table(_results: Path | None = None) -> str:
+    """Every train.py flag, its default and meaning (as ``agents.cli`` generates them)."""
+    rows = []
+    for section, cls, names in SECTIONS:
+        docs = field_docs(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for name in names:
+            default, flag, meaning = _default(fields[name]), flag_of(section, name), _md(docs[name])
+            if isinstance(default, bool):
+                flag, meaning = ("--no-" + flag[2:], f"don't {meaning}") if default else (flag, meaning)
+                default = "off"
+            rows.append([f"`{flag}`", f"`{default}`", meaning])
+    rows.append(["`--no-bonus`", "off", "no collapse bonus (`--bonus-weight 0`)"])
+    rows.append(["`--resume`", "off", "continue the run in `--out` from its checkpoint"])
+    return _markdown(["flag", "default", "meaning"], rows)
+
+
+def _md(doc: str) -> str:
+    """A docstring's text as a markdown table cell."""
+    return doc.replace("``", "`").replace("|", "\\|")
+
+
+# README's generated blocks: <!-- NAME:begin --> ... <!-- NAME:end -->, and what fills each.
+BLOCKS = {
+    "results-table": lambda results: table(results),
+    "seeds-table": lambda results: seeds_table(results),
+    "bench-table": lambda results: bench_table(results),
+    "env-kwargs": env_kwargs_table,
+    "flags-table": flags_table,
+}
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
     if not pattern.search(text):
         raise SystemExit(f"README has no {begin} ... {end} block")
@@ -217,16 +264,17 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", type=Path, default=ROOT / "results")
     p.add_argument("--readme", type=Path, default=ROOT / "README.md")
-    p.add_argument("--print", action="store_true", help="print the table, leave README alone")
+    p.add_argument("--print", action="store_true", help="print the blocks, leave README alone")
     args = p.parse_args()
-    text, seeds, bench = table(args.results), seeds_table(args.results), bench_table(args.results)
+    bodies = {name: build(args.results) for name, build in BLOCKS.items()}
     if args.print:
-        print(text + "\n\n" + seeds + "\n\n" + bench)
+        print("\n\n".join(bodies.values()))
         return
-    readme = replace_block(args.readme.read_text(), BEGIN, END, text)
-    readme = replace_block(readme, SEEDS_BEGIN, SEEDS_END, seeds)
-    args.readme.write_text(replace_block(readme, BENCH_BEGIN, BENCH_END, bench))
-    print(f"rewrote the tables in {args.readme}")
+    readme = args.readme.read_text()
+    for name, body in bodies.items():
+        readme = replace_block(readme, name, body)
+    args.readme.write_text(readme)
+    print(f"rewrote the generated blocks of {args.readme}")
     for path in figures(args.results):
         print(f"wrote {path}")
 

@@ -1,4 +1,5 @@
-"""scripts/results_table.py: README's tables come from results/ files, seeds are aggregated right."""
+"""scripts/readme_tables.py: README's tables come from results/ files and the config dataclasses, seeds
+are aggregated right."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def results_table():
-    spec = importlib.util.spec_from_file_location("results_table", ROOT / "scripts" / "results_table.py")
+    spec = importlib.util.spec_from_file_location("readme_tables", ROOT / "scripts" / "readme_tables.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -64,10 +65,10 @@ def test_tables_and_seed_aggregation(results_table, tmp_path: Path) -> None:
 
 def test_readme_blocks_are_replaced_and_missing_ones_refused(results_table) -> None:
     text = "intro\n<!-- seeds-table:begin -->\nold\n<!-- seeds-table:end -->\nrest\n"
-    out = results_table.replace_block(text, results_table.SEEDS_BEGIN, results_table.SEEDS_END, "new")
+    out = results_table.replace_block(text, "seeds-table", "new")
     assert out == "intro\n<!-- seeds-table:begin -->\nnew\n<!-- seeds-table:end -->\nrest\n"
     with pytest.raises(SystemExit, match="no <!-- results-table:begin"):
-        results_table.replace_block(text, results_table.BEGIN, results_table.END, "x")
+        results_table.replace_block(text, "results-table", "x")
 
 
 def test_figures_only_where_every_run_exists(results_table, tmp_path: Path, monkeypatch) -> None:
@@ -85,12 +86,9 @@ def test_figures_only_where_every_run_exists(results_table, tmp_path: Path, monk
 
 
 def test_committed_readme_matches_committed_results(results_table) -> None:
-    """README's tables are what the script builds from results/ (nobody edited them by hand)."""
+    """README's generated blocks are what the script builds from results/ and the config dataclasses
+    (nobody edited them by hand, and no flag or kwarg is missing)."""
     readme = (ROOT / "README.md").read_text()
-    results = ROOT / "results"
-    for begin, end, body in (
-        (results_table.BEGIN, results_table.END, results_table.table(results)),
-        (results_table.SEEDS_BEGIN, results_table.SEEDS_END, results_table.seeds_table(results)),
-        (results_table.BENCH_BEGIN, results_table.BENCH_END, results_table.bench_table(results)),
-    ):
-        assert f"{begin}\n{body}\n{end}" in readme
+    for name, build in results_table.BLOCKS.items():
+        body = build(ROOT / "results")
+        assert f"<!-- {name}:begin -->\n{body}\n<!-- {name}:end -->" in readme, name

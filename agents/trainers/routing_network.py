@@ -74,10 +74,9 @@ from typing import Any
 
 import torch
 
-from agents.algorithms import Progress
+from agents.trainers.base import EpisodeCallback
 from routing_env.engine import RoutingEngine
 
-LEARNERS = ("wpl", "reinforce")
 DEFAULT_LR = {"wpl": 0.01, "reinforce": 0.1}
 TABLES_FILE = "router_tables.pt"
 
@@ -138,14 +137,14 @@ class RoutingNetworkTrainer:
         epsilon: float = 0.01,
         seed: int = 0,
     ) -> None:
-        if learner not in LEARNERS:
-            raise ValueError(f"learner must be one of {LEARNERS}, got {learner!r}")
+        if learner not in DEFAULT_LR:
+            raise ValueError(f"learner must be one of {tuple(DEFAULT_LR)}, got {learner!r}")
         self.engine, self.n_tasks, self.learner = engine, int(n_tasks), learner
         self.lr = float(DEFAULT_LR[learner] if lr is None else lr)
         self.rho, self.q_lr, self.epsilon = float(rho), float(q_lr), float(epsilon)
         if self.lr <= 0 or self.rho < 0 or not 0 < self.q_lr <= 1:
             raise ValueError(f"need lr > 0, rho >= 0, 0 < q_lr <= 1; got {self.lr}, {self.rho}, {self.q_lr}")
-        pool, depth = engine.pool, engine.config.max_depth
+        pool, depth = engine.pool, engine.max_depth
         allowed = pool.step_allowed(depth)[:, : pool.n_modules]  # PASS left out: never chosen
         self.forced: dict[int, int] = {}
         routed_steps, routed_actions = [], []
@@ -206,14 +205,14 @@ class RoutingNetworkTrainer:
         return self.step_actions[d][self._choose(obs["task"], d, sample=False)]
 
     # ----------------------------------------------------------------- training
-    def learn_epoch(self, n_batches: int, progress: Progress) -> None:
+    def learn_epoch(self, n_batches: int, on_episodes: EpisodeCallback) -> None:
         engine = self.engine
         for _ in range(n_batches):
             engine.begin_batch()
             tasks = engine.tasks
             choices = []
             out = None
-            for k in range(engine.config.max_depth):
+            for k in range(engine.max_depth):
                 if k in self.forced:
                     actions = torch.full_like(tasks, self.forced[k])
                 else:
@@ -225,7 +224,7 @@ class RoutingNetworkTrainer:
             if choices:
                 final = out.final["correct"].float() * 2 - 1  # +1 correct, -1 wrong
                 self.update(tasks, torch.stack(choices, dim=1), final)
-            progress(engine.batch_size)
+            on_episodes(engine.batch_size)
 
     def returns(self, choices: torch.Tensor, final_reward: torch.Tensor) -> torch.Tensor:
         """``(B, R)`` undiscounted returns: final reward plus the collaboration rewards from each depth."""
@@ -273,6 +272,9 @@ class RoutingNetworkTrainer:
     def set_epoch(self, epoch: int) -> None:
         pass  # constant router lr (module docstring); the pool's lr decays with the engine's passes
 
+    def router_lr(self, epoch: int) -> float:
+        return self.lr
+
     # ----------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -307,3 +309,10 @@ class RoutingNetworkTrainer:
 
     def load(self, folder: Path) -> None:
         self.load_state_dict(torch.load(Path(folder) / TABLES_FILE, weights_only=False))
+
+
+def build(env: Any, cfg: Any) -> RoutingNetworkTrainer:
+    """The trainer of ``--algo routing_network`` from a run's configuration."""
+    rn = cfg.routing_network
+    n_tasks = int(env.observation_space["task"].n)
+    return RoutingNetworkTrainer(env.engine, n_tasks, rn.learner, rn.lr, rn.rho, seed=cfg.seed)

@@ -1,0 +1,194 @@
+"""train.py's command line, generated from the config dataclasses: each flag takes its default and its
+help from the field it sets, so no default is written twice. Imports neither torch nor SB3."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import typing
+from pathlib import Path
+from typing import Any
+
+from agents.algorithms import ALGORITHMS
+from agents.config import AgentConfig, RouterConfig, RoutingNetworkConfig, RunConfig
+from routing_env.config import RoutingConfig
+from routing_env.registration import routing_env_ids
+
+# (section of RunConfig or "run", its dataclass, {field: flag name}); a field without a name keeps its own.
+SECTIONS: list[tuple[str, type, dict[str, str | None]]] = [
+    (
+        "run",
+        RunConfig,
+        {
+            "env_id": "env",
+            "algo": None,
+            "epochs": None,
+            "seed": None,
+            "out": None,
+            "limit_test": None,
+            "eval_batch_size": None,
+            "checkpoint": None,
+            "progress": None,
+            "tf32": None,
+        },
+    ),
+    (
+        "env",
+        RoutingConfig,
+        {
+            "duplicates": None,
+            "max_depth": None,
+            "batch_size": None,
+            "bonus_weight": None,
+            "bonus_warmup": None,
+            "lr": None,
+            "lr_decay": None,
+            "max_pairs": "limit_train",
+            "data_seed": None,
+            "data_root": None,
+            "download": None,
+            "device": None,
+            "dispatch": None,
+            "invalid_action_penalty": None,
+        },
+    ),
+    ("agent", AgentConfig, {f.name: None for f in dataclasses.fields(AgentConfig)}),
+    ("router", RouterConfig, {f.name: None for f in dataclasses.fields(RouterConfig)}),
+    ("routing_network", RoutingNetworkConfig, {"learner": "rn_learner", "lr": "rn_lr", "rho": "rn_rho"}),
+]
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The ``Attributes:`` section of a dataclass's docstring, as ``{field: text}``."""
+    doc = cls.__doc__ or ""
+    block = doc.split("Attributes:", 1)[1] if "Attributes:" in doc else ""
+    docs: dict[str, str] = {}
+    name = None
+    for line in block.splitlines():
+        match = re.match(r"^\s{8}(\w+): (.*)$", line)
+        if match:
+            name = match.group(1)
+            docs[name] = match.group(2).strip()
+        elif name and line.strip():
+            docs[name] += " " + line.strip()
+    return docs
+
+
+def _kind(annotation: Any) -> tuple[type, bool]:
+    """The scalar type a flag parses and whether the field is a pair (tuple)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is tuple:
+        return args[0], True
+    base = args[0] if args else annotation
+    if base in (int, float, bool, Path):
+        return base, False
+    return str, False
+
+
+def build_parser(description: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    for section, cls, names in SECTIONS:
+        group = parser.add_argument_group(f"{section} ({cls.__name__})")
+        hints, docs = typing.get_type_hints(cls), field_docs(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for name, flag_name in names.items():
+            f = fields[name]
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            kind, pair = _kind(hints[name])
+            flag = "--" + (flag_name or name).replace("_", "-")
+            help_text = docs.get(name, "").replace("%", "%%").replace("``", "")
+            dest = f"{section}.{name}"
+            if kind is bool:
+                if default:
+                    flag = "--no-" + flag[2:]
+                group.add_argument(
+                    flag,
+                    dest=dest,
+                    action="store_false" if default else "store_true",
+                    help=f"don't {help_text}" if default else help_text,
+                    default=argparse.SUPPRESS,
+                )
+                continue
+            if name == "algo":
+                help_text += ": " + "; ".join(f"{a.name}: {a.summary}" for a in ALGORITHMS.values())
+            if name == "env_id":
+                help_text += f" Registered: {', '.join(routing_env_ids())}."
+            group.add_argument(
+                flag,
+                dest=dest,
+                type=kind,
+                nargs=2 if pair else None,
+                choices=list(ALGORITHMS) if name == "algo" else None,
+                default=argparse.SUPPRESS,
+                metavar=None if name == "algo" else (flag_name or name).upper(),
+                help=f"{help_text} (default: {default})",
+            )
+    parser.add_argument("--no-bonus", action="store_true", help="no collapse bonus (bonus_weight 0)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    return parser
+
+
+def parse_run_config(
+    argv: list[str] | None = None, description: str | None = None
+) -> tuple[RunConfig, argparse.Namespace, dict[str, Any]]:
+    """Parse train.py's flags into a :class:`RunConfig`.
+
+    Returns:
+        the config, the parsed namespace (``resume``), and the settings the flags gave explicitly as
+        ``{"section.field": value}`` (what ``--resume`` compares with the saved run).
+    """
+    parser = build_parser(description)
+    args = parser.parse_args(argv)
+    given = {k: v for k, v in vars(args).items() if "." in k}
+    if args.no_bonus:
+        given["env.bonus_weight"] = 0.0
+    try:
+        return config_from_settings(given), args, given
+    except SettingError as e:
+        parser.error(str(e))
+        raise  # unreachable: parser.error exits
+
+
+class SettingError(ValueError):
+    """A setting out of range, named by its flag."""
+
+
+def flag_of(section: str, name: str) -> str:
+    for sec, _, names in SECTIONS:
+        if sec == section and name in names:
+            return "--" + (names[name] or name).replace("_", "-")
+    return name
+
+
+def config_from_settings(settings: dict[str, Any]) -> RunConfig:
+    """A :class:`RunConfig` from ``{"section.field": value}`` (sections as in :data:`SECTIONS`); an error
+    names the flags (``--limit-train``, not ``max_pairs``)."""
+    per_section: dict[str, dict[str, Any]] = {section: {} for section, _, _ in SECTIONS}
+    for key, value in settings.items():
+        section, _, name = key.partition(".")
+        if section not in per_section:
+            raise SettingError(f"unknown setting {key!r}")
+        per_section[section][name] = value
+    nested: dict[str, Any] = {}
+    for section, cls, _ in SECTIONS:
+        try:
+            if section == "run":
+                continue
+            nested[section] = cls(**per_section[section])
+        except (ValueError, TypeError) as e:
+            raise SettingError(_with_flags(str(e), [section])) from e
+    try:
+        return RunConfig(**per_section["run"], **nested)
+    except (ValueError, TypeError) as e:
+        raise SettingError(_with_flags(str(e), ["run", "router"])) from e
+
+
+def _with_flags(message: str, sections: list[str]) -> str:
+    for section, _, names in SECTIONS:
+        if section in sections:
+            for name in names:
+                message = re.sub(rf"(?<![\w-]){name}\b", flag_of(section, name), message)
+    return message

@@ -1,0 +1,210 @@
+"""Configuration of a training run, as dataclasses: the one home of every default train.py exposes.
+
+Importing this module imports neither torch nor SB3, so train.py checks its flags in well under a second.
+``RunConfig`` nests the env's :class:`routing_env.RoutingConfig`, the agent's :class:`AgentConfig`, the
+router's :class:`RouterConfig` and the routing network's :class:`RoutingNetworkConfig`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from routing_env.config import RoutingConfig
+
+MINIBATCH_UNITS = ("episodes", "transitions")
+RN_LEARNERS = ("wpl", "reinforce")
+
+
+@dataclass
+class AgentConfig:
+    """Hyper-parameters of the SB3 agent (the paper's defaults).
+
+    Attributes:
+        router_lr: router learning rate; default the pool's ``lr``.
+        gamma: discount.
+        gae_lambda: GAE lambda.
+        minibatch: PPO minibatch size, counted in ``minibatch_unit``.
+        minibatch_unit: ``"episodes"`` (64 episodes = 64 * max_depth transitions, matching the paper's
+            batch of 128 episodes) or ``"transitions"``.
+        ppo_epochs: PPO passes over each batch.
+        clip_range: PPO's clip range.
+        ent_coef: entropy coefficient.
+        vf_coef: value-loss coefficient.
+        max_grad_norm: gradient clipping norm.
+    """
+
+    router_lr: float | None = None
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    minibatch: int = 64
+    minibatch_unit: str = "episodes"
+    ppo_epochs: int = 1
+    clip_range: float = 0.2
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.minibatch_unit not in MINIBATCH_UNITS:
+            raise ValueError(f"minibatch_unit must be one of {MINIBATCH_UNITS}, got {self.minibatch_unit!r}")
+        for name in ("minibatch", "ppo_epochs"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.router_lr is not None and not self.router_lr > 0:
+            raise ValueError(f"router_lr must be > 0, got {self.router_lr}")
+        if not (0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
+            raise ValueError(f"gamma and gae_lambda must lie in [0, 1], got {self.gamma}, {self.gae_lambda}")
+
+
+@dataclass
+class RouterConfig:
+    """The LRN router's architecture (the paper's: d_model 256, 4 heads, d_ff 512, one layer each).
+
+    Attributes:
+        d_model: width of every embedding and of the transformer.
+        n_heads: attention heads.
+        d_ff: feed-forward width of the transformer layers.
+        n_encoder_layers: encoder layers.
+        n_decoder_layers: decoder (actor) layers.
+        conv_channels: channels of the instance encoder's two convolutions.
+        task_prior_std: not in the paper: std of a learned per-task bias on the action logits, 0 = none.
+            A random start of a few units gives each task its own preferred modules from the first
+            batch, so routes are task-specific before PPO has any signal.
+    """
+
+    d_model: int = 256
+    n_heads: int = 4
+    d_ff: int = 512
+    n_encoder_layers: int = 1
+    n_decoder_layers: int = 1
+    conv_channels: tuple[int, int] = (32, 64)
+    task_prior_std: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.conv_channels = tuple(int(c) for c in self.conv_channels)
+        if len(self.conv_channels) != 2:
+            raise ValueError(f"conv_channels must hold 2 numbers, got {self.conv_channels}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} must be a multiple of n_heads={self.n_heads}")
+        if not self.task_prior_std >= 0:
+            raise ValueError(f"task_prior_std must be >= 0, got {self.task_prior_std}")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> RouterConfig:
+        """Like the constructor, but an unknown keyword gets one error that lists the known ones."""
+        return _from_kwargs(cls, "router", kwargs)
+
+
+@dataclass
+class RoutingNetworkConfig:
+    """The original routing network's tabular router (``--algo routing_network``).
+
+    Attributes:
+        learner: ``"wpl"`` (Weighted Policy Learner) or ``"reinforce"``.
+        lr: the tables' learning rate; default 0.01 for WPL, 0.1 for REINFORCE.
+        rho: weight of the collaboration reward (0: none).
+    """
+
+    learner: str = "wpl"
+    lr: float | None = None
+    rho: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.learner not in RN_LEARNERS:
+            raise ValueError(f"learner must be one of {RN_LEARNERS}, got {self.learner!r}")
+        if (self.lr is not None and not self.lr > 0) or not self.rho >= 0:
+            raise ValueError(f"the routing network needs lr > 0 and rho >= 0, got {self.lr}, {self.rho}")
+
+
+@dataclass
+class RunConfig:
+    """One training run: what train.py's flags set and what a sweep trial varies.
+
+    Attributes:
+        env_id: a routing env id (``RoutingMNIST-v0``, ``RoutingCIFAR-v0``, ``RoutingMIN-v0``, or a
+            registered ``module:Id``).
+        algo: the algorithm (see ``agents.algorithms.ALGORITHMS``).
+        epochs: passes over the training pairs.
+        seed: seeds the pool's weights, the data order and the agent.
+        out: run folder; default ``runs/<env>-<algo>-s<seed>``.
+        limit_test: evaluate on only this many test pairs.
+        eval_batch_size: episodes per evaluation batch.
+        checkpoint: write a checkpoint after every epoch (a MIN-MTL one is ~7 GB).
+        progress: show a progress bar.
+        tf32: use TF32 matmuls and convolutions on CUDA (about 2x faster on Hopper).
+        env: the training env's settings (``benchmark`` and ``seed`` follow ``env_id`` and ``seed``).
+        agent: the SB3 agent's hyper-parameters.
+        router: the router's architecture.
+        routing_network: the original routing network's router.
+    """
+
+    env_id: str = "RoutingMNIST-v0"
+    algo: str = "maskable_ppo"
+    epochs: int = 100
+    seed: int = 0
+    out: Path | None = None
+    limit_test: int | None = None
+    eval_batch_size: int = 512
+    checkpoint: bool = True
+    progress: bool = True
+    tf32: bool = True
+    env: RoutingConfig = field(default_factory=RoutingConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    router: RouterConfig = field(default_factory=RouterConfig)
+    routing_network: RoutingNetworkConfig = field(default_factory=RoutingNetworkConfig)
+
+    def __post_init__(self) -> None:
+        from agents.algorithms import ALGORITHMS, router_policy_algorithms
+        from routing_env.registration import benchmark_of
+
+        if self.algo not in ALGORITHMS:
+            raise ValueError(f"unknown algo {self.algo!r}; known: {', '.join(ALGORITHMS)}")
+        if int(self.epochs) < 0:
+            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
+        if int(self.eval_batch_size) < 1 or (self.limit_test is not None and int(self.limit_test) < 1):
+            raise ValueError("eval_batch_size and limit_test must be >= 1")
+        if self.router.task_prior_std > 0 and self.algo not in router_policy_algorithms():
+            raise ValueError(
+                f"task_prior_std is a RouterPolicy option: use algo {', '.join(router_policy_algorithms())}"
+                f" (not {self.algo})"
+            )
+        settings = {"benchmark": benchmark_of(self.env_id), "seed": self.seed, "split": "train"}
+        settings.update(ALGORITHMS[self.algo].env_settings)  # e.g. the static pool, 5 layers
+        self.env = self.env.replace(**settings)
+        if self.out is None:
+            self.out = Path("runs") / f"{self.env_id.rpartition(':')[2]}-{self.algo}-s{self.seed}"
+        self.out = Path(self.out)
+
+    @property
+    def test_env(self) -> RoutingConfig:
+        """The evaluation env: the test split, ``limit_test`` pairs, a frozen pool."""
+        return self.env.replace(split="test", max_pairs=self.limit_test)
+
+    @property
+    def router_lr(self) -> float:
+        return self.env.lr if self.agent.router_lr is None else self.agent.router_lr
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything as JSON-able values (``config.json``)."""
+        return json_ready(dataclasses.asdict(self))
+
+
+def json_ready(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _from_kwargs(cls: type, what: str, kwargs: dict[str, Any]) -> Any:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise TypeError(f"unknown {what} keywords {unknown}; known: {sorted(known)}")
+    return cls(**kwargs)

@@ -1,0 +1,166 @@
+"""SB3 and sb3-contrib algorithms on the routing env: one rollout is one batch of whole episodes.
+
+* ``maskable_ppo`` (the paper's method), ``ppo``, ``a2c``: the LRN router
+  (:class:`agents.policy.RouterPolicy`);
+* ``dqn``: SB3's DQN over the router's encoder (:class:`agents.policy.RouterFeaturesExtractor`); it does
+  not see masks, the env substitutes invalid actions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+
+from agents.config import RunConfig
+from agents.policy import RouterFeaturesExtractor, RouterPolicy
+from agents.trainers.base import EpisodeCallback
+from routing_env.sb3_vec_env import RoutingSB3VecEnv
+
+
+class _EpisodesPerRollout(BaseCallback):
+    def __init__(self, on_episodes: EpisodeCallback, episodes_per_rollout: int) -> None:
+        super().__init__()
+        self.on_episodes, self.episodes = on_episodes, episodes_per_rollout
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        self.on_episodes(self.episodes)
+
+
+class Constant:
+    """A picklable constant schedule (SB3 saves the schedule with the model)."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def __call__(self, _progress_remaining: float) -> float:
+        return self.value
+
+
+class SB3Trainer:
+    """An SB3 algorithm on a :class:`RoutingSB3VecEnv`; every rollout is one batch of episodes.
+
+    Args:
+        algo_class: the SB3 algorithm.
+        env: the training env.
+        cfg: the run's configuration (seed, router lr and its decay).
+        kwargs: the algorithm's constructor arguments (policy, hyper-parameters).
+        on_policy: one rollout per batch (PPO, A2C); else the progress is counted per ``learn`` call.
+    """
+
+    def __init__(
+        self,
+        algo_class: type[BaseAlgorithm],
+        env: RoutingSB3VecEnv,
+        cfg: RunConfig,
+        kwargs: dict[str, Any],
+        on_policy: bool = True,
+    ) -> None:
+        self.algo_class, self.env, self.on_policy = algo_class, env, on_policy
+        self.lr, self.lr_decay = cfg.router_lr, cfg.env.lr_decay
+        self.device = str(env.engine.device)
+        # torch.distributions checks every sample's support with a host sync; our masks already
+        # guarantee it, and the syncs cost several ms per batch on a GPU.
+        torch.distributions.Distribution.set_default_validate_args(False)
+        self.model: BaseAlgorithm = algo_class(
+            env=env, seed=cfg.seed, device=self.device, verbose=0, learning_rate=Constant(self.lr), **kwargs
+        )
+
+    def router_lr(self, epoch: int) -> float:
+        return self.lr * self.lr_decay**epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        lr = self.router_lr(epoch)
+        self.model.learning_rate = lr
+        self.model.lr_schedule = Constant(lr)
+
+    def learn_epoch(self, n_batches: int, on_episodes: EpisodeCallback) -> None:
+        steps = n_batches * self.env.num_envs * self.env.engine.max_depth
+        callback = _EpisodesPerRollout(on_episodes, self.env.num_envs) if self.on_policy else None
+        self.model.learn(steps, reset_num_timesteps=False, callback=callback)
+        if callback is None:
+            on_episodes(n_batches * self.env.num_envs)
+
+    @torch.no_grad()
+    def act(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        self.model.policy.set_training_mode(False)
+        return self.model.policy._predict(obs, deterministic=True).reshape(-1)
+
+    def save(self, folder: Path) -> None:
+        self.model.save(folder / "agent.zip")
+
+    def load(self, folder: Path) -> None:
+        self.model = self.algo_class.load(folder / "agent.zip", env=self.env, device=self.device)
+        # load() re-seeds the env (set_random_seed -> env.seed), and the reset that starts the next
+        # learn() would restart the engine's data walk from that seed, undoing the walk restored from the
+        # checkpoint. Drop those seeds: the reset just begins the next batch of the restored walk.
+        self.env._reset_seeds()
+
+
+def router_policy(cfg: RunConfig) -> dict[str, Any]:
+    """The policy arguments of every algorithm that trains :class:`RouterPolicy`."""
+    return dict(policy=RouterPolicy, policy_kwargs=dataclasses.asdict(cfg.router))
+
+
+def rollout_kwargs(env: RoutingSB3VecEnv, cfg: RunConfig) -> dict[str, Any]:
+    """On-policy arguments shared by PPO and A2C: one rollout = one batch of ``num_envs`` whole episodes."""
+    a = cfg.agent
+    return dict(
+        **router_policy(cfg),
+        n_steps=env.engine.max_depth,
+        gamma=a.gamma,
+        gae_lambda=a.gae_lambda,
+        ent_coef=a.ent_coef,
+        vf_coef=a.vf_coef,
+        max_grad_norm=a.max_grad_norm,
+    )
+
+
+def ppo_kwargs(env: RoutingSB3VecEnv, cfg: RunConfig) -> dict[str, Any]:
+    a = cfg.agent
+    minibatch = a.minibatch * (env.engine.max_depth if a.minibatch_unit == "episodes" else 1)
+    return dict(
+        **rollout_kwargs(env, cfg), batch_size=minibatch, n_epochs=a.ppo_epochs, clip_range=a.clip_range
+    )
+
+
+def maskable_ppo(env: RoutingSB3VecEnv, cfg: RunConfig) -> SB3Trainer:
+    from sb3_contrib import MaskablePPO
+
+    return SB3Trainer(MaskablePPO, env, cfg, ppo_kwargs(env, cfg))
+
+
+def ppo(env: RoutingSB3VecEnv, cfg: RunConfig) -> SB3Trainer:
+    from stable_baselines3 import PPO
+
+    return SB3Trainer(PPO, env, cfg, ppo_kwargs(env, cfg))
+
+
+def a2c(env: RoutingSB3VecEnv, cfg: RunConfig) -> SB3Trainer:
+    from stable_baselines3 import A2C
+
+    return SB3Trainer(A2C, env, cfg, rollout_kwargs(env, cfg))
+
+
+def dqn(env: RoutingSB3VecEnv, cfg: RunConfig) -> SB3Trainer:
+    from stable_baselines3 import DQN
+
+    kwargs = dict(
+        policy="MultiInputPolicy",
+        buffer_size=100_000,
+        learning_starts=env.num_envs * env.engine.max_depth,
+        batch_size=cfg.agent.minibatch,
+        gamma=cfg.agent.gamma,
+        train_freq=(1, "step"),
+        gradient_steps=1,
+        exploration_fraction=0.1,
+        policy_kwargs=dict(features_extractor_class=RouterFeaturesExtractor),
+    )
+    return SB3Trainer(DQN, env, cfg, kwargs, on_policy=False)

@@ -1,0 +1,53 @@
+"""The static baseline: every instance takes the same network, with the head of its task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agents.trainers.base import EpisodeCallback
+
+
+class StaticTrainer:
+    """Drives the engine with the one route of the static pool (no agent to learn).
+
+    Runs through the engine like any agent (same data walk, optimizer, batch size and metrics); the pool
+    must be :func:`routing_env.modules.static_pool_specs` (one input conv, hidden conv and FC of each
+    kind, and ``n_tasks`` heads), so the route is ``[0, 1, 2, 3, 4 + task]``.
+
+    Args:
+        env: the training env (its engine is driven directly).
+        cfg: the run's configuration (unused: the static network has no settings of its own).
+    """
+
+    def __init__(self, env: Any, cfg: Any = None) -> None:
+        self.engine = env.engine
+        if self.engine.max_depth != 5:
+            raise ValueError("the static network has 5 layers: build its engine with max_depth=5")
+
+    def act(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        k = int(obs["step"][0])
+        if k < 4:
+            return torch.full_like(obs["task"], k)
+        return 4 + obs["task"]
+
+    def learn_epoch(self, n_batches: int, on_episodes: EpisodeCallback) -> None:
+        for _ in range(n_batches):
+            self.engine.begin_batch()
+            for _ in range(self.engine.max_depth):
+                self.engine.step(self.act(self.engine.observation()))
+            on_episodes(self.engine.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        pass  # the pool's lr decays with the engine's passes
+
+    def router_lr(self, epoch: int) -> None:
+        return None  # no router
+
+    def save(self, folder: Path) -> None:
+        pass  # everything lives in the engine, which the training loop checkpoints
+
+    def load(self, folder: Path) -> None:
+        pass

@@ -1,0 +1,70 @@
+"""The order in which episodes take the pairs of a split."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class DataWalk:
+    """Passes over ``n_pairs`` pairs: each pass a fresh seeded permutation (training) or the split's own
+    order (``sequential``, evaluation). A batch that runs past the end of a pass continues into the next.
+
+    Args:
+        n_pairs: pairs in the split.
+        sequential: walk in order instead of shuffling.
+        device: where the drawn indices live.
+    """
+
+    def __init__(self, n_pairs: int, sequential: bool, device: torch.device) -> None:
+        if n_pairs < 1:
+            raise ValueError("the data split is empty")
+        self.n_pairs, self.sequential, self.device = int(n_pairs), bool(sequential), device
+        self.generator = torch.Generator()
+        self.epoch = 0  # completed passes
+        self.cursor = 0
+        self.order = torch.arange(0)
+
+    def seed(self, seed: int | None) -> None:
+        """Restart at the first pair of a fresh pass; ``None`` draws a seed from torch's global generator."""
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        self.generator.manual_seed(int(seed))
+        self.epoch, self.cursor = 0, 0
+        self.order = self._new_order()
+
+    def _new_order(self) -> torch.Tensor:
+        n = self.n_pairs
+        order = torch.arange(n) if self.sequential else torch.randperm(n, generator=self.generator)
+        return order.to(self.device)
+
+    def draw(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next ``n`` pair indices ``(n,)`` and the pass each belongs to ``(n,)``."""
+        parts, passes = [], []
+        while n > 0:
+            if self.cursor >= self.order.shape[0]:
+                self.epoch += 1
+                self.order = self._new_order()
+                self.cursor = 0
+            take = self.order[self.cursor : self.cursor + n]
+            parts.append(take)
+            passes.append(torch.full_like(take, self.epoch))
+            self.cursor += take.shape[0]
+            n -= take.shape[0]
+        return torch.cat(parts), torch.cat(passes)
+
+    def state_dict(self) -> dict[str, Any]:
+        # ``order`` is replaced, never written in place, so keeping the reference is a true snapshot.
+        return {
+            "order": self.order,
+            "cursor": self.cursor,
+            "epoch": self.epoch,
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order = state["order"].to(self.device)
+        self.cursor = int(state["cursor"])
+        self.epoch = int(state["epoch"])
+        self.generator.set_state(state["generator"])

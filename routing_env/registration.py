@@ -1,0 +1,75 @@
+"""The env ids, and the lookups from an id (``"RoutingMIN-v0"`` or ``"module:Id"``) to its benchmark."""
+
+from __future__ import annotations
+
+import importlib
+
+import gymnasium as gym
+from gymnasium.envs.registration import EnvSpec
+
+from routing_env.benchmarks import registry
+
+ENTRY_POINT = "routing_env.env:RoutingEnv"
+VECTOR_ENTRY_POINT = "routing_env.vector_env:RoutingVectorEnv"
+
+
+def register_env(env_id: str, benchmark: str) -> None:
+    """Register Gymnasium id ``env_id`` for benchmark ``benchmark`` (single and vector entry points)."""
+    gym.register(
+        id=env_id,
+        entry_point=ENTRY_POINT,
+        vector_entry_point=VECTOR_ENTRY_POINT,
+        kwargs={"benchmark": benchmark},
+    )
+
+
+def register_benchmark(
+    name: str, loader: registry.BenchmarkLoader | str, *, env_id: str | None = None, overwrite: bool = False
+) -> None:
+    """Add a benchmark, and optionally a Gymnasium id for it (see ``README``, "Add a benchmark").
+
+    Args:
+        name: the benchmark's name (the env kwarg ``benchmark``).
+        loader: ``loader(data_root, seed=0, download=True) -> MTLBenchmark``, or its ``"module:function"``
+            path (importable again by worker processes).
+        env_id: also register this Gymnasium id (e.g. ``"MyBench-v0"``) for the benchmark.
+        overwrite: replace an existing benchmark of that name.
+    """
+    registry.register_benchmark(name, loader, overwrite=overwrite)
+    if env_id is not None:
+        register_env(env_id, name)
+
+
+def env_spec(env_id: str) -> EnvSpec:
+    """The spec of ``env_id``; the ``"module:Id"`` form imports ``module`` first (as ``gymnasium.make``)."""
+    module, _, name = env_id.rpartition(":")
+    if module:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise gym.error.Error(f"cannot import {module!r} for env id {env_id!r}: {e}") from e
+    return gym.spec(name)
+
+
+def benchmark_of(env_id: str) -> str:
+    """The benchmark an env id (or a benchmark name) stands for; one clear error otherwise."""
+    if registry.is_registered(env_id):
+        return env_id
+    try:
+        spec = env_spec(env_id)
+    except gym.error.Error as e:
+        raise ValueError(f"unknown env id {env_id!r} ({e}); routing env ids: {routing_env_ids()}") from e
+    benchmark = spec.kwargs.get("benchmark")
+    if spec.entry_point != ENTRY_POINT or benchmark is None:
+        raise ValueError(f"{env_id!r} is not a routing env id; routing env ids: {routing_env_ids()}")
+    return benchmark
+
+
+def routing_env_ids() -> list[str]:
+    """Every registered id whose entry point is the routing env."""
+    return sorted(i for i, s in gym.registry.items() if s.entry_point == ENTRY_POINT)
+
+
+register_env("RoutingMNIST-v0", "mnist")
+register_env("RoutingCIFAR-v0", "cifar")
+register_env("RoutingMIN-v0", "min")
