@@ -16,6 +16,9 @@ from routing_env.config import RoutingConfig
 
 MINIBATCH_UNITS = ("episodes", "transitions")
 RN_LEARNERS = ("wpl", "reinforce")
+DECODER_QUERIES = ("valid", "all")
+CRITIC_ENCODERS = ("shared", "separate")
+REWARD_TIMINGS = ("per_step", "terminal")
 
 
 @dataclass
@@ -34,6 +37,9 @@ class AgentConfig:
         ent_coef: entropy coefficient.
         vf_coef: value-loss coefficient.
         max_grad_norm: gradient clipping norm.
+        reward_timing: how the episode's reward reaches GAE: ``"per_step"`` (the paper, eq. 7: each step
+            earns the collapse bonus of the module it chose, the last step also minus the loss) or
+            ``"terminal"`` (all of it at the last step).
     """
 
     router_lr: float | None = None
@@ -46,8 +52,11 @@ class AgentConfig:
     ent_coef: float = 0.0
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
+    reward_timing: str = "per_step"
 
     def __post_init__(self) -> None:
+        if self.reward_timing not in REWARD_TIMINGS:
+            raise ValueError(f"reward_timing must be one of {REWARD_TIMINGS}, got {self.reward_timing!r}")
         if self.minibatch_unit not in MINIBATCH_UNITS:
             raise ValueError(f"minibatch_unit must be one of {MINIBATCH_UNITS}, got {self.minibatch_unit!r}")
         for name in ("minibatch", "ppo_epochs"):
@@ -73,6 +82,12 @@ class RouterConfig:
         task_prior_std: not in the paper: std of a learned per-task bias on the action logits, 0 = none.
             A random start of a few units gives each task its own preferred modules from the first
             batch, so routes are task-specific before PPO has any signal.
+        decoder_queries: ``"valid"``: the decoder's queries attend only to the actions valid now (the
+            paper's router input holds the valid modules); ``"all"``: every action, masked after scoring.
+        normalize_instance: layer-normalise the instance token to the embeddings' scale (a fresh conv
+            encoder's token is ~20 times smaller than an embedding).
+        critic_encoder: ``"shared"`` (the critic pools the actor's encoding) or ``"separate"`` (its own
+            encoder: the value loss no longer shapes the actor's).
     """
 
     d_model: int = 256
@@ -82,8 +97,17 @@ class RouterConfig:
     n_decoder_layers: int = 1
     conv_channels: tuple[int, int] = (32, 64)
     task_prior_std: float = 0.0
+    decoder_queries: str = "all"
+    normalize_instance: bool = False
+    critic_encoder: str = "shared"
 
     def __post_init__(self) -> None:
+        if self.decoder_queries not in DECODER_QUERIES:
+            raise ValueError(
+                f"decoder_queries must be one of {DECODER_QUERIES}, got {self.decoder_queries!r}"
+            )
+        if self.critic_encoder not in CRITIC_ENCODERS:
+            raise ValueError(f"critic_encoder must be one of {CRITIC_ENCODERS}, got {self.critic_encoder!r}")
         self.conv_channels = tuple(int(c) for c in self.conv_channels)
         if len(self.conv_channels) != 2:
             raise ValueError(f"conv_channels must hold 2 numbers, got {self.conv_channels}")
@@ -130,7 +154,7 @@ class RunConfig:
         epochs: passes over the training pairs.
         seed: seeds the pool's weights, the data order and the agent.
         out: run folder; default ``runs/<env>-<algo>-s<seed>``.
-        limit_test: evaluate on only this many test pairs.
+        limit_test: evaluate on only this many test pairs (and validation pairs, with ``val_fraction``).
         eval_batch_size: episodes per evaluation batch.
         checkpoint: write a checkpoint after every epoch (a MIN-MTL one is ~7 GB).
         progress: show a progress bar.

@@ -23,12 +23,15 @@ def balanced_accuracy(correct: torch.Tensor, labels: torch.Tensor, n_classes: in
 
 
 @torch.no_grad()
-def evaluate(act: ActFn, engine: RoutingEngine, n_tasks: int, n_classes: int) -> dict[str, Any]:
+def evaluate(
+    act: ActFn, engine: RoutingEngine, n_tasks: int, n_classes: int, prefix: str = "test"
+) -> dict[str, Any]:
     """Route every pair of ``engine``'s split once (a sequential engine with a frozen pool).
 
-    Returns accuracy, balanced accuracy (mean over tasks of the mean per-class recall: always answering
-    "no" on MNIST-MTL scores 90 % accuracy but 50 % balanced), mean loss, per-task values, the number
-    of pool modules no test route uses, and the task x module usage counts.
+    Returns ``{prefix}_accuracy``, ``{prefix}_balanced_accuracy`` (mean over tasks of the mean per-class
+    recall: always answering "no" on MNIST-MTL scores 90 % accuracy but 50 % balanced), ``{prefix}_loss``
+    and ``{prefix}_pairs``, and the per-task values, the number of pool modules no route uses and the
+    task x module usage counts.
     """
     if engine.training or not engine.config.sequential:
         raise ValueError("evaluate() needs a sequential engine with a frozen pool (split='test')")
@@ -60,10 +63,10 @@ def evaluate(act: ActFn, engine: RoutingEngine, n_tasks: int, n_classes: int) ->
     usage = usage.view(n_tasks, n_modules)
     valid_bal = [b for b in per_task_bal if not math.isnan(b)]
     return {
-        "test_pairs": int(routes.shape[0]),
-        "test_accuracy": float(res["correct"].float().mean()),
-        "test_balanced_accuracy": sum(valid_bal) / max(len(valid_bal), 1),
-        "test_loss": float(res["loss"].mean()),
+        f"{prefix}_pairs": int(routes.shape[0]),
+        f"{prefix}_accuracy": float(res["correct"].float().mean()),
+        f"{prefix}_balanced_accuracy": sum(valid_bal) / max(len(valid_bal), 1),
+        f"{prefix}_loss": float(res["loss"].mean()),
         "per_task_accuracy": per_task_acc,
         "per_task_balanced_accuracy": per_task_bal,
         "unused_modules": int((usage.sum(0) == 0).sum()),

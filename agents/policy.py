@@ -121,13 +121,12 @@ class RouterPolicy(MaskableActorCriticPolicy):
         self, obs: PyTorchObs, action_masks: np.ndarray | None = None
     ) -> MaskableCategoricalDistribution:
         x = parse_observation(obs, normalize_images=self.normalize_images)
-        states, padding = self.router.encode(x)
-        return self._distribution(self.router.masked_logits(x, states, padding), x.mask, action_masks)
+        logits, _ = self.router(x)  # the value comes free: one (graph-replayed) forward
+        return self._distribution(logits, x.mask, action_masks)
 
     def predict_values(self, obs: PyTorchObs) -> torch.Tensor:
         x = parse_observation(obs, normalize_images=self.normalize_images)
-        states, padding = self.router.encode(x)
-        return self.router.critic(states, padding)[:, None]
+        return self.router.value(x)[:, None]
 
     def _predict(
         self, observation: PyTorchObs, deterministic: bool = False, action_masks: np.ndarray | None = None

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from agents.config import RouterConfig
+from agents.cuda_graph import GraphedInference
 
 
 @dataclass
@@ -69,9 +70,16 @@ class LRNRouter(nn.Module):
 
     State tokens: ``[instance, task, route_0, ..., route_{D-1}]`` plus learned position embeddings;
     unfilled route positions are padding. A transformer encoder turns them into ``s_hat``. The actor
-    is a transformer decoder whose queries are the embeddings of all actions (modules and PASS) and
+    is a transformer decoder whose queries are the embeddings of the actions (modules and PASS) and
     whose memory is ``s_hat``; a linear layer scores each query. The critic pools ``s_hat`` with
     attention: ``e_j = W_e s_hat_j``, ``alpha = softmax(e)``, ``V = W_c sum_j alpha_j s_hat_j``.
+
+    Readings of the paper (:class:`agents.config.RouterConfig`): ``decoder_queries="valid"`` lets the
+    decoder's queries see only the actions valid now (the paper's router input holds ``l^valid``);
+    ``normalize_instance`` layer-normalises the instance token to the scale of the embedding tokens (a
+    fresh conv encoder's token is ~20 times smaller, so the image barely reaches the router);
+    ``critic_encoder="separate"`` gives the critic its own state encoder (the value loss's gradient,
+    several times the policy's at the start, then no longer shapes the actor's encoder).
 
     Args:
         image_shape: ``(C, H, W)``.
@@ -100,8 +108,8 @@ class LRNRouter(nn.Module):
         self.action_embedding = nn.Embedding(n_actions + 1, d, padding_idx=n_actions)
         self.position = nn.Parameter(torch.zeros(2 + max_depth, d))
         nn.init.normal_(self.position, std=0.02)
-        enc_layer = nn.TransformerEncoderLayer(d, cfg.n_heads, cfg.d_ff, dropout=0.0, batch_first=True)
-        self.encoder = nn.TransformerEncoder(enc_layer, cfg.n_encoder_layers, enable_nested_tensor=False)
+        self.instance_norm = nn.LayerNorm(d) if cfg.normalize_instance else None
+        self.encoder = _transformer_encoder(cfg)
         dec_layer = nn.TransformerDecoderLayer(d, cfg.n_heads, cfg.d_ff, dropout=0.0, batch_first=True)
         self.decoder = nn.TransformerDecoder(dec_layer, cfg.n_decoder_layers)
         self.score = nn.Linear(d, 1)
@@ -109,32 +117,56 @@ class LRNRouter(nn.Module):
         if cfg.task_prior_std > 0:
             self.task_prior = nn.Embedding(n_tasks, n_actions)  # (n_tasks, A) logit offsets
             nn.init.normal_(self.task_prior.weight, std=cfg.task_prior_std)
+        self.critic_state: nn.ModuleDict | None = None
+        if cfg.critic_encoder == "separate":
+            self.critic_state = nn.ModuleDict(
+                {
+                    "instance": InstanceEncoder(image_shape[0], d, tuple(cfg.conv_channels)),
+                    "task_embedding": nn.Embedding(n_tasks, d),
+                    "action_embedding": nn.Embedding(n_actions + 1, d, padding_idx=n_actions),
+                    "encoder": _transformer_encoder(cfg),
+                }
+            )
+            if cfg.normalize_instance:
+                self.critic_state["instance_norm"] = nn.LayerNorm(d)
         self.critic_attention = nn.Linear(d, 1)  # W_e
         self.critic_value = nn.Linear(d, 1)  # W_c
+        self._graphed: GraphedInference | None = None
 
-    def encode(self, x: RouterInput) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encoded state tokens ``(B, T, d)`` and their padding mask ``(B, T)`` (True = padding)."""
+    def encode(self, x: RouterInput, for_critic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoded state tokens ``(B, T, d)`` and their padding mask ``(B, T)`` (True = padding); with
+        ``for_critic``, the critic's own encoding where it has one."""
+        parts = self.critic_state if for_critic and self.critic_state is not None else self
         batch = x.task.shape[0]
         route = x.route.clamp(0, self.n_actions)
+        instance = parts.instance(x.image)  # (B, d)
+        if self.config.normalize_instance:
+            instance = (parts["instance_norm"] if parts is not self else self.instance_norm)(instance)
         tokens = (
             torch.cat(
                 [
-                    self.instance(x.image)[:, None],  # (B, 1, d)
-                    self.task_embedding(x.task)[:, None],  # (B, 1, d)
-                    self.action_embedding(route),  # (B, D, d)
+                    instance[:, None],  # (B, 1, d)
+                    parts.task_embedding(x.task)[:, None],  # (B, 1, d)
+                    parts.action_embedding(route),  # (B, D, d)
                 ],
                 dim=1,
             )
             + self.position[None]
         )  # (B, T, d)
         padding = torch.cat([route.new_zeros(batch, 2, dtype=torch.bool), route == self.n_actions], dim=1)
-        return self.encoder(tokens, src_key_padding_mask=padding), padding
+        return parts.encoder(tokens, src_key_padding_mask=padding), padding
 
-    def actor(self, states: torch.Tensor, padding: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
-        """Unmasked logits of every action, ``(B, A)``."""
+    def actor(
+        self, states: torch.Tensor, padding: torch.Tensor, task: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits of every action, ``(B, A)``, before masking; ``mask`` ``(B, A)`` (valid actions) limits
+        what the decoder's queries attend to when ``decoder_queries="valid"``."""
         queries = self.action_embedding.weight[: self.n_actions]  # (A, d)
         queries = queries[None].expand(states.shape[0], -1, -1)  # (B, A, d)
-        out = self.decoder(queries, states, memory_key_padding_mask=padding)  # (B, A, d)
+        query_padding = ~mask if self.config.decoder_queries == "valid" else None
+        out = self.decoder(
+            queries, states, tgt_key_padding_mask=query_padding, memory_key_padding_mask=padding
+        )  # (B, A, d)
         logits = self.score(out).squeeze(-1)
         if self.task_prior is not None:
             logits = logits + self.task_prior(task)
@@ -142,10 +174,12 @@ class LRNRouter(nn.Module):
 
     def masked_logits(self, x: RouterInput, states: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, A)`` with invalid actions at -1e8."""
-        return self.actor(states, padding, x.task).masked_fill(~x.mask, -1e8)
+        return self.actor(states, padding, x.task, x.mask).masked_fill(~x.mask, -1e8)
 
-    def critic(self, states: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
-        """State value, ``(B,)``."""
+    def value(self, x: RouterInput, states: torch.Tensor | None = None, padding: torch.Tensor | None = None):
+        """State values ``(B,)``; ``states``/``padding``: the actor's encoding, reused when shared."""
+        if self.critic_state is not None or states is None:
+            states, padding = self.encode(x, for_critic=True)
         return self.critic_value(self.pool(states, padding)).squeeze(-1)
 
     def pool(self, states: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
@@ -154,7 +188,27 @@ class LRNRouter(nn.Module):
         alpha = torch.softmax(e, dim=1)
         return (alpha[..., None] * states).sum(dim=1)
 
-    def forward(self, x: RouterInput) -> tuple[torch.Tensor, torch.Tensor]:
-        """Masked logits ``(B, A)`` (invalid actions at -1e8) and values ``(B,)``."""
+    def forward_tensors(
+        self, image: torch.Tensor, task: torch.Tensor, route: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = RouterInput(image=image, task=task, route=route, mask=mask)
         states, padding = self.encode(x)
-        return self.masked_logits(x, states, padding), self.critic(states, padding)
+        return self.masked_logits(x, states, padding), self.value(x, states, padding)
+
+    def forward(self, x: RouterInput) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masked logits ``(B, A)`` (invalid actions at -1e8) and values ``(B,)``. Without autograd on a
+        GPU, replayed as a CUDA graph per batch shape (:mod:`agents.cuda_graph`)."""
+        if self._graphed is None:
+            self._graphed = GraphedInference(self.forward_tensors)
+        return self._graphed(x.image, x.task, x.route, x.mask)
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state["_graphed"] = None  # CUDA graphs do not copy or pickle; they are captured again
+        return state
+
+
+def _transformer_encoder(cfg: RouterConfig) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.n_heads, cfg.d_ff, dropout=0.0, batch_first=True)
+    return nn.TransformerEncoder(layer, cfg.n_encoder_layers, enable_nested_tensor=False)

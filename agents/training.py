@@ -52,6 +52,13 @@ class ProgressBar:
         self.bar.close()
 
 
+def batches_before(epoch: int, n_pairs: int, batch_size: int) -> int:
+    """Batches of the epochs before ``epoch``: an epoch is the batches that begin in its pass over the
+    ``n_pairs`` training pairs (batch ``j`` begins at pair ``j * batch_size``), so the router's
+    learning-rate schedule (per epoch) and the pool's (per pass) stay in step."""
+    return math.ceil(epoch * n_pairs / batch_size)
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -81,14 +88,20 @@ def train(cfg: RunConfig, resume: bool = False, on_epoch: EpochReport | None = N
         batch_size=min(cfg.eval_batch_size, cfg.limit_test or cfg.eval_batch_size),
         pool=engine.pool,
     )
+    val_engine = None
+    if cfg.env.val_fraction > 0:
+        val_config = cfg.env.replace(split="val", max_pairs=cfg.limit_test)
+        val_engine, _ = make_engine(val_config, cfg.eval_batch_size, engine.pool)
     trainer = ALGORITHMS[cfg.algo].build(train_env, cfg)
     out = cfg.out
-    batches_per_epoch = math.ceil(len(engine.data) / engine.batch_size)
+    n_pairs, batch_size = len(engine.data), engine.batch_size
+    batches_per_epoch = math.ceil(n_pairs / batch_size)  # 1 more in the epochs where a batch spans two passes
     config = {
         **cfg.to_dict(),
         "device_name": device_name(device),
         "train_pairs": len(engine.data),
         "test_pairs": len(test_engine.data),
+        "val_pairs": len(val_engine.data) if val_engine is not None else 0,
         "batches_per_epoch": batches_per_epoch,
         "torch": torch.__version__,
     }
@@ -107,27 +120,35 @@ def train(cfg: RunConfig, resume: bool = False, on_epoch: EpochReport | None = N
         metrics.truncate(state["epoch"])
         print(f"resumed {out} after epoch {state['epoch']}")
 
-    episodes_per_epoch = batches_per_epoch * engine.batch_size
-    progress = ProgressBar(cfg.epochs * episodes_per_epoch, start_epoch * episodes_per_epoch, cfg.progress)
+    progress = ProgressBar(
+        batches_before(cfg.epochs, n_pairs, batch_size) * batch_size,
+        batches_before(start_epoch, n_pairs, batch_size) * batch_size,
+        cfg.progress,
+    )
     records = []
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         trainer.set_epoch(epoch)
         engine.reset_stats()
-        trainer.learn_epoch(batches_per_epoch, progress)
+        module_lr = engine.optimizer.lr  # the first batch of the epoch is drawn already: its pass's lr
+        first_batch = batches_before(epoch, n_pairs, batch_size)
+        trainer.learn_epoch(batches_before(epoch + 1, n_pairs, batch_size) - first_batch, progress)
         train_seconds = time.perf_counter() - t0
         result = evaluate(trainer.act, test_engine, bench.n_tasks, bench.n_classes)
+        if val_engine is not None:
+            val = evaluate(trainer.act, val_engine, bench.n_tasks, bench.n_classes, prefix="val")
+            result.update({k: v for k, v in val.items() if k.startswith("val_")})
         epoch_seconds = time.perf_counter() - t0
         wall += epoch_seconds
         record = {
             "epoch": epoch,
-            "episodes": (epoch + 1) * episodes_per_epoch,
+            "episodes": batches_before(epoch + 1, n_pairs, batch_size) * batch_size,
             "wall_clock_s": round(wall, 3),
             "epoch_seconds": round(epoch_seconds, 3),
             "train_seconds": round(train_seconds, 3),
             "eval_seconds": round(epoch_seconds - train_seconds, 3),
             "router_lr": trainer.router_lr(epoch),
-            "module_lr": engine.optimizer.lr,
+            "module_lr": module_lr,
             **engine.stats(),
             **result,
         }

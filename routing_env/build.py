@@ -9,6 +9,7 @@ from gymnasium import spaces
 
 from routing_env.benchmarks import (
     MTLBenchmark,
+    MTLSplit,
     get_loader,
     load_benchmark,
     resolve_data_root,
@@ -41,6 +42,20 @@ def get_benchmark(config: RoutingConfig) -> MTLBenchmark:
     return _BENCHMARK_CACHE[key]
 
 
+def holdout(split: MTLSplit, fraction: float, data_seed: int, val: bool) -> MTLSplit:
+    """The held-out ``fraction`` of ``split``'s pairs (``val``), or the rest; seeded by ``data_seed`` and
+    stratified by task, so every task keeps the same share. Each part keeps the split's order."""
+    generator = seeded_generator(data_seed + 2)
+    keys = torch.rand(len(split), generator=generator)
+    tasks = split.tasks.cpu()
+    held = torch.zeros(len(split), dtype=torch.bool)
+    for t in tasks.unique().tolist():
+        members = (tasks == t).nonzero().flatten()
+        n_val = max(1, round(fraction * len(members)))
+        held[members[keys[members].argsort()[:n_val]]] = True
+    return split.subset((held if val else ~held).nonzero().flatten())
+
+
 def build_pool(config: RoutingConfig, benchmark: MTLBenchmark) -> ModulePool:
     """The pool ``config.pool`` names, shaped for ``benchmark``; ``config.seed`` seeds its weights."""
     if config.pool == "static":
@@ -63,14 +78,18 @@ def make_engine(
     """Load the benchmark, build (or share) the pool and return an engine over ``config.split``."""
     resolve_device(config.device)  # a device that is not here fails before any data loads
     benchmark = get_benchmark(config)
-    split = benchmark.train if config.split == "train" else benchmark.test
+    split = benchmark.test if config.split == "test" else benchmark.train
+    if config.split != "test" and config.val_fraction > 0:
+        split = holdout(split, config.val_fraction, config.data_seed, config.split == "val")
     if config.max_pairs is not None and config.max_pairs < len(split):
         # A seeded subset; sorted so a test subset is still walked in the split's order.
         keep = torch.randperm(len(split), generator=seeded_generator(config.data_seed + 1))
         split = split.subset(keep[: int(config.max_pairs)].sort().values)
     if pool is None:
         pool = build_pool(config, benchmark)
-    engine = RoutingEngine(pool, split, config, batch_size=batch_size, update_every=update_every)
+    engine = RoutingEngine(
+        pool, split, config, batch_size=batch_size, update_every=update_every, hflip=benchmark.hflip
+    )
     return engine, benchmark
 
 

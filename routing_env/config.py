@@ -12,11 +12,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")
+PRECISIONS = ("fp32", "bf16")
 POOLS = ("lrn", "static", "routing_network")
-# "dense": every duplicate of a bank runs on every sample as one wide layer; "grouped": one call per
-# chosen duplicate (a host sync per bank); "compact": each bank on only its sub-batch (one sync per step).
-DISPATCH_MODES = ("auto", "dense", "grouped", "compact")
+# How the chosen modules run (routing_env/modules.py): "dense" (every duplicate of a bank on every sample,
+# as one wide layer), "gathered" (convs through per-sample weights, linears dense), "grouped" (one call
+# per chosen duplicate, a host sync per bank), "compact" (each bank on only its sub-batch, one host sync).
+DISPATCH_MODES = ("auto", "dense", "gathered", "grouped", "compact")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -29,7 +31,10 @@ class RoutingConfig:
         data_root: data folder; default ``$ROUTING_ENV_DATA``, else ``~/.cache/routing_env``.
         download: let torchvision download MNIST / CIFAR-100 when missing.
         data_seed: seeds the benchmark's draws (which images form the pairs); fixed across runs by default.
-        split: ``"train"`` (shuffled, pool trained) or ``"test"`` (in order, pool frozen).
+        split: ``"train"`` (shuffled, pool trained), ``"val"`` (the held-out ``val_fraction`` of the
+            training pairs, in order, pool frozen) or ``"test"`` (in order, pool frozen).
+        val_fraction: hold out this share of the training pairs (seeded by ``data_seed``) as the ``"val"``
+            split; ``"train"`` then walks the rest. 0: train on every training pair (the paper).
         max_pairs: use only this many pairs of the split (a seeded subset; quick runs and tests).
         duplicates: copies of each kind of module in the pool (>= 1).
         max_depth: steps per episode: an input module, ``max_depth - 2`` hidden steps, a head (>= 2).
@@ -42,10 +47,22 @@ class RoutingConfig:
         train_modules: train the pool; default True for ``split="train"``, False for ``"test"``.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         seed: seeds the pool's initial weights and the order episodes walk the data.
-        dispatch: ``"auto"`` (dense on CUDA, compact on CPU), ``"dense"``, ``"compact"`` or ``"grouped"``.
+        dispatch: how the chosen modules run: ``"auto"`` (gathered on CUDA, compact on CPU), ``"dense"``,
+            ``"gathered"``, ``"compact"`` or ``"grouped"`` (see ``routing_env/modules.py``).
         pool: ``"lrn"`` (the paper's pool), ``"static"`` (one fixed network with a head per task, routed
             by ``max_depth=5``; the static baseline) or ``"routing_network"`` (Rosenbaum et al. 2017: a
             fixed conv trunk, then 3 routed FC depths of ``duplicates`` modules each; ``max_depth=5``).
+        freeze_unused: the paper's rule: a module no episode of an update used keeps its weights and its
+            Adam state (each module is its own Adam); False: one Adam over the pool, which moves unused
+            modules through their moments.
+        cuda_graph: on a GPU, run the pool's training step as one CUDA graph (dense or gathered dispatch).
+        precision: the pool's arithmetic on a GPU: ``"fp32"`` or ``"bf16"`` (autocast; weights, Adam
+            and the loss stay fp32).
+        augment: not in the paper: random crops (4-pixel padding) of training images, and horizontal flips
+            where the benchmark allows them (not MNIST's digits).
+        weight_decay: not in the paper: decoupled weight decay of the pool's modules (AdamW's), applied
+            where a module is updated.
+        module_dropout: not in the paper: dropout rate on every hidden module's output in training.
     """
 
     benchmark: str = "mnist"
@@ -53,6 +70,7 @@ class RoutingConfig:
     download: bool = True
     data_seed: int = 0
     split: str = "train"
+    val_fraction: float = 0.0
     max_pairs: int | None = None
     duplicates: int = 10
     max_depth: int = 6
@@ -67,6 +85,12 @@ class RoutingConfig:
     seed: int | None = None
     dispatch: str = "auto"
     pool: str = "lrn"
+    freeze_unused: bool = True
+    cuda_graph: bool = True
+    precision: str = "fp32"
+    augment: bool = False
+    weight_decay: float = 0.0
+    module_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         from routing_env.benchmarks.registry import is_registered, registered_benchmarks
@@ -76,6 +100,12 @@ class RoutingConfig:
         _one_of("split", self.split, SPLITS)
         _one_of("pool", self.pool, POOLS)
         _one_of("dispatch", self.dispatch, DISPATCH_MODES)
+        _one_of("precision", self.precision, PRECISIONS)
+        if not 0 <= self.val_fraction < 1 or not 0 <= self.module_dropout < 1 or not self.weight_decay >= 0:
+            raise ValueError(
+                "need 0 <= val_fraction < 1, 0 <= module_dropout < 1 and weight_decay >= 0, got "
+                f"{self.val_fraction}, {self.module_dropout}, {self.weight_decay}"
+            )
         if self.pool != "lrn" and int(self.max_depth) != 5:
             # The static network and the routing network have exactly 5 layers: no other depth completes.
             raise ValueError(
@@ -108,7 +138,7 @@ class RoutingConfig:
     @property
     def sequential(self) -> bool:
         """Walk the split in order (evaluation) rather than in seeded shuffled passes."""
-        return self.split == "test"
+        return self.split != "train"
 
     def replace(self, **changes: Any) -> RoutingConfig:
         """A copy with ``changes``; ``train_modules`` follows a changed ``split`` unless given."""

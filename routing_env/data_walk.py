@@ -23,6 +23,7 @@ class DataWalk:
         self.n_pairs, self.sequential, self.device = int(n_pairs), bool(sequential), device
         self.generator = torch.Generator()
         self.epoch = 0  # completed passes
+        self.first_pass = 0  # the pass of the first pair of the last draw
         self.cursor = 0
         self.order = torch.arange(0)
 
@@ -30,8 +31,9 @@ class DataWalk:
         """Restart at the first pair of a fresh pass; ``None`` draws a seed from torch's global generator."""
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)).item())
+        self.initial_seed = int(seed)
         self.generator.manual_seed(int(seed))
-        self.epoch, self.cursor = 0, 0
+        self.epoch, self.cursor, self.first_pass = 0, 0, 0
         self.order = self._new_order()
 
     def _new_order(self) -> torch.Tensor:
@@ -41,6 +43,7 @@ class DataWalk:
 
     def draw(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The next ``n`` pair indices ``(n,)`` and the pass each belongs to ``(n,)``."""
+        self.first_pass = self.epoch + int(self.cursor >= self.order.shape[0])
         parts, passes = [], []
         while n > 0:
             if self.cursor >= self.order.shape[0]:
@@ -60,6 +63,7 @@ class DataWalk:
             "order": self.order,
             "cursor": self.cursor,
             "epoch": self.epoch,
+            "first_pass": self.first_pass,
             "generator": self.generator.get_state(),
         }
 
@@ -67,4 +71,5 @@ class DataWalk:
         self.order = state["order"].to(self.device)
         self.cursor = int(state["cursor"])
         self.epoch = int(state["epoch"])
+        self.first_pass = int(state.get("first_pass", self.epoch))
         self.generator.set_state(state["generator"])

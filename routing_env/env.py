@@ -59,8 +59,10 @@ class RoutingEnv(gym.Env):
 
     ## Info
     Every step: ``invalid_action``. Last step: ``route``, ``loss``, ``correct``, ``prediction``,
-    ``bonus``, ``reward_loss`` (= -loss), ``reward_bonus`` (= bonus_weight * bonus), ``task``,
-    ``label``, ``pair_index`` and ``epoch`` (the pass over the split the pair came from).
+    ``bonus``, ``reward_loss`` (= -loss), ``reward_bonus`` (= bonus_weight * bonus), ``step_rewards``
+    (the same reward spread over the steps as the paper's eq. 7 assigns it: each step's module's bonus,
+    the loss at the last step; they sum to the reward), ``task``, ``label``, ``pair_index`` and
+    ``epoch`` (the pass over the split the pair came from).
 
     ## Arguments
     See :class:`routing_env.config.RoutingConfig`: ``data_root``, ``download``, ``data_seed``,
@@ -106,8 +108,7 @@ class RoutingEnv(gym.Env):
         info: dict[str, Any] = {"invalid_action": bool(out.invalid[0])}
         if out.done:
             final = {k: v[0] for k, v in to_numpy(out.final, skip=("reward",)).items()}
-            info["route"] = final.pop("route").tolist()
-            info.update({k: v.item() for k, v in final.items()})
+            info.update({k: v.tolist() for k, v in final.items()})  # route, step_rewards: lists
         return self._obs(), float(out.reward[0]), bool(out.done), False, info
 
     def action_masks(self) -> np.ndarray:

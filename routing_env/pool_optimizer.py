@@ -1,58 +1,205 @@
 """Training the module pool: Adam, its learning-rate schedule, and the gradient of the episodes not yet
-in an optimizer step."""
+in an optimizer step.
+
+Two Adams:
+
+* ``freeze_unused=True`` (the paper: "if a module is not used in a batch of examples, its parameters will
+  not be updated after that batch"): every module is its own Adam, stepped only in the updates whose
+  episodes used it, with its own step count. A module no route used keeps its weights and its moments.
+  Plain Adam would still move it: its gradient is zero, but its moments are not.
+* ``freeze_unused=False``: one ``torch.optim.Adam`` over the whole pool.
+
+Both are pure tensor code with no host sync, so the whole update can run inside a CUDA graph
+(:mod:`routing_env.pool_step`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import torch
+
+from routing_env.modules import ModulePool
+
+BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults
+ROW_CHUNK_ELEMENTS = 1 << 20  # update modules this large one at a time
+
+
+class PerModuleAdam:
+    """Adam with one state per module (per duplicate row of each bank's parameters), stepped only where
+    the module was used. With every module used at every step it is ``torch.optim.Adam``.
+
+    Args:
+        pool: the pool; parameter ``p`` of bank ``b`` has shape ``(duplicates_b, ...)``, row ``j`` being
+            module ``j`` of the bank.
+        lr: the learning rate (a float, or a 0-d tensor that a CUDA graph reads at replay).
+        weight_decay: decoupled weight decay (AdamW's), applied to the modules stepped.
+    """
+
+    def __init__(self, pool: ModulePool, lr: float | torch.Tensor, weight_decay: float = 0.0) -> None:
+        self.lr, self.weight_decay = lr, float(weight_decay)
+        self.banks = [(pool.bank_offsets[b], list(bank.parameters())) for b, bank in enumerate(pool.banks)]
+        self.state: dict[str, torch.Tensor] = {}
+        for b, (_, params) in enumerate(self.banks):
+            d = params[0].shape[0]
+            self.state[f"{b}.steps"] = torch.zeros(d, device=params[0].device)
+            for i, p in enumerate(params):
+                self.state[f"{b}.{i}.exp_avg"] = torch.zeros_like(p)
+                self.state[f"{b}.{i}.exp_avg_sq"] = torch.zeros_like(p)
+
+    @torch.no_grad()
+    def step(self, used: torch.Tensor) -> None:
+        """One update of the modules ``used`` (``(n_modules,)`` bool) from their ``.grad``."""
+        beta1, beta2 = BETAS
+        for b, (offset, params) in enumerate(self.banks):
+            d = params[0].shape[0]
+            mask = used[offset : offset + d].to(params[0].dtype)  # (d,)
+            steps = self.state[f"{b}.steps"]
+            steps.add_(mask)
+            # Bias corrections of each module's own step count (1 where never stepped: no update there).
+            safe = steps.clamp(min=1)
+            correction1 = 1 - beta1**safe
+            correction2_sqrt = (1 - beta2**safe).sqrt()
+            for i, p in enumerate(params):
+                if p.grad is None:
+                    continue
+                exp_avg, exp_avg_sq = self.state[f"{b}.{i}.exp_avg"], self.state[f"{b}.{i}.exp_avg_sq"]
+                # Row by row for large parameters: the temporaries stay one module's size (MIN-MTL's
+                # fc_from_conv bank is 2.3 GB).
+                rows = range(d) if p[0].numel() >= ROW_CHUNK_ELEMENTS else [slice(None)]
+                for r in rows:
+                    self._update(
+                        p[r],
+                        p.grad[r],
+                        exp_avg[r],
+                        exp_avg_sq[r],
+                        mask[r],
+                        correction1[r],
+                        correction2_sqrt[r],
+                    )
+
+    def _update(self, p, grad, exp_avg, exp_avg_sq, mask, correction1, correction2_sqrt) -> None:
+        """Adam on ``p`` (a module or a bank), where ``mask`` (1: used, 0: not) says; shapes broadcast."""
+        beta1, beta2 = BETAS
+        shape = mask.shape + (1,) * (p.dim() - mask.dim())
+        mask, correction1, correction2_sqrt = (
+            mask.view(shape),
+            correction1.view(shape),
+            correction2_sqrt.view(shape),
+        )
+        if self.weight_decay:
+            p.mul_(1 - mask * (self.lr * self.weight_decay))
+        exp_avg.lerp_(grad, mask * (1 - beta1))  # m += used * (1 - beta1) * (g - m)
+        exp_avg_sq.lerp_(grad * grad, mask * (1 - beta2))
+        denom = exp_avg_sq.sqrt().div_(correction2_sqrt).add_(EPS)
+        p.addcdiv_(exp_avg * (mask * self.lr / correction1).neg_(), denom)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v.detach().cpu().clone() for k, v in self.state.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state) != set(self.state):
+            raise ValueError("the checkpoint's per-module Adam state does not fit this pool")
+        for k, v in state.items():
+            self.state[k].copy_(v)
 
 
 class PoolOptimizer:
     """One Adam step on the pool for every ``update_every`` episodes, on their mean loss.
 
     Args:
-        parameters: the pool's parameters.
+        pool: the module pool.
         lr: the learning rate of the first pass over the split.
         lr_decay: factor on the learning rate after every pass.
         update_every: episodes per optimizer step (a vector env: its batch; the single env: ``batch_size``
             episodes of one each).
+        freeze_unused: modules no episode of an update used stay as they are (module docstring).
+        capturable: keep the learning rate and Adam's state on the device, as a CUDA graph needs.
+        weight_decay: decoupled weight decay (AdamW's).
     """
 
     def __init__(
-        self, parameters: Iterable[torch.nn.Parameter], lr: float, lr_decay: float, update_every: int
+        self,
+        pool: ModulePool,
+        lr: float,
+        lr_decay: float,
+        update_every: int,
+        freeze_unused: bool = True,
+        capturable: bool = False,
+        weight_decay: float = 0.0,
     ) -> None:
-        self.params = list(parameters)
+        self.pool = pool
+        self.params = list(pool.parameters())
         self.base_lr, self.lr_decay, self.update_every = float(lr), float(lr_decay), int(update_every)
-        self.adam = torch.optim.Adam(self.params, lr=self.base_lr)
+        self.freeze_unused, self.capturable = bool(freeze_unused), bool(capturable)
+        device = self.params[0].device
+        self._lr = torch.tensor(self.base_lr, device=device) if capturable else self.base_lr
+        if self.freeze_unused:
+            self.adam: PerModuleAdam | torch.optim.Optimizer = PerModuleAdam(pool, self._lr, weight_decay)
+        else:
+            fused = {"fused": True} if device.type == "cuda" else {}
+            adam = torch.optim.AdamW if weight_decay else torch.optim.Adam
+            decay = {"weight_decay": weight_decay} if weight_decay else {}
+            self.adam = adam(self.params, lr=self._lr, capturable=capturable, **fused, **decay)
+        self.used = torch.zeros(pool.n_modules, dtype=torch.bool, device=device)  # since the last step
         self.pending_episodes = 0
+        self.passes = 0
 
     @property
     def lr(self) -> float:
-        return self.adam.param_groups[0]["lr"]
+        return self.base_lr * self.lr_decay**self.passes
 
     def set_pass(self, passes: int) -> None:
         """The learning rate after ``passes`` completed passes: ``lr * lr_decay ** passes``."""
-        for group in self.adam.param_groups:
-            group["lr"] = self.base_lr * self.lr_decay**passes
+        self.passes = int(passes)
+        value = self.lr
+        if isinstance(self._lr, torch.Tensor):
+            self._lr.fill_(value)
+        else:
+            self._lr = value
+            if isinstance(self.adam, PerModuleAdam):
+                self.adam.lr = value
+            else:
+                for group in self.adam.param_groups:
+                    group["lr"] = value
 
-    def accumulate(self, loss_sum: torch.Tensor, n_episodes: int) -> None:
-        """Add the gradient of ``n_episodes`` episodes' summed loss; step once ``update_every`` are in."""
+    def mark_used(self, route: torch.Tensor) -> None:
+        """Record the modules the routes ``(B, T)`` used (PASS and padding ids ``>= n_modules`` are not)."""
+        n = self.used.shape[0]
+        hits = torch.zeros(n + 1, dtype=torch.bool, device=route.device)
+        hits.scatter_(0, route.flatten().clamp(max=n), True)
+        self.used |= hits[:n]
+
+    def accumulate(self, loss_sum: torch.Tensor, n_episodes: int, route: torch.Tensor) -> None:
+        """Add the gradient of ``n_episodes`` episodes' summed loss (their routes ``(B, T)``); step once
+        ``update_every`` episodes are in."""
         (loss_sum / self.update_every).backward()
+        self.mark_used(route)
         self.pending_episodes += n_episodes
         if self.pending_episodes >= self.update_every:
-            self.adam.step()
-            self.adam.zero_grad(set_to_none=True)
+            self.step()
+            self.zero_grad()
             self.pending_episodes = 0
 
+    def step(self) -> None:
+        if isinstance(self.adam, PerModuleAdam):
+            self.adam.step(self.used)
+        else:
+            self.adam.step()
+        self.used.zero_()
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
     def state_dict(self) -> dict[str, Any]:
-        """Adam's state and, between steps, the gradient accumulated so far (else a resumed run's next
-        step would differ)."""
+        """Adam's state and, between steps, the gradient accumulated so far and the modules it used (else
+        a resumed run's next step would differ)."""
         pending = self.pending_episodes > 0
         return {
             "adam": self.adam.state_dict(),
             "pending_episodes": self.pending_episodes,
+            "used": self.used.cpu(),
             "pending_grads": [None if p.grad is None else p.grad.detach().cpu().clone() for p in self.params]
             if pending
             else None,
@@ -61,6 +208,7 @@ class PoolOptimizer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.adam.load_state_dict(state["adam"])
         self.pending_episodes = int(state["pending_episodes"])
+        self.used.copy_(state["used"])
         grads = state["pending_grads"] or [None] * len(self.params)
         for param, grad in zip(self.params, grads, strict=True):
             param.grad = None if grad is None else grad.to(param.device, param.dtype).clone()

@@ -26,9 +26,12 @@ def module_usage_counts(routes: torch.Tensor, n_modules: int) -> torch.Tensor:
     Returns:
         ``(n_modules,)`` float counts.
     """
-    ids = routes.flatten()
-    ids = torch.where(ids < n_modules, ids, n_modules)  # PASS and padding go to a dropped bin
-    return torch.bincount(ids, minlength=n_modules + 1)[:n_modules].float()
+    ids = routes.flatten().clamp(max=n_modules)  # PASS and padding go to a dropped bin
+    # scatter_add, not bincount: bincount reads its input's maximum back to the host on a GPU.
+    counts = torch.zeros(n_modules + 1, device=routes.device).scatter_add_(
+        0, ids, torch.ones_like(ids, dtype=torch.float)
+    )
+    return counts[:n_modules]
 
 
 def collapse_bonus(counts: torch.Tensor) -> torch.Tensor:
@@ -60,9 +63,22 @@ def route_bonus(routes: torch.Tensor, bonus: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(B,)``.
     """
-    n_modules = bonus.shape[0]
-    padded = torch.cat([bonus, bonus.new_zeros(1)])  # index M: PASS / padding
-    return padded[routes.clamp(max=n_modules)].sum(dim=1)
+    return step_bonuses(routes, bonus).sum(dim=1)
+
+
+def step_bonuses(routes: torch.Tensor, bonus: torch.Tensor) -> torch.Tensor:
+    """The bonus of the module each step chose (paper eq. 7: "the corresponding timestep's reward is
+    augmented" by it); PASS and padding get 0.
+
+    Args:
+        routes: ``(B, T)`` action ids.
+        bonus: ``(M,)`` per-module bonus.
+
+    Returns:
+        ``(B, T)``; summed over steps it is :func:`route_bonus`.
+    """
+    padded = torch.cat([bonus, bonus.new_zeros(1)])
+    return padded[routes.clamp(max=bonus.shape[0])]
 
 
 def final_reward(loss: torch.Tensor, bonus: torch.Tensor, bonus_weight: float) -> torch.Tensor:

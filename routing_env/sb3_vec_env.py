@@ -7,6 +7,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
 
 from routing_env.config import RoutingConfig
@@ -87,6 +88,21 @@ class RoutingSB3VecEnv(VecEnv):
 
     def action_masks(self) -> np.ndarray:
         return self.engine.action_mask().cpu().numpy()
+
+    # --- the same steps as tensors on the engine's device, for rollouts that stay there
+    # (agents.rollout.DeviceRollouts): no host copies, no info dicts.
+    def tensor_observation(self) -> dict[str, torch.Tensor]:
+        """The current observation of every env, ``{key: (num_envs, ...)}`` on the engine's device."""
+        return self.engine.observation()
+
+    def step_tensors(
+        self, actions: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, bool, dict[str, torch.Tensor] | None]:
+        """One step from an action tensor ``(num_envs,)``: the next observation (the next batch's first
+        after the last step), the rewards ``(num_envs,)``, whether the episodes ended, and at their end
+        the engine's final tensors (``step_rewards``, ``loss``, ``route``, ...)."""
+        out, obs = self.core.step_tensor(actions)
+        return obs, out.reward, out.done, out.final
 
     def close(self) -> None:
         pass

@@ -13,7 +13,7 @@ from gymnasium.vector.utils import batch_space
 
 from routing_env.build import make_engine, observation_space, to_numpy
 from routing_env.config import RoutingConfig
-from routing_env.engine import RoutingEngine
+from routing_env.engine import RoutingEngine, StepOutput
 
 
 @dataclass
@@ -51,6 +51,14 @@ class LockstepRouting:
 
     def observation(self) -> dict[str, np.ndarray]:
         return to_numpy(self.engine.observation())
+
+    def step_tensor(self, actions: torch.Tensor) -> tuple[StepOutput, dict[str, torch.Tensor]]:
+        """Step with an action tensor ``(B,)`` on the engine's device; after the last step the next batch
+        begins at once. Returns the step's output and the next observation, as tensors (no host copy)."""
+        out = self.engine.step(actions)
+        if out.done:
+            self.engine.begin_batch()
+        return out, self.engine.observation()
 
     def reset(self, seed: int | None) -> dict[str, np.ndarray]:
         if seed is not None:

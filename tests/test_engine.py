@@ -299,7 +299,7 @@ def test_final_reward_is_loss_plus_batch_collapse_bonus(new_engine) -> None:
 
 @pytest.mark.parametrize(
     ("source", "dispatch"),
-    [("tiny", "grouped"), ("tiny", "dense"), ("tiny", "compact"), ("mnist", "grouped")],
+    [("tiny", "grouped"), ("tiny", "dense"), ("tiny", "gathered"), ("tiny", "compact"), ("mnist", "grouped")],
 )
 def test_gradients_reach_exactly_the_used_modules(new_engine, source: str, dispatch: str) -> None:
     d, b = 3, 12
@@ -337,7 +337,7 @@ def test_gradients_reach_exactly_the_used_modules(new_engine, source: str, dispa
     assert all(param.grad is None for param in engine.pool.parameters())  # zeroed after the step
 
 
-@pytest.mark.parametrize("mode", ["dense", "compact"])
+@pytest.mark.parametrize("mode", ["dense", "gathered", "compact"])
 def test_dispatch_modes_agree_in_the_engine(mode: str) -> None:
     """Every dispatch mode gives the losses, rewards and accumulated gradients of ``grouped``."""
     engines = {

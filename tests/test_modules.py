@@ -84,6 +84,12 @@ def test_dense_and_grouped_agree(case: str, trial: int) -> None:
     assert set(g_d) == set(g_g) == {n for n, _ in bank.named_parameters()}
     for name in g_d:
         torch.testing.assert_close(g_d[name], g_g[name], rtol=1e-4, atol=1e-5, msg=f"grad of {name}")
+    # gathered: convolutions through per-sample weights (one grouped conv), linears dense
+    out_a, gx_a, g_a = _run_bank(bank, h, dup, active, "gathered", seed=trial)
+    torch.testing.assert_close(out_a[active], out_g[active], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx_a, gx_g, rtol=1e-4, atol=1e-5)
+    for name in g_a:
+        torch.testing.assert_close(g_a[name], g_g[name], rtol=1e-4, atol=1e-5, msg=f"gathered grad of {name}")
     picked = set(dup[active].tolist())
     for j in range(d):
         for name, grads in (("dense", g_d), ("grouped", g_g)):

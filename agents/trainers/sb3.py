@@ -1,7 +1,7 @@
 """SB3 and sb3-contrib algorithms on the routing env: one rollout is one batch of whole episodes.
 
 * ``maskable_ppo`` (the paper's method), ``ppo``, ``a2c``: the LRN router
-  (:class:`agents.policy.RouterPolicy`);
+  (:class:`agents.policy.RouterPolicy`), with rollouts kept on the device (:mod:`agents.rollout`);
 * ``dqn``: SB3's DQN over the router's encoder (:class:`agents.policy.RouterFeaturesExtractor`); it does
   not see masks, the env substitutes invalid actions.
 """
@@ -18,6 +18,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from agents.config import RunConfig
 from agents.policy import RouterFeaturesExtractor, RouterPolicy
+from agents.rollout import LRNA2C, LRNPPO, LRNMaskablePPO
 from agents.trainers.base import EpisodeCallback
 from routing_env.sb3_vec_env import RoutingSB3VecEnv
 
@@ -66,6 +67,10 @@ class SB3Trainer:
         self.algo_class, self.env, self.on_policy = algo_class, env, on_policy
         self.lr, self.lr_decay = cfg.router_lr, cfg.env.lr_decay
         self.device = str(env.engine.device)
+        if on_policy:
+            kwargs = {**kwargs, "reward_timing": cfg.agent.reward_timing}
+            if env.engine.device.type == "cuda":  # one fused kernel per router update
+                kwargs["policy_kwargs"] = {**kwargs["policy_kwargs"], "optimizer_kwargs": {"fused": True}}
         # torch.distributions checks every sample's support with a host sync; our masks already
         # guarantee it, and the syncs cost several ms per batch on a GPU.
         torch.distributions.Distribution.set_default_validate_args(False)
@@ -84,7 +89,8 @@ class SB3Trainer:
     def learn_epoch(self, n_batches: int, on_episodes: EpisodeCallback) -> None:
         steps = n_batches * self.env.num_envs * self.env.engine.max_depth
         callback = _EpisodesPerRollout(on_episodes, self.env.num_envs) if self.on_policy else None
-        self.model.learn(steps, reset_num_timesteps=False, callback=callback)
+        # log_interval=None: the run writes its own metrics; SB3's logger would read the device every rollout.
+        self.model.learn(steps, reset_num_timesteps=False, callback=callback, log_interval=None)
         if callback is None:
             on_episodes(n_batches * self.env.num_envs)
 
@@ -132,21 +138,15 @@ def ppo_kwargs(env: RoutingSB3VecEnv, cfg: RunConfig) -> dict[str, Any]:
 
 
 def maskable_ppo(env: RoutingSB3VecEnv, cfg: RunConfig) -> SB3Trainer:
-    from sb3_contrib import MaskablePPO
-
-    return SB3Trainer(MaskablePPO, env, cfg, ppo_kwargs(env, cfg))
+    return SB3Trainer(LRNMaskablePPO, env, cfg, ppo_kwargs(env, cfg))
 
 
 def ppo(env: RoutingSB3VecEnv, cfg: RunConfig) -> SB3Trainer:
-    from stable_baselines3 import PPO
-
-    return SB3Trainer(PPO, env, cfg, ppo_kwargs(env, cfg))
+    return SB3Trainer(LRNPPO, env, cfg, ppo_kwargs(env, cfg))
 
 
 def a2c(env: RoutingSB3VecEnv, cfg: RunConfig) -> SB3Trainer:
-    from stable_baselines3 import A2C
-
-    return SB3Trainer(A2C, env, cfg, rollout_kwargs(env, cfg))
+    return SB3Trainer(LRNA2C, env, cfg, rollout_kwargs(env, cfg))
 
 
 def dqn(env: RoutingSB3VecEnv, cfg: RunConfig) -> SB3Trainer:

@@ -7,6 +7,7 @@ tasks), so a whole benchmark sits on the env's device as a few tensors.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -75,17 +76,10 @@ class MTLBenchmark:
     train: MTLSplit
     test: MTLSplit
     task_names: tuple[str, ...] = ()
+    hflip: bool = True  # a mirrored image keeps its label (not so for digits)
 
     def to(self, device: torch.device | str) -> MTLBenchmark:
-        return MTLBenchmark(
-            self.name,
-            self.n_tasks,
-            self.n_classes,
-            self.image_shape,
-            self.train.to(device),
-            self.test.to(device),
-            self.task_names,
-        )
+        return dataclasses.replace(self, train=self.train.to(device), test=self.test.to(device))
 
 
 def resolve_data_root(data_root: str | os.PathLike | None = None) -> Path:

@@ -133,4 +133,5 @@ def load(data_root: Path, seed: int = 0, download: bool = True) -> MTLBenchmark:
         train=splits[0],
         test=splits[1],
         task_names=tuple(f"digit {d}" for d in range(N_DIGITS)),
+        hflip=False,
     )

@@ -1,0 +1,90 @@
+"""The GPU-only paths: the pool's training step and the router's inference forward as CUDA graphs must
+compute what the eager code computes, and train.py must run on a GPU. Skipped where CUDA is absent."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from agents.config import RouterConfig
+from agents.policy import RouterPolicy
+from routing_env import RoutingConfig, RoutingSB3VecEnv, make_engine
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(autouse=True)
+def full_precision():
+    """Full fp32 matmuls, so graph and eager differ only by summation order."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+@pytest.mark.parametrize("freeze_unused", [True, False])
+@pytest.mark.parametrize("dispatch", ["dense", "gathered"])
+def test_graphed_pool_step_matches_eager(data_root: Path, freeze_unused: bool, dispatch: str) -> None:
+    kwargs = dict(
+        benchmark="mnist", data_root=data_root, download=False, device="cuda", duplicates=3, max_depth=5,
+        batch_size=32, max_pairs=640, seed=0, lr=1e-3, freeze_unused=freeze_unused, dispatch=dispatch,
+    )  # fmt: skip
+    engines = [make_engine(RoutingConfig(cuda_graph=g, **kwargs))[0] for g in (True, False)]
+    assert engines[0].pool_step.cuda_graph and not engines[1].pool_step.cuda_graph
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for _ in range(6):  # 2 eager warm-up batches, the capture, 3 replays
+        finals = []
+        for engine in engines:
+            engine.begin_batch()
+        for _ in range(5):
+            mask = engines[0].action_mask()
+            assert torch.equal(mask, engines[1].action_mask())
+            actions = torch.multinomial(mask.float(), 1, generator=gen).squeeze(1)
+            outs = [engine.step(actions) for engine in engines]
+        finals = [out.final for out in outs]
+        torch.testing.assert_close(finals[0]["loss"], finals[1]["loss"], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(finals[0]["step_rewards"], finals[1]["step_rewards"], rtol=1e-4, atol=1e-5)
+    # Adam divides by the gradient's running scale, so where a gradient is ~0 a summation-order difference
+    # moves a weight by up to ~lr: compare weights to a few lr.
+    for a, b in zip(engines[0].pool.parameters(), engines[1].pool.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=5e-3)
+
+
+READINGS = {"decoder_queries": "valid", "normalize_instance": True, "critic_encoder": "separate"}
+
+
+@pytest.mark.parametrize("options", [{}, READINGS])
+def test_graphed_router_forward_matches_eager(data_root: Path, options: dict) -> None:
+    env = RoutingSB3VecEnv(
+        "RoutingMNIST-v0", num_envs=64, data_root=data_root, download=False, device="cuda", duplicates=3,
+        max_pairs=640, seed=0,
+    )  # fmt: skip
+    config = RouterConfig(d_model=64, n_heads=4, d_ff=128, **options)
+    policy = RouterPolicy(env.observation_space, env.action_space, lambda _: 1e-3, **vars(config)).cuda()
+    policy.set_training_mode(False)
+    obs = env.tensor_observation()
+    for _ in range(4):  # warm-up, capture, replay
+        with torch.no_grad():
+            graphed = policy.get_distribution(obs).distribution.logits
+            values = policy.predict_values(obs)
+    eager = policy.get_distribution(obs).distribution.logits  # autograd on: the eager path
+    torch.testing.assert_close(graphed, eager.detach(), rtol=1e-4, atol=1e-4)
+    assert policy.router._graphed.entries, "no graph was captured"
+    assert values.shape == (64, 1)
+
+
+def test_train_runs_on_the_gpu(data_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    argv = [
+        "--device", "cuda", "--epochs", 2, "--limit-train", 2048, "--limit-test", 500, "--duplicates", 3,
+        "--val-fraction", 0.1, "--no-progress", "--data-root", data_root, "--no-download", "--out", out,
+    ]  # fmt: skip
+    assert train.main([str(a) for a in argv]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1]
+    assert all(0 <= r["test_accuracy"] <= 1 and 0 <= r["val_accuracy"] <= 1 for r in records)
+    assert records[-1]["train_invalid_actions"] == 0
