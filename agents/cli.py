@@ -93,8 +93,21 @@ def _kind(annotation: Any) -> tuple[type, bool]:
     return str, False
 
 
-def build_parser(description: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class SettingError(ValueError):
+    """A setting out of range, named by its flag."""
+
+
+class _RaisingParser(argparse.ArgumentParser):
+    """A parser whose errors raise :class:`SettingError` instead of printing usage and exiting."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise SettingError(message)
+
+
+def build_parser(description: str | None = None, raise_errors: bool = False) -> argparse.ArgumentParser:
+    """train.py's parser; with ``raise_errors`` a bad flag raises :class:`SettingError` (for callers
+    that are not a command line, such as a sweep file)."""
+    parser = (_RaisingParser if raise_errors else argparse.ArgumentParser)(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     for section, cls, names in SECTIONS:
@@ -149,9 +162,7 @@ def parse_run_config(
     """
     parser = build_parser(description)
     args = parser.parse_args(argv)
-    given = {k: v for k, v in vars(args).items() if "." in k}
-    if args.no_bonus:
-        given["env.bonus_weight"] = 0.0
+    given = settings_of(args)
     try:
         return config_from_settings(given), args, given
     except SettingError as e:
@@ -159,8 +170,21 @@ def parse_run_config(
         raise  # unreachable: parser.error exits
 
 
-class SettingError(ValueError):
-    """A setting out of range, named by its flag."""
+def settings_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings that parsed flags give explicitly, as ``{"section.field": value}``."""
+    given = {k: v for k, v in vars(args).items() if "." in k}
+    if args.no_bonus:
+        given["env.bonus_weight"] = 0.0
+    return given
+
+
+def config_from_flags(argv: list[str]) -> RunConfig:
+    """A :class:`RunConfig` from train.py's flags (``["--duplicates", "5", "--no-bonus"]``), through the
+    same parser, raising :class:`SettingError` instead of exiting; ``--resume`` is not taken."""
+    args = build_parser(raise_errors=True).parse_args(argv)
+    if args.resume:
+        raise SettingError("--resume is not a run setting")
+    return config_from_settings(settings_of(args))
 
 
 def flag_of(section: str, name: str) -> str:

@@ -83,6 +83,17 @@ class Checkpoint:
     def exists(self) -> bool:
         return (self.folder / "state.json").exists()
 
+    def resumable(self) -> bool:
+        """A complete checkpoint is there (maybe only as ``checkpoint.old``, see :meth:`load`)."""
+        return self.exists() or (self.folder.with_name("checkpoint.old") / "state.json").exists()
+
+    def epoch(self) -> int | None:
+        """The last epoch the checkpoint holds, or None without one."""
+        for folder in (self.folder, self.folder.with_name("checkpoint.old")):
+            if (folder / "state.json").exists():
+                return int(json.loads((folder / "state.json").read_text())["epoch"])
+        return None
+
     def save(self, epoch: int, trainer: Any, env_state: dict[str, Any], extra: dict[str, Any]) -> None:
         tmp = self.folder.with_name("checkpoint.tmp")
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,295 @@
+"""Sweeps on Ray Tune (``python -m agents.sweep``): bad sweep files fail before Ray starts, the repo's
+sweep files hold valid trials, and a 2-trial sweep of tiny runs on a local Ray writes two train.py run
+folders, reports their epochs to Tune, resumes a killed trial from its checkpoint and leaves no process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agents import sweep
+from agents.cli import config_from_flags
+
+REPO = Path(__file__).resolve().parents[1]
+if os.environ.get("CI") != "true":  # CI installs the sweep extra: there a missing Ray fails the tests
+    pytest.importorskip("ray", reason="the sweep extra is not installed: pip install -e '.[sweep]'")
+
+TINY_FLAGS = (
+    "{limit_train: 128, limit_test: 60, batch_size: 32, max_depth: 3, duplicates: 2, device: cpu, "
+    "epochs: 3, eval_batch_size: 128, data_root: %s}"
+)
+# What two runs of the same settings must share (everything but timings), as in test_train.py.
+DETERMINISTIC_KEYS = [
+    "epoch",
+    "episodes",
+    "router_lr",
+    "module_lr",
+    "train_loss",
+    "train_accuracy",
+    "train_reward",
+    "test_accuracy",
+    "test_loss",
+    "per_task_accuracy",
+    "unused_modules",
+    "module_usage",
+]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def deterministic_part(records: list[dict]) -> list[dict]:
+    return [{k: r[k] for k in DETERMINISTIC_KEYS} for r in records]
+
+
+# --- sweep files ------------------------------------------------------------------------------------
+
+BAD_FILES = [
+    ("flags: {duplicates: 2}", "`name` is required"),
+    ("name: x\nflag: {duplicates: 2}", "unknown key(s) ['flag']"),
+    (
+        "name: x\ngrid: {dupliates: [1, 5]}",
+        "unknown flag 'dupliates' (train.py has no --dupliates); did you mean duplicates?",
+    ),
+    ("name: x\ngrid: {max_depth: [1, 4]}", "trial x-L1: --max-depth must be >= 2"),
+    ("name: x\nflags: {epochs: many}", "argument --epochs: invalid int value: 'many'"),
+    ("name: x\nflags: {algo: ppp}", "argument --algo: invalid choice: 'ppp'"),
+    ("name: x\nflags: {no_bonus: 1}", "no_bonus is a switch: true or false, got 1"),
+    ("name: x\nflags: {duplicates: [1, 5]}", "several values go in `grid`"),
+    ("name: x\ngrid: {duplicates: 5}", "grid: duplicates needs a non-empty list of values"),
+    ("name: x\nflags: {out: runs/x}", "out is not set in a sweep file"),
+    ("name: x\nflags: {resume: true}", "resume is not set in a sweep file"),
+    ("name: x\nflags: {seed: 1}\ngrid: {seed: [0, 1]}", "seed is set twice (in flags and grid)"),
+    (
+        "name: x\nvariants: {static: {algo: static, task_prior_std: 3}}",
+        "trial x-static: --task-prior-std is a RouterPolicy option",
+    ),
+    ("name: x\nresources: {gpus: 1}", "`resources` takes cpu, gpu, memory_gb"),
+    ("name: x\nresources: {gpu: -1}", "resources: gpu needs a number >= 0"),
+    ("name: x\nmax_failures: -1", "`max_failures` needs a whole number >= 0"),
+    ("name: x\ngrid: {duplicates: [5, 5]}", "two trials write"),
+    ("name: x\nflags: {duplicates: 2", "not YAML: line 3, column 4: expected ',' or '}', but got ':'"),
+]
+
+
+@pytest.mark.parametrize("text, message", BAD_FILES, ids=[m[:30] for _, m in BAD_FILES])
+def test_a_bad_sweep_file_gets_one_error_before_ray_starts(
+    text: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text + f"\nout: {tmp_path / 'results'}\n")
+    with pytest.raises(SystemExit) as info:
+        sweep.main([str(path)])
+    error = str(info.value.code)
+    assert error.startswith(f"error: {path}: ") and message in error, error
+    assert "Traceback" not in error and len(error.splitlines()) == 1
+    assert not (tmp_path / "results").exists()  # nothing written, Ray not started
+    assert "ray" not in sys.modules or not __import__("ray").is_initialized()
+
+
+def test_a_missing_sweep_file(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as info:
+        sweep.main([str(tmp_path / "none.yaml")])
+    assert "cannot read the sweep file" in str(info.value.code)
+
+
+def test_grid_and_variants_give_every_combination_with_train_py_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "name: g\nout: res\nflags: {env: RoutingMIN-v0, task-prior-std: 3}\n"
+        "grid: {duplicates: [1, 5], max_depth: [4, 6], bonus_weight: [0.1]}\n"
+        "variants: {lrn: {}, nobonus: {no_bonus: true}}\nresources: {cpu: 2, gpu: 0.25, memory_gb: 1}\n"
+    )
+    monkeypatch.chdir(tmp_path)  # a relative out is relative to where the sweep starts
+    s = sweep.load_sweep(path)
+    assert [t.key for t in s.trials] == [
+        f"min/g-{label}_d{d}_L{depth}_bonus0.1"
+        for label in ("lrn", "nobonus")
+        for d in (1, 5)
+        for depth in (4, 6)
+    ]
+    first = s.trials[0]
+    assert first.out == tmp_path / "res" / "min" / "g-lrn_d1_L4_bonus0.1"
+    assert list(first.flags) == [
+        "--env", "RoutingMIN-v0", "--task-prior-std", "3", "--duplicates", "1", "--max-depth", "4",
+        "--bonus-weight", "0.1", "--out", str(first.out),
+    ]  # fmt: skip
+    assert "--no-bonus" in s.trials[-1].flags
+    assert s.resources == {"cpu": 2.0, "gpu": 0.25, "memory": 2.0**30}
+    assert s.storage == tmp_path / "res" / "ray_tune"
+
+
+def fake_run(out: Path, config: dict, last_epoch: int, checkpoint: bool = True) -> None:
+    """A run folder as train.py leaves it after ``last_epoch`` (only what the sweep reads)."""
+    out.mkdir(parents=True)
+    (out / "config.json").write_text(json.dumps(config))
+    (out / "metrics.jsonl").write_text(
+        "".join(json.dumps({"epoch": e}) + "\n" for e in range(last_epoch + 1))
+    )
+    if checkpoint:
+        (out / "checkpoint").mkdir()
+        (out / "checkpoint" / "state.json").write_text(json.dumps({"epoch": last_epoch}))
+
+
+def test_a_rerun_continues_run_folders_and_refuses_those_it_cannot(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        f"name: r\nout: {tmp_path / 'results'}\nflags: {{duplicates: 2, epochs: 3}}\n"
+        "variants: {done: {}, half: {}, new: {}, nockpt: {}, other: {}}\n"
+    )
+    done, half, new, nockpt, other = sweep.load_sweep(path).trials
+    config = config_from_flags(list(done.flags)).to_dict()
+    fake_run(done.out, config, last_epoch=2)
+    fake_run(half.out, {**config, "epochs": 100, "env": {**config["env"], "device": "cuda"}}, last_epoch=0)
+    assert sweep.check_run_folders(sweep.load_sweep(path)) == {
+        done.out: "finished (3 epochs): reports them, trains nothing",
+        half.out: "resumes after epoch 0",  # epochs and device may change between runs
+    }
+    fake_run(nockpt.out, config, last_epoch=1, checkpoint=False)
+    fake_run(other.out, {**config, "env": {**config["env"], "duplicates": 5}}, last_epoch=1)
+    with pytest.raises(SystemExit) as info:
+        sweep.main([str(path), "--address", "local"])
+    assert str(info.value.code) == (
+        "error: move these run folders or rename the sweep:\n"
+        f"  {nockpt.out}: holds a run without a checkpoint\n"
+        f"  {other.out}: holds a run of other settings (--duplicates: 5 there, 2 here)"
+    )
+    assert not new.out.exists() and not (tmp_path / "results" / "ray_tune").exists()
+    assert not __import__("ray").is_initialized()
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_the_repos_sweep_files_are_valid(path: Path) -> None:
+    s = sweep.load_sweep(path)
+    assert s.trials and s.resources.get("gpu", 0) > 0
+    for t in s.trials:
+        benchmark = t.key.split("/")[0]
+        assert benchmark in ("mnist", "cifar", "min") and t.out.parent.name == benchmark
+
+
+# --- a sweep on a local Ray -------------------------------------------------------------------------
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid``, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def works_in(pid: int, folder_name: str) -> bool:
+    """Whether a process's working directory is named ``folder_name`` (Tune runs each trial in a
+    folder named by the trial's dirname, ``<benchmark>-<run>``)."""
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd")).name == folder_name
+    except OSError:
+        return False
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="needs /proc to find and kill the trial")
+def test_a_sweep_writes_run_folders_and_resumes_a_killed_trial(fake_data_root: Path, tmp_path: Path) -> None:
+    """Two trials of the same tiny run (variants a and b); b's worker is killed by SIGKILL after its
+    first checkpoint. Tune restarts it, it resumes from the run folder and ends with a's metrics."""
+    results = tmp_path / "results"
+    path = tmp_path / "tiny.yaml"
+    path.write_text(
+        f"name: tiny\nout: {results}\nflags: {TINY_FLAGS % fake_data_root}\n"
+        "variants: {a: {}, b: {}}\nresources: {cpu: 1, gpu: 0.5}\nmax_concurrent: 2\nmax_failures: 1\n"
+    )
+    a, b = results / "mnist" / "tiny-a", results / "mnist" / "tiny-b"
+    cmd = [sys.executable, "-m", "agents.sweep", str(path), "--address", "local", "--num-cpus", "2"]
+    seen: set[int] = set()
+    with open(tmp_path / "log.txt", "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 240
+            # Tune's driver logs b's first result (and takes its checkpoint) while b trains epoch 1
+            while not any(
+                p.stat().st_size for p in (results / "ray_tune").glob("tiny_*/mnist-tiny-b/result.json")
+            ):
+                assert proc.poll() is None, (tmp_path / "log.txt").read_text()[-3000:]
+                assert time.monotonic() < deadline, "trial b finished no epoch in 240 s"
+                time.sleep(0.05)
+            seen = descendants(proc.pid)
+            workers = [p for p in seen if works_in(p, "mnist-tiny-b")]
+            assert len(workers) == 1, workers
+            os.kill(workers[0], signal.SIGKILL)
+            killed_at = json.loads((b / "checkpoint" / "state.json").read_text())["epoch"]
+            assert killed_at < 2, "trial b ended before it could be killed"
+            while proc.poll() is None:
+                seen |= descendants(proc.pid)
+                time.sleep(0.5)
+                assert time.monotonic() < deadline + 240, "the sweep did not end"
+        finally:
+            proc.kill()
+            proc.wait(timeout=60)
+    output = (tmp_path / "log.txt").read_text()
+    assert proc.returncode == 0, output[-3000:]
+    assert f"{b}: Tune restarts it after epoch" in output  # from its checkpoint, not from scratch
+    assert f"resumed {b} after epoch {killed_at}" in output
+
+    # Each trial wrote the run folder train.py writes; b's killed run ends where a's uninterrupted one does.
+    for run in (a, b):
+        for name in (
+            "config.json",
+            "metrics.jsonl",
+            "accuracy.png",
+            "module_usage.png",
+            "checkpoint/state.json",
+        ):
+            assert (run / name).exists(), f"{run / name} missing"
+        assert list((run / "tb").glob("events.out.tfevents.*"))
+        assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == [0, 1, 2]
+    assert deterministic_part(read_jsonl(b / "metrics.jsonl")) == deterministic_part(
+        read_jsonl(a / "metrics.jsonl")
+    )
+
+    # Tune's per-epoch results are the records of metrics.jsonl.
+    (experiment,) = (results / "ray_tune").glob("tiny_*")
+    for run in (a, b):
+        tune_records = read_jsonl(experiment / f"mnist-{run.name}" / "result.json")
+        records = read_jsonl(run / "metrics.jsonl")
+        assert [{k: t[k] for k in r} for t, r in zip(tune_records, records, strict=True)] == records
+
+    # The results script reads sweep run folders as it reads train.py's.
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import readme_tables
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    assert [row[1] for row in readme_tables.rows(results)] == ["`tiny-a`", "`tiny-b`"]
+
+    # Ray is shut down: no process the sweep started is left.
+    deadline = time.monotonic() + 30
+    while any(alive(p) for p in seen) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not [p for p in seen if alive(p)], "processes of the sweep are still running"
