@@ -25,7 +25,10 @@ class RoutingConfig:
     """Every keyword argument of ``gymnasium.make("Routing*-v0", ...)``.
 
     Attributes:
-        benchmark: a registered benchmark (``"mnist"``, ``"cifar"``, ``"min"``; set by the env id).
+        benchmark: a registered benchmark (``"mnist"``, ``"cifar"``, ``"min"``; set by the env id), or
+            ``"module:name"``: import ``module`` first (it registers ``name``).
+        benchmark_kwargs: keyword arguments for the benchmark's loader (a registered benchmark's own
+            settings); part of what identifies the loaded data.
         data_root: data folder; default ``$ROUTING_ENV_DATA``, else ``~/.cache/routing_env``.
         download: let torchvision download MNIST / CIFAR-100 when missing.
         data_seed: seeds the benchmark's draws (which images form the pairs); fixed across runs by default.
@@ -49,6 +52,7 @@ class RoutingConfig:
     """
 
     benchmark: str = "mnist"
+    benchmark_kwargs: dict[str, Any] | None = None
     data_root: str | os.PathLike | None = None
     download: bool = True
     data_seed: int = 0
@@ -69,10 +73,16 @@ class RoutingConfig:
     pool: str = "lrn"
 
     def __post_init__(self) -> None:
-        from routing_env.benchmarks.registry import is_registered, registered_benchmarks
+        from routing_env.benchmarks.registry import resolve
 
-        if not is_registered(self.benchmark):
-            raise ValueError(f"unknown benchmark {self.benchmark!r}; known: {registered_benchmarks()}")
+        resolve(self.benchmark)  # unknown benchmark: one error naming the known ones
+        if self.benchmark_kwargs is not None:
+            if not isinstance(self.benchmark_kwargs, dict) or not all(
+                isinstance(k, str) for k in self.benchmark_kwargs
+            ):
+                raise ValueError(
+                    f"benchmark_kwargs must be a dict with str keys, got {self.benchmark_kwargs!r}"
+                )
         _one_of("split", self.split, SPLITS)
         _one_of("pool", self.pool, POOLS)
         _one_of("dispatch", self.dispatch, DISPATCH_MODES)

@@ -126,6 +126,7 @@ class RoutingEngine:
             self.optimizer.set_pass(self.walk.epoch)
 
     # ----------------------------------------------------------------- episodes
+    @torch.inference_mode(False)  # tensors the pool trains on must not be inference tensors
     def begin_batch(self) -> None:
         """Start ``batch_size`` new episodes on the next pairs of the split."""
         self._snapshot = self.walk.state_dict()

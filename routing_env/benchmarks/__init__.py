@@ -3,6 +3,7 @@ benchmark a user registers (:func:`register_benchmark`)."""
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any
 
@@ -22,10 +23,17 @@ _FROM_BASE = (
 def load_benchmark(
     name: str, data_root: str | os.PathLike | None = None, seed: int = 0, download: bool = True, **kwargs: Any
 ) -> Any:
-    """Load benchmark ``name`` from ``data_root`` (default: ``$ROUTING_ENV_DATA``, else a cache folder)."""
+    """Load benchmark ``name`` from ``data_root`` (default: ``$ROUTING_ENV_DATA``, else a cache folder);
+    ``kwargs`` go to its loader."""
     from .base import MTLBenchmark, resolve_data_root
 
-    benchmark = get_loader(name)(resolve_data_root(data_root), seed=seed, download=download, **kwargs)
+    loader = get_loader(name)
+    root = resolve_data_root(data_root)
+    try:
+        inspect.signature(loader).bind(root, seed=seed, download=download, **kwargs)
+    except TypeError as e:
+        raise TypeError(f"benchmark {name!r} does not take the benchmark_kwargs {kwargs}: {e}") from e
+    benchmark = loader(root, seed=seed, download=download, **kwargs)
     if not isinstance(benchmark, MTLBenchmark):
         raise TypeError(
             f"the loader of benchmark {name!r} returned {type(benchmark).__name__}, not MTLBenchmark"
