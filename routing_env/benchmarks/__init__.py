@@ -1,5 +1,6 @@
 """Multi-task benchmarks built from real image data sets: MNIST-MTL, CIFAR-MTL and MIN-MTL, and any
-benchmark a user registers (:func:`register_benchmark`)."""
+benchmark a user registers (:func:`register_benchmark`; :func:`one_vs_all` and :func:`class_groups` build
+the common task shapes from a labelled image set)."""
 
 from __future__ import annotations
 
@@ -41,17 +42,25 @@ def load_benchmark(
     return benchmark
 
 
+_FROM_TASKS = ("Pairs", "class_groups", "one_vs_all")
+
+
 def __getattr__(name: str) -> Any:
     # The data classes import torch; load them on first use so that registering stays light.
     if name in _FROM_BASE:
         from . import base
 
         return getattr(base, name)
+    if name in _FROM_TASKS:
+        from . import tasks
+
+        return getattr(tasks, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
     *_FROM_BASE,
+    *_FROM_TASKS,
     "BenchmarkLoader",
     "get_loader",
     "is_registered",
