@@ -13,8 +13,8 @@ Three layouts are read, looked for in this order under the data root:
 2. ``mini-imagenet/images/*.jpg`` with Ravi & Larochelle's split files
    ``mini-imagenet/{train,val,test}.csv`` (columns ``filename,label``, e.g.
    ``n0153282900000005.jpg,n01532829``): the few-shot 64/16/20 class split is ignored; the 50 classes
-   are the first 50 wnids in sorted order over all the CSV files present (with the full set: 34 classes
-   of ``train.csv``, 6 of ``val.csv`` and 10 of ``test.csv``). Each class's images (sorted by file name,
+   are the first 50 wnids in sorted order over all the CSV files present (with the standard files they
+   come from all three). Each class's images (sorted by file name,
    600 in the full set) form one pool, from which 170 are drawn without replacement: the first 160
    drawn are its training images, the next 10 its test images, so the two never share an image.
 3. The pickle caches of few-shot loaders, ``mini-imagenet/mini-imagenet-cache-{train,val,test}.pkl``,
