@@ -169,7 +169,8 @@ def test_render_rgb_array_draws_the_image_and_the_route(kw: dict[str, Any]) -> N
 def test_render_mode_is_checked_and_none_renders_nothing(kw: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="render_mode must be one of"):
         routing_env.RoutingEnv(render_mode="video", **kw)
-    human = gym.make("RoutingMNIST-v0", render_mode="human", **kw)  # Gymnasium shows our rgb_array
+    with pytest.warns(UserWarning, match="HumanRendering wrapper is being applied"):
+        human = gym.make("RoutingMNIST-v0", render_mode="human", **kw)  # Gymnasium shows our rgb_array
     assert isinstance(human, gym.wrappers.HumanRendering) and human.unwrapped.render_mode == "rgb_array"
     env = gym.make("RoutingMNIST-v0", **kw)
     env.reset(seed=0)

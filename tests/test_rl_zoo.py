@@ -46,6 +46,20 @@ def zoo_args(algo: str, data_root: Path, logs: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def run_python(args: list[str], timeout: int) -> subprocess.CompletedProcess:
+    """``python ARGS`` in the repo with one torch thread; fails the test with its stderr's tail."""
+    done = subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def test_every_file_covers_every_env_id() -> None:
     assert sorted(p.stem for p in (REPO / "hyperparams").glob("*.yml")) == sorted(ZOO_ALGOS)
     for algo in ZOO_ALGOS:
@@ -56,15 +70,7 @@ def test_every_file_covers_every_env_id() -> None:
 
 def test_rl_zoo_train_ppo_command_line(fake_data_root: Path, tmp_path: Path) -> None:
     """``python -m rl_zoo3.train --algo ppo --env RoutingMNIST-v0 --gym-packages routing_env -conf ...``"""
-    done = subprocess.run(
-        [sys.executable, "-m", "rl_zoo3.train", *zoo_args("ppo", fake_data_root, tmp_path)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_python(["-m", "rl_zoo3.train", *zoo_args("ppo", fake_data_root, tmp_path)], timeout=300)
     saved = tmp_path / "ppo" / "RoutingMNIST-v0_1"
     assert (saved / "RoutingMNIST-v0.zip").is_file()
     assert "RouterPolicy" in (saved / "RoutingMNIST-v0" / "config.yml").read_text()
@@ -87,15 +93,7 @@ def test_rl_zoo_trains_every_algorithm_file(fake_data_root: Path, tmp_path: Path
     """The other files, in one process (the zoo's imports cost more than these few steps)."""
     algos = [a for a in ZOO_ALGOS if a != "ppo"]
     script = RUN_ALL.format(tests=str(REPO / "tests"), root=str(fake_data_root), logs=str(tmp_path))
-    done = subprocess.run(
-        [sys.executable, "-c", script, *algos],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=400,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_python(["-c", script, *algos], timeout=400)
     for algo in algos:
         assert f"trained {algo}" in done.stdout
         assert (tmp_path / algo / "RoutingMNIST-v0_1" / "RoutingMNIST-v0.zip").is_file(), algo
