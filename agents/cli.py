@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import re
 import typing
 from pathlib import Path
@@ -58,6 +59,7 @@ SECTIONS: list[tuple[str, type, dict[str, str | None]]] = [
             "augment": None,
             "weight_decay": None,
             "module_dropout": None,
+            "benchmark_kwargs": None,
         },
     ),
     ("agent", AgentConfig, {f.name: None for f in dataclasses.fields(AgentConfig)}),
@@ -82,11 +84,24 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def _kind(annotation: Any) -> tuple[type, bool]:
-    """The scalar type a flag parses and whether the field is a pair (tuple)."""
+def json_object(text: str) -> dict[str, Any]:
+    """A flag's JSON object (e.g. ``--benchmark-kwargs '{"per_class": 10}'``)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e}): {text!r}") from e
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def _kind(annotation: Any) -> tuple[Any, bool]:
+    """The type a flag parses and whether the field is a pair (tuple)."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if typing.get_origin(annotation) is tuple:
         return args[0], True
+    if any(typing.get_origin(a) is dict for a in args):
+        return json_object, False
     base = args[0] if args else annotation
     if base in (int, float, bool, Path):
         return base, False

@@ -19,12 +19,23 @@ from agents.config import RouterConfig
 from agents.router import LRNRouter, parse_observation
 
 
-def _router_from_space(observation_space: spaces.Dict, config: RouterConfig) -> LRNRouter:
+def _router_from_space(observation_space: spaces.Dict, config: RouterConfig, attention: str) -> LRNRouter:
     image_shape = tuple(observation_space["image"].shape)
     n_tasks = int(observation_space["task"].n)
     n_actions = int(observation_space["action_mask"].n)
     max_depth = int(observation_space["route"].shape[0])
-    return LRNRouter(image_shape, n_tasks, n_actions, max_depth, config)
+    return LRNRouter(image_shape, n_tasks, n_actions, max_depth, config, attention=attention)
+
+
+def _check_image_scaling(observation_space: spaces.Dict, normalize_images: bool) -> None:
+    """The policy divides a uint8 image by 255; an image a wrapper already normalised (VecNormalize makes
+    it float32) must not be divided again, and that needs ``normalize_images=False``."""
+    dtype = observation_space["image"].dtype
+    if normalize_images and dtype != np.uint8:
+        raise ValueError(
+            f"the observation's image is {dtype}, not uint8: something (e.g. VecNormalize with "
+            "norm_obs_keys=['image']) normalises it already; pass policy_kwargs=dict(normalize_images=False)"
+        )
 
 
 class RouterPolicy(MaskableActorCriticPolicy):
@@ -41,7 +52,9 @@ class RouterPolicy(MaskableActorCriticPolicy):
     :param optimizer_kwargs: its extra arguments.
     :param use_sde: passed by SB3's on-policy algorithms; must be False.
     :param normalize_images: divide the uint8 image by 255 (False when a wrapper such as VecNormalize
-        already normalises it).
+        already normalises it; a float image with True is an error).
+    :param attention_backend: ``"auto"`` (torch's fastest attention kernels) or ``"math"`` (the plain
+        kernel, which has second derivatives: needed by TRPO).
     :param router_kwargs: the router's architecture, the fields of :class:`agents.config.RouterConfig`
         (``d_model``, ``n_heads``, ``d_ff``, ``n_encoder_layers``, ``n_decoder_layers``,
         ``conv_channels``, ``task_prior_std``); an unknown keyword is an error.
@@ -56,11 +69,13 @@ class RouterPolicy(MaskableActorCriticPolicy):
         optimizer_kwargs: dict[str, Any] | None = None,
         use_sde: bool = False,
         normalize_images: bool = True,
+        attention_backend: str = "auto",
         **router_kwargs: Any,
     ) -> None:
         if use_sde:
             raise ValueError("RouterPolicy has a discrete action space: use_sde must be False")
         router_config = RouterConfig.from_kwargs(**router_kwargs)
+        _check_image_scaling(observation_space, normalize_images)
         # MaskablePPO requires a MaskableActorCriticPolicy; its __init__ builds SB3's MLP heads, which
         # the router replaces, so initialise as the BasePolicy it derives from.
         BasePolicy.__init__(
@@ -72,7 +87,7 @@ class RouterPolicy(MaskableActorCriticPolicy):
             normalize_images=normalize_images,
         )
         self.router_config = router_config
-        self.router = _router_from_space(observation_space, router_config)
+        self.router = _router_from_space(observation_space, router_config, attention_backend)
         self.action_dist = MaskableCategoricalDistribution(int(action_space.n))
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
 
@@ -82,6 +97,7 @@ class RouterPolicy(MaskableActorCriticPolicy):
         data = BasePolicy._get_constructor_parameters(self)
         data.update(
             **dataclasses.asdict(self.router_config),
+            attention_backend=self.router.attention,
             lr_schedule=self._dummy_schedule,
             optimizer_class=self.optimizer_class,
             optimizer_kwargs=self.optimizer_kwargs,
@@ -154,18 +170,22 @@ class RouterPolicy(MaskableActorCriticPolicy):
 
 class RouterFeaturesExtractor(BaseFeaturesExtractor):
     """The router's encoder, attention-pooled to one feature vector, for SB3 policies built from a
-    features extractor (``MultiInputPolicy`` of DQN, QR-DQN, RecurrentPPO, ...). Such algorithms do not
-    see the mask; the env replaces an invalid action (and charges ``invalid_action_penalty``).
+    features extractor (``MultiInputPolicy`` of DQN, QR-DQN, ``MultiInputLstmPolicy`` of RecurrentPPO,
+    ...; SB3's default extractor cannot take MNIST's 28x28 images). Such algorithms do not see the mask;
+    the env replaces an invalid action (and charges ``invalid_action_penalty``).
 
     :param observation_space: the routing env's ``Dict`` observation space.
+    :param attention_backend: ``"auto"`` or ``"math"`` (see :class:`RouterPolicy`).
     :param router_kwargs: the fields of :class:`agents.config.RouterConfig` (``d_model`` is the feature
         width); an unknown keyword is an error.
     """
 
-    def __init__(self, observation_space: spaces.Dict, **router_kwargs: Any) -> None:
+    def __init__(
+        self, observation_space: spaces.Dict, attention_backend: str = "auto", **router_kwargs: Any
+    ) -> None:
         config = RouterConfig.from_kwargs(**router_kwargs)
         super().__init__(observation_space, features_dim=config.d_model)
-        self.router = _router_from_space(observation_space, config)
+        self.router = _router_from_space(observation_space, config, attention_backend)
 
     def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
         x = parse_observation(observations, one_hot=True)

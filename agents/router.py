@@ -3,6 +3,7 @@ every candidate next module (paper eq. 1), with an attention-pooled critic (eqs.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -10,6 +11,21 @@ from torch import nn
 
 from agents.config import RouterConfig
 from agents.cuda_graph import GraphedInference
+
+ATTENTION_BACKENDS = ("auto", "math")
+
+
+def attention_backend(name: str) -> contextlib.AbstractContextManager:
+    """The context the router's attention runs in: ``"auto"`` lets torch pick its fastest kernel;
+    ``"math"`` forces the plain implementation, the one with second derivatives (TRPO's
+    Hessian-vector products differentiate the policy twice; the fused kernels have no double backward)."""
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention_backend must be one of {ATTENTION_BACKENDS}, got {name!r}")
+    if name == "math":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel(SDPBackend.MATH)
+    return contextlib.nullcontext()
 
 
 @dataclass
@@ -87,6 +103,8 @@ class LRNRouter(nn.Module):
         n_actions: modules + PASS.
         max_depth: route length.
         config: the architecture (:class:`agents.config.RouterConfig`).
+        attention: the attention kernels (see :func:`attention_backend`); ``"math"`` for algorithms
+            that differentiate the policy twice (TRPO).
     """
 
     def __init__(
@@ -96,8 +114,11 @@ class LRNRouter(nn.Module):
         n_actions: int,
         max_depth: int,
         config: RouterConfig | None = None,
+        attention: str = "auto",
     ) -> None:
         super().__init__()
+        attention_backend(attention)  # checks the name
+        self.attention = attention
         cfg = config or RouterConfig()
         self.config = cfg
         self.n_actions = n_actions
@@ -154,7 +175,8 @@ class LRNRouter(nn.Module):
             + self.position[None]
         )  # (B, T, d)
         padding = torch.cat([route.new_zeros(batch, 2, dtype=torch.bool), route == self.n_actions], dim=1)
-        return parts.encoder(tokens, src_key_padding_mask=padding), padding
+        with attention_backend(self.attention):
+            return parts.encoder(tokens, src_key_padding_mask=padding), padding
 
     def actor(
         self, states: torch.Tensor, padding: torch.Tensor, task: torch.Tensor, mask: torch.Tensor
@@ -164,9 +186,10 @@ class LRNRouter(nn.Module):
         queries = self.action_embedding.weight[: self.n_actions]  # (A, d)
         queries = queries[None].expand(states.shape[0], -1, -1)  # (B, A, d)
         query_padding = ~mask if self.config.decoder_queries == "valid" else None
-        out = self.decoder(
-            queries, states, tgt_key_padding_mask=query_padding, memory_key_padding_mask=padding
-        )  # (B, A, d)
+        with attention_backend(self.attention):
+            out = self.decoder(
+                queries, states, tgt_key_padding_mask=query_padding, memory_key_padding_mask=padding
+            )  # (B, A, d)
         logits = self.score(out).squeeze(-1)
         if self.task_prior is not None:
             logits = logits + self.task_prior(task)

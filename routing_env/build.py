@@ -3,6 +3,8 @@ the engine over the configured split, and the Gymnasium observation space."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 from gymnasium import spaces
@@ -15,6 +17,7 @@ from routing_env.benchmarks import (
     resolve_data_root,
     seeded_generator,
 )
+from routing_env.benchmarks.registry import resolve
 from routing_env.config import RoutingConfig, resolve_device
 from routing_env.engine import RoutingEngine
 from routing_env.modules import (
@@ -31,13 +34,21 @@ _BENCHMARK_CACHE: dict[tuple, MTLBenchmark] = {}
 def get_benchmark(config: RoutingConfig) -> MTLBenchmark:
     """The benchmark for ``config``, loaded once per process (CPU copy; engines move their split).
 
-    Keyed by the loader itself too, so re-registering a benchmark under the same name loads it anew.
+    Keyed by the loader itself and the benchmark kwargs too, so re-registering a benchmark under the same
+    name, or asking for other settings of it, loads it anew.
     """
     root = resolve_data_root(config.data_root)
-    key = (config.benchmark, get_loader(config.benchmark), str(root), int(config.data_seed))
+    kwargs = config.benchmark_kwargs or {}
+    key = (
+        resolve(config.benchmark),
+        get_loader(config.benchmark),
+        str(root),
+        int(config.data_seed),
+        json.dumps(kwargs, sort_keys=True, default=repr),
+    )
     if key not in _BENCHMARK_CACHE:
         _BENCHMARK_CACHE[key] = load_benchmark(
-            config.benchmark, root, seed=config.data_seed, download=config.download
+            config.benchmark, root, seed=config.data_seed, download=config.download, **kwargs
         )
     return _BENCHMARK_CACHE[key]
 
@@ -67,6 +78,12 @@ def build_pool(config: RoutingConfig, benchmark: MTLBenchmark) -> ModulePool:
     image = TensorType("image", tuple(benchmark.image_shape))
     # The original routing network routes every sample through all 5 layers: no PASS.
     return ModulePool(specs, image, seed=config.seed, allow_pass=config.pool != "routing_network")
+
+
+def reseed_pool(pool: ModulePool, config: RoutingConfig, benchmark: MTLBenchmark, seed: int) -> None:
+    """Give ``pool`` the initial weights ``config.seed = seed`` would have given it (in place, so an
+    optimizer over its parameters keeps working)."""
+    pool.load_state_dict(build_pool(config.replace(seed=int(seed)), benchmark).state_dict())
 
 
 def make_engine(

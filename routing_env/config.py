@@ -27,7 +27,10 @@ class RoutingConfig:
     """Every keyword argument of ``gymnasium.make("Routing*-v0", ...)``.
 
     Attributes:
-        benchmark: a registered benchmark (``"mnist"``, ``"cifar"``, ``"min"``; set by the env id).
+        benchmark: a registered benchmark (``"mnist"``, ``"cifar"``, ``"min"``; set by the env id), or
+            ``"module:name"``: import ``module`` first (it registers ``name``).
+        benchmark_kwargs: keyword arguments for the benchmark's loader (a registered benchmark's own
+            settings); part of what identifies the loaded data.
         data_root: data folder; default ``$ROUTING_ENV_DATA``, else ``~/.cache/routing_env``.
         download: let torchvision download MNIST / CIFAR-100 when missing.
         data_seed: seeds the benchmark's draws (which images form the pairs); fixed across runs by default.
@@ -52,10 +55,10 @@ class RoutingConfig:
         pool: ``"lrn"`` (the paper's pool), ``"static"`` (one fixed network with a head per task, routed
             by ``max_depth=5``; the static baseline) or ``"routing_network"`` (Rosenbaum et al. 2017: a
             fixed conv trunk, then 3 routed FC depths of ``duplicates`` modules each; ``max_depth=5``).
-        freeze_unused: the paper's rule: a module no episode of an update used keeps its weights and its
-            Adam state (each module is its own Adam); False: one Adam over the pool, which moves unused
+        freeze_unused: keep the weights and Adam state of a module no episode of an update used (the
+            paper's rule; each module is its own Adam); False: one Adam over the pool, which moves unused
             modules through their moments.
-        cuda_graph: on a GPU, run the pool's training step as one CUDA graph (dense or gathered dispatch).
+        cuda_graph: run the pool's training step as one CUDA graph on a GPU (dense or gathered dispatch).
         precision: the pool's arithmetic on a GPU: ``"fp32"`` or ``"bf16"`` (autocast; weights, Adam
             and the loss stay fp32).
         augment: not in the paper: random crops (4-pixel padding) of training images, and horizontal flips
@@ -66,6 +69,7 @@ class RoutingConfig:
     """
 
     benchmark: str = "mnist"
+    benchmark_kwargs: dict[str, Any] | None = None
     data_root: str | os.PathLike | None = None
     download: bool = True
     data_seed: int = 0
@@ -93,10 +97,16 @@ class RoutingConfig:
     module_dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        from routing_env.benchmarks.registry import is_registered, registered_benchmarks
+        from routing_env.benchmarks.registry import resolve
 
-        if not is_registered(self.benchmark):
-            raise ValueError(f"unknown benchmark {self.benchmark!r}; known: {registered_benchmarks()}")
+        resolve(self.benchmark)  # unknown benchmark: one error naming the known ones
+        if self.benchmark_kwargs is not None:
+            if not isinstance(self.benchmark_kwargs, dict) or not all(
+                isinstance(k, str) for k in self.benchmark_kwargs
+            ):
+                raise ValueError(
+                    f"benchmark_kwargs must be a dict with str keys, got {self.benchmark_kwargs!r}"
+                )
         _one_of("split", self.split, SPLITS)
         _one_of("pool", self.pool, POOLS)
         _one_of("dispatch", self.dispatch, DISPATCH_MODES)

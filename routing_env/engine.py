@@ -161,6 +161,7 @@ class RoutingEngine:
             self.optimizer.set_pass(self.walk.first_pass)
 
     # ----------------------------------------------------------------- episodes
+    @torch.inference_mode(False)  # tensors the pool trains on must not be inference tensors
     def begin_batch(self) -> None:
         """Start ``batch_size`` new episodes on the next pairs of the split."""
         self._snapshot = {"walk": self.walk.state_dict(), "augment": self.augment_generator.get_state()}

@@ -9,8 +9,10 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from routing_env.build import make_engine, observation_space, to_numpy
+from routing_env.build import make_engine, observation_space, reseed_pool, to_numpy
 from routing_env.config import RoutingConfig
+from routing_env.copies import prepare_worker_process, warn_if_separate_pools
+from routing_env.render import RENDER_MODES, RouteView, route_image, route_text
 
 
 class RoutingEnv(gym.Env):
@@ -68,16 +70,39 @@ class RoutingEnv(gym.Env):
     See :class:`routing_env.config.RoutingConfig`: ``data_root``, ``download``, ``data_seed``,
     ``split``, ``max_pairs``, ``duplicates`` (10), ``max_depth`` (6), ``batch_size`` (128),
     ``bonus_weight`` (1), ``bonus_warmup`` (0), ``invalid_action_penalty`` (1), ``lr`` (1e-4),
-    ``lr_decay`` (0.97), ``train_modules``, ``device`` ("auto"), ``seed``, ``dispatch``, ``pool``.
+    ``lr_decay`` (0.97), ``train_modules``, ``device`` ("auto"), ``seed``, ``dispatch``, ``pool``,
+    ``benchmark_kwargs``; and Gymnasium's ``render_mode`` (``"ansi"``: the route being built as text;
+    ``"rgb_array"``: the image with the route drawn under it).
 
-    For batches of episodes on the device use ``gymnasium.make_vec(id, num_envs=128,
-    vectorization_mode="vector_entry_point")`` or :class:`routing_env.RoutingSB3VecEnv` (SB3).
+    ## Seeding
+    ``seed`` seeds the pool's initial weights and the data walk. Without it, the first
+    ``reset(seed=s)`` before any step also draws the pool's initial weights from ``s``, so two fresh
+    envs reset with the same seed and given the same actions return the same rewards. A later
+    ``reset(seed=s)`` restarts the data walk (and empties the collapse-bonus window) only.
+
+    ## Copies
+    Every ``RoutingEnv`` owns its module pool. Gymnasium's sync / async vector envs and SB3's
+    DummyVecEnv / SubprocVecEnv build one copy per sub-env, so each trains its own pool (a
+    :class:`routing_env.copies.SeparatePoolsWarning` says so). For one pool shared by a batch of episodes
+    use ``gymnasium.make_vec(id, num_envs=128, vectorization_mode="vector_entry_point")`` or
+    :class:`routing_env.RoutingSB3VecEnv` (SB3). In a worker process the env runs torch with one thread
+    (safe after ``fork``). Pickling (and ``copy.deepcopy``) keeps the config, the pool, its optimizer and
+    the data walk, not the data: it is loaded again on unpickling.
     """
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": list(RENDER_MODES), "render_fps": 4}
 
-    def __init__(self, benchmark: str = "mnist", **kwargs: Any) -> None:
-        self.config = RoutingConfig.from_kwargs(benchmark=benchmark, **kwargs)
+    def __init__(self, benchmark: str = "mnist", render_mode: str | None = None, **kwargs: Any) -> None:
+        prepare_worker_process()
+        config = RoutingConfig.from_kwargs(benchmark=benchmark, **kwargs)
+        self._build(config, render_mode)
+        warn_if_separate_pools(bool(config.train_modules))
+
+    def _build(self, config: RoutingConfig, render_mode: str | None) -> None:
+        if render_mode is not None and render_mode not in RENDER_MODES:
+            raise ValueError(f"render_mode must be one of {RENDER_MODES} or None, got {render_mode!r}")
+        self.config = config
+        self.render_mode = render_mode
         # One episode at a time; the pool is updated (and the bonus counted) every batch_size episodes.
         self.engine, self.benchmark = make_engine(
             self.config, batch_size=1, update_every=self.config.batch_size
@@ -85,6 +110,10 @@ class RoutingEnv(gym.Env):
         self.observation_space = observation_space(self.engine, self.benchmark)
         self.action_space = spaces.Discrete(self.engine.pool.n_actions)
         self.action_names = self.engine.pool.action_names
+        # The pool's initial weights follow the first seeded reset until a step was taken (no seed kwarg).
+        self._pool_seed_open = self.config.seed is None
+        self._episode_open = False
+        self._final: dict[str, Any] | None = None
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -92,7 +121,13 @@ class RoutingEnv(gym.Env):
         super().reset(seed=seed)
         if seed is not None:
             self.engine.seed(int(self.np_random.integers(2**62)))
+            if self._pool_seed_open:
+                reseed_pool(
+                    self.engine.pool, self.config, self.benchmark, int(self.np_random.integers(2**62))
+                )
+                self._pool_seed_open = False
         self.engine.begin_batch()
+        self._episode_open, self._final = True, None
         return self._obs(), {}
 
     def step(self, action: int) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
@@ -105,11 +140,41 @@ class RoutingEnv(gym.Env):
         ):
             raise ValueError(f"action {action!r} is outside the action space {self.action_space}")
         out = self.engine.step(torch.tensor([int(a.reshape(()))]))
+        self._pool_seed_open = False
         info: dict[str, Any] = {"invalid_action": bool(out.invalid[0])}
         if out.done:
             final = {k: v[0] for k, v in to_numpy(out.final, skip=("reward",)).items()}
             info.update({k: v.tolist() for k, v in final.items()})  # route, step_rewards: lists
+            self._episode_open, self._final = False, info
         return self._obs(), float(out.reward[0]), bool(out.done), False, info
+
+    def render(self) -> str | np.ndarray | None:
+        """``"ansi"``: the route being built as text; ``"rgb_array"``: ``(H, W, 3)`` uint8, the image
+        with the route drawn under it (see :func:`routing_env.render.route_image`); None without a
+        ``render_mode``."""
+        if self.render_mode is None:
+            return None
+        if not self._episode_open and self._final is None:
+            raise RuntimeError("render() before reset(): there is no episode to show")
+        return route_text(self._view()) if self.render_mode == "ansi" else route_image(self._view())
+
+    def _view(self) -> RouteView:
+        obs = self._obs()
+        task = int(obs["task"])
+        pool = self.engine.pool
+        return RouteView(
+            image=obs["image"],
+            task=task,
+            task_name=self.benchmark.task_names[task] if self.benchmark.task_names else str(task),
+            label=int(self.engine.labels[0]),
+            route=obs["route"],
+            step=int(obs["step"]),
+            action_names=self.action_names,
+            action_bank=pool.action_bank.cpu().numpy(),
+            action_dup=pool.action_dup.cpu().numpy(),
+            valid=obs["action_mask"].astype(bool),
+            final=self._final,
+        )
 
     def action_masks(self) -> np.ndarray:
         """The valid actions now, ``(n_actions,)`` bool (sb3-contrib's MaskablePPO calls this)."""
@@ -124,3 +189,31 @@ class RoutingEnv(gym.Env):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.engine.load_state_dict(state)
+
+    # Pickling keeps what cannot be rebuilt (pool, optimizer, walk); the data is loaded again.
+    def __getstate__(self) -> dict[str, Any]:
+        if self._episode_open and self.engine.step_index > 0:
+            raise TypeError(
+                "a RoutingEnv cannot be pickled or copied mid-episode (the network being built lives on "
+                "the autograd tape); do it right after reset() or after the last step"
+            )
+        return {
+            "config": self.config,
+            "render_mode": self.render_mode,
+            "engine": self.engine.state_dict(),
+            "np_random": self._np_random,
+            "np_random_seed": self._np_random_seed,
+            "pool_seed_open": self._pool_seed_open,
+            "episode_open": self._episode_open,
+            "spec": self.spec,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        prepare_worker_process()
+        self._build(state["config"], state["render_mode"])
+        self.engine.load_state_dict(state["engine"])
+        self._np_random, self._np_random_seed = state["np_random"], state["np_random_seed"]
+        self._pool_seed_open, self.spec = state["pool_seed_open"], state["spec"]
+        if state["episode_open"]:
+            self.engine.begin_batch()  # the state holds the walk before this episode's draw: same pair
+            self._episode_open = True

@@ -30,14 +30,28 @@ def register_benchmark(
 
     Args:
         name: the benchmark's name (the env kwarg ``benchmark``).
-        loader: ``loader(data_root, seed=0, download=True) -> MTLBenchmark``, or its ``"module:function"``
-            path (importable again by worker processes).
+        loader: ``loader(data_root, seed=0, download=True, **benchmark_kwargs) -> MTLBenchmark``, or its
+            ``"module:function"`` path. Call ``register_benchmark`` in the module that defines the
+            loader: the env id then names the benchmark as ``"module:name"``, so that a worker process
+            which never imported that module (async vector envs, ``SubprocVecEnv``) imports it.
         env_id: also register this Gymnasium id (e.g. ``"MyBench-v0"``) for the benchmark.
-        overwrite: replace an existing benchmark of that name.
+        overwrite: replace an existing benchmark of that name (and the env id).
     """
     registry.register_benchmark(name, loader, overwrite=overwrite)
     if env_id is not None:
-        register_env(env_id, name)
+        if env_id in gym.registry and not overwrite:
+            if gym.registry[env_id].kwargs.get("benchmark") != _qualified(name):
+                raise ValueError(
+                    f"env id {env_id!r} is already registered; pass overwrite=True to replace it"
+                )
+            return
+        gym.registry.pop(env_id, None)
+        register_env(env_id, _qualified(name))
+
+
+def _qualified(name: str) -> str:
+    module = registry.loader_module(name)
+    return f"{module}:{name}" if module else name
 
 
 def env_spec(env_id: str) -> EnvSpec:

@@ -11,7 +11,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from routing_env.build import make_engine, observation_space, to_numpy
+from routing_env.build import make_engine, observation_space, reseed_pool, to_numpy
 from routing_env.config import RoutingConfig
 from routing_env.engine import RoutingEngine, StepOutput
 
@@ -48,6 +48,8 @@ class LockstepRouting:
         self.engine, self.benchmark = make_engine(self.config)
         self.single_observation_space = observation_space(self.engine, self.benchmark)
         self.single_action_space = spaces.Discrete(self.engine.pool.n_actions)
+        # Without a seed kwarg, the first seeded reset before any step draws the pool's initial weights.
+        self._pool_seed_open = config.seed is None
 
     def observation(self) -> dict[str, np.ndarray]:
         return to_numpy(self.engine.observation())
@@ -63,6 +65,9 @@ class LockstepRouting:
     def reset(self, seed: int | None) -> dict[str, np.ndarray]:
         if seed is not None:
             self.engine.seed(seed)
+            if self._pool_seed_open:
+                reseed_pool(self.engine.pool, self.config, self.benchmark, seed)
+                self._pool_seed_open = False
         self.engine.begin_batch()
         return self.observation()
 
@@ -74,6 +79,7 @@ class LockstepRouting:
         if not np.issubdtype(actions.dtype, np.integer) or actions.min() < 0 or actions.max() >= n:
             raise ValueError(f"actions must be integers in [0, {n}), got {actions!r}")
         out = self.engine.step(torch.as_tensor(actions))
+        self._pool_seed_open = False
         final = final_obs = None
         if out.done:
             final = to_numpy(out.final, skip=("reward",))
@@ -96,9 +102,15 @@ class RoutingVectorEnv(VectorEnv):
     Spaces, actions, rewards and kwargs are those of :class:`routing_env.RoutingEnv`, batched; the
     collapse bonus counts and the pool update run over the ``num_envs`` episodes of each batch
     (``batch_size`` is ``num_envs``). All episodes end together after ``max_depth`` steps and the next
-    batch starts in the same step (``AutoresetMode.SAME_STEP``): that step's ``infos`` hold
-    ``final_obs`` (the terminal observations) and, per env, ``route``, ``loss``, ``correct``,
-    ``prediction``, ``bonus``, ``task``, ``label``, ``pair_index`` and ``epoch``.
+    batch starts in the same step (``AutoresetMode.SAME_STEP``). ``infos`` follow Gymnasium 1.x's
+    layout for that mode (as ``SyncVectorEnv`` builds them, every key ``k`` with its mask ``_k``): before
+    the last step ``invalid_action``; at the last step ``final_obs`` (an object array of the terminal
+    observations) and ``final_info``, whose keys are ``invalid_action``, ``route``, ``loss``,
+    ``correct``, ``prediction``, ``bonus``, ``reward_loss``, ``reward_bonus``, ``task``, ``label``,
+    ``pair_index`` and ``epoch`` (arrays over the envs).
+
+    Seeding follows :class:`routing_env.RoutingEnv`: without a ``seed`` kwarg the first seeded reset
+    before any step also draws the pool's initial weights.
     """
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
@@ -125,10 +137,25 @@ class RoutingVectorEnv(VectorEnv):
         self, actions: np.ndarray
     ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         s = self.core.step(actions)
-        infos: dict[str, Any] = {"invalid_action": s.invalid}
+
+        def every() -> np.ndarray:  # a mask "this env has the key", one array per key
+            return np.ones(self.num_envs, dtype=bool)
+
+        step_info = {"invalid_action": s.invalid, "_invalid_action": every()}
+        infos: dict[str, Any] = step_info
         if s.done:
-            infos.update(s.final)
-            infos["final_obs"] = s.final_obs
+            # Gymnasium's same-step autoreset: the step's info moves into final_info, the top level holds
+            # the (empty) info of the resets; final_obs holds one observation dict per env.
+            for key, value in s.final.items():
+                step_info[key], step_info[f"_{key}"] = value, every()
+            final_obs = np.empty(self.num_envs, dtype=object)
+            final_obs[:] = [{k: v[i] for k, v in s.final_obs.items()} for i in range(self.num_envs)]
+            infos = {
+                "final_obs": final_obs,
+                "_final_obs": every(),
+                "final_info": step_info,
+                "_final_info": every(),
+            }
         terminated = np.full(self.num_envs, s.done)
         truncated = np.zeros(self.num_envs, dtype=bool)
         return s.obs, s.rewards, terminated, truncated, infos

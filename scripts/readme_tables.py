@@ -1,6 +1,7 @@
 """Rebuild README's generated blocks: the results tables and figures from
-results/<benchmark>/<run>/{metrics.jsonl,config.json} and results/bench/*.json, and the tables of env
-kwargs and train.py flags from the configuration dataclasses.
+results/<benchmark>/<run>/{metrics.jsonl,config.json} and results/bench/*.json, the tables of env
+kwargs and train.py flags from the configuration dataclasses, the algorithm table from
+agents/compatibility.py and the "Add a benchmark" example from examples/shapes_benchmark.py.
 
     python scripts/readme_tables.py            # rewrite the blocks in README.md, redraw the figures
     python scripts/readme_tables.py --print    # print them only
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.cli import SECTIONS, field_docs, flag_of
+from agents.compatibility import SETUPS
 from agents.plot import describe, plot_runs, read_metrics
 from routing_env.config import RoutingConfig
 
@@ -237,6 +239,29 @@ def flags_table(_results: Path | None = None) -> str:
     return _markdown(["flag", "default", "meaning"], rows)
 
 
+def algorithms_table(_results: Path | None = None) -> str:
+    """Every SB3 / sb3-contrib algorithm that takes the env's spaces, with its policy
+    (``agents.compatibility``, which ``tests/test_algorithms.py`` runs)."""
+    rows = [
+        [
+            f"`{a.name}`",
+            a.library,
+            a.policy_text(),
+            a.masks,
+            f"`hyperparams/{a.zoo}.yml`" if a.zoo else "not in the zoo",
+            "yes (`tests/test_algorithms.py`" + (", `tests/test_rl_zoo.py`)" if a.zoo else ")"),
+        ]
+        for a in SETUPS
+    ]
+    header = ["algorithm", "library", "policy / features extractor", "action mask", "RL Zoo", "tested"]
+    return _markdown(header, rows)
+
+
+def benchmark_example(_results: Path | None = None) -> str:
+    """README's "Add a benchmark" example: the file CI runs."""
+    return "```python\n" + (ROOT / "examples" / "shapes_benchmark.py").read_text().rstrip() + "\n```"
+
+
 def _md(doc: str) -> str:
     """A docstring's text as a markdown table cell."""
     return doc.replace("``", "`").replace("|", "\\|")
@@ -249,6 +274,8 @@ BLOCKS = {
     "bench-table": lambda results: bench_table(results),
     "env-kwargs": env_kwargs_table,
     "flags-table": flags_table,
+    "algorithms-table": algorithms_table,
+    "benchmark-example": benchmark_example,
 }
 
 

@@ -164,25 +164,33 @@ def test_make_vec(kw: dict[str, Any]) -> None:
             assert env.observation_space.contains(obs)
             assert rewards.shape == (n,) and rewards.dtype == np.float32
             assert terminated.shape == truncated.shape == (n,) and not truncated.any()
-            assert not infos["invalid_action"].any()
+            assert not infos.get("final_info", infos)["invalid_action"].any()
             returns += rewards
             if k < depth - 1:
-                assert not terminated.any() and set(infos) == {"invalid_action"}
+                assert not terminated.any() and set(infos) == {"invalid_action", "_invalid_action"}
+                assert not infos["invalid_action"].any() and infos["_invalid_action"].all()
                 assert (rewards == 0).all()
         assert terminated.all()
-        assert set(infos) == FINAL_INFO_KEYS | {"invalid_action", "final_obs"}
-        for key in FINAL_INFO_KEYS:
-            assert infos[key].shape[0] == n, key
+        # Gymnasium's same-step autoreset layout: the last step's info under final_info, masks beside keys
+        assert set(infos) == {"final_obs", "_final_obs", "final_info", "_final_info"}
+        assert infos["_final_obs"].all() and infos["_final_info"].all()
+        final = infos["final_info"]
+        keys = FINAL_INFO_KEYS | {"invalid_action"}
+        assert set(final) == keys | {f"_{k}" for k in keys}
+        for key in keys:
+            assert final[key].shape[0] == n and final[f"_{key}"].all(), key
         final_obs = infos["final_obs"]
-        assert env.single_observation_space.contains({k: v[0] for k, v in final_obs.items()})
-        assert (final_obs["step"] == depth).all() and not final_obs["action_mask"].any()
-        assert np.array_equal(final_obs["route"], infos["route"])
-        assert np.array_equal(final_obs["route"][:, -1], actions)
+        assert final_obs.dtype == object and final_obs.shape == (n,)
+        for i in range(n):
+            assert env.single_observation_space.contains(final_obs[i])
+            assert final_obs[i]["step"] == depth and not final_obs[i]["action_mask"].any()
+            assert np.array_equal(final_obs[i]["route"], final["route"][i])
+            assert final_obs[i]["route"][-1] == actions[i]
         # autoreset in the same step: the next batch's first observations
         assert (obs["step"] == 0).all() and (obs["route"] == n_actions).all()
-        np.testing.assert_allclose(returns, -infos["loss"] + infos["bonus"], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(returns, -final["loss"] + final["bonus"], rtol=1e-5, atol=1e-5)
         returns[:] = 0
-        batches.append(infos["pair_index"])
+        batches.append(final["pair_index"])
     pairs = np.concatenate(batches)
     assert len(set(pairs.tolist())) == len(pairs)  # a shuffled pass draws each pair at most once
     env.close()
@@ -364,7 +372,8 @@ def test_same_seed_same_batches_vector_env(kw: dict[str, Any]) -> None:
         for _ in range(2 * kw["max_depth"]):
             obs, rewards, _, _, infos = env.step(act(obs))
             total += rewards
-        return obs["image"], obs["task"], total, infos["route"], infos["pair_index"]
+        final = infos["final_info"]
+        return obs["image"], obs["task"], total, final["route"], final["pair_index"]
 
     first = run(1)
     for x, y in zip(first, run(1)):
@@ -400,7 +409,7 @@ def test_test_split_env_walks_every_pair_once_per_pass(kw: dict[str, Any]) -> No
     for _ in range(3):
         for _ in range(2):
             obs, _, _, _, infos = vec.step(random_valid(np.random.default_rng(0))(obs))
-        walked.append((infos["pair_index"].tolist(), infos["epoch"].tolist()))
+        walked.append((infos["final_info"]["pair_index"].tolist(), infos["final_info"]["epoch"].tolist()))
     assert walked == [
         (list(range(8)), [0] * 8),
         ([8, 9, 10, 11, 0, 1, 2, 3], [0] * 4 + [1] * 4),

@@ -1,8 +1,10 @@
 """Multi-task benchmarks built from real image data sets: MNIST-MTL, CIFAR-MTL and MIN-MTL, and any
-benchmark a user registers (:func:`register_benchmark`)."""
+benchmark a user registers (:func:`register_benchmark`; :func:`one_vs_all` and :func:`class_groups` build
+the common task shapes from a labelled image set)."""
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any
 
@@ -22,15 +24,25 @@ _FROM_BASE = (
 def load_benchmark(
     name: str, data_root: str | os.PathLike | None = None, seed: int = 0, download: bool = True, **kwargs: Any
 ) -> Any:
-    """Load benchmark ``name`` from ``data_root`` (default: ``$ROUTING_ENV_DATA``, else a cache folder)."""
+    """Load benchmark ``name`` from ``data_root`` (default: ``$ROUTING_ENV_DATA``, else a cache folder);
+    ``kwargs`` go to its loader."""
     from .base import MTLBenchmark, resolve_data_root
 
-    benchmark = get_loader(name)(resolve_data_root(data_root), seed=seed, download=download, **kwargs)
+    loader = get_loader(name)
+    root = resolve_data_root(data_root)
+    try:
+        inspect.signature(loader).bind(root, seed=seed, download=download, **kwargs)
+    except TypeError as e:
+        raise TypeError(f"benchmark {name!r} does not take the benchmark_kwargs {kwargs}: {e}") from e
+    benchmark = loader(root, seed=seed, download=download, **kwargs)
     if not isinstance(benchmark, MTLBenchmark):
         raise TypeError(
             f"the loader of benchmark {name!r} returned {type(benchmark).__name__}, not MTLBenchmark"
         )
     return benchmark
+
+
+_FROM_TASKS = ("Pairs", "class_groups", "one_vs_all")
 
 
 def __getattr__(name: str) -> Any:
@@ -39,11 +51,16 @@ def __getattr__(name: str) -> Any:
         from . import base
 
         return getattr(base, name)
+    if name in _FROM_TASKS:
+        from . import tasks
+
+        return getattr(tasks, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
     *_FROM_BASE,
+    *_FROM_TASKS,
     "BenchmarkLoader",
     "get_loader",
     "is_registered",

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import torch
 
@@ -110,6 +112,32 @@ def atomic_download_dir(root: Path, final_name: str) -> Iterator[Path]:
 def download_failure(exc: BaseException) -> str:
     """A failed download's cause on one line (torchvision's messages span several)."""
     return f"download failed ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})"
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles only plain containers and NumPy arrays: a data file must not run arbitrary code."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"forbidden object {module}.{name}")
+        return super().find_class(module, name)
+
+
+def safe_unpickle(file: BinaryIO) -> Any:
+    """Unpickle a data file that may hold only containers and NumPy arrays (no code runs). latin1 is what
+    NumPy needs for arrays pickled by Python 2 (e.g. the official CIFAR-100 files)."""
+    return _ArrayUnpickler(file, encoding="latin1").load()
 
 
 def seeded_generator(seed: int) -> torch.Generator:

@@ -12,14 +12,14 @@ holds ``fine_label_names`` and ``coarse_label_names``.
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .base import DataError, MTLBenchmark, MTLSplit, atomic_download_dir, download_failure
+from .base import DataError, MTLBenchmark, atomic_download_dir, download_failure, safe_unpickle
+from .tasks import class_groups
 
 NAME = "cifar"
 N_FINE = 100
@@ -37,26 +37,6 @@ def _error(root: Path, cause: str) -> DataError:
     return DataError(f"CIFAR-100 data in {root / FOLDER} is unusable: {cause}. Expected layout: {LAYOUT}.")
 
 
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles only plain containers and NumPy arrays: a data file must not run arbitrary code."""
-
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.numeric", "_frombuffer"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"forbidden object {module}.{name}")
-        return super().find_class(module, name)
-
-
 def _read_pickle(root: Path, name: str) -> dict[str, Any]:
     """One pickle as a dict with str keys (Python 2 pickles have bytes keys under encoding="bytes")."""
     path = root / FOLDER / name
@@ -64,8 +44,7 @@ def _read_pickle(root: Path, name: str) -> dict[str, Any]:
         raise _error(root, f"missing file {name}")
     try:
         with open(path, "rb") as f:
-            # latin1 is what NumPy needs for arrays pickled by Python 2 (the official files).
-            entry = _ArrayUnpickler(f, encoding="latin1").load()
+            entry = safe_unpickle(f)
     except Exception as exc:  # garbage gives UnpicklingError, EOFError, ValueError, ...
         raise _error(root, f"cannot unpickle {name} ({type(exc).__name__}: {exc})") from exc
     if not isinstance(entry, dict):
@@ -153,22 +132,13 @@ def load(data_root: Path, seed: int = 0, download: bool = True) -> MTLBenchmark:
     fine_all = np.concatenate([raw["train"][1], raw["test"][1]])
     coarse_all = np.concatenate([raw["train"][2], raw["test"][2]])
     fine_to_coarse = _fine_to_coarse(root, fine_all, coarse_all)
-    # Rank of each fine label inside its superclass: sort by (coarse, fine), then the position mod 5.
-    order = np.lexsort((np.arange(N_FINE), fine_to_coarse))
-    rank = np.empty(N_FINE, dtype=np.int64)
-    rank[order] = np.arange(N_FINE) % FINE_PER_COARSE
-
+    # Task k: its superclass's fine labels in sorted order, so the label is the fine label's rank.
+    groups = [np.flatnonzero(fine_to_coarse == k).tolist() for k in range(N_COARSE)]
     splits = {}
-    for name, (data, fine, coarse) in raw.items():
-        # Pairs grouped by task (stable, so the file order is kept inside a task); every image used once.
-        by_task = torch.from_numpy(np.argsort(coarse, kind="stable"))
-        splits[name] = MTLSplit(
-            images=torch.from_numpy(np.require(data, requirements=["C", "W"])),
-            image_index=by_task,
-            tasks=torch.from_numpy(coarse)[by_task],
-            labels=torch.from_numpy(rank[fine])[by_task],
-            source_index=by_task.clone(),
-        )
+    for name, (data, fine, _coarse) in raw.items():
+        # Every image used once, grouped by task (file order kept inside a task); no draw.
+        pairs = class_groups(torch.from_numpy(fine), groups, per_class=None)
+        splits[name] = pairs.split(torch.from_numpy(np.require(data, requirements=["C", "W"])))
     return MTLBenchmark(
         name=NAME,
         n_tasks=N_COARSE,

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from .base import DataError, MTLBenchmark, MTLSplit, atomic_download_dir, download_failure, seeded_generator
+from .base import DataError, MTLBenchmark, atomic_download_dir, download_failure, seeded_generator
+from .tasks import one_vs_all
 
 NAME = "mnist"
 N_DIGITS = 10
@@ -82,39 +83,6 @@ def _read(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return images, labels
 
 
-def _draw(
-    labels: torch.Tensor, per_digit: int, generator: torch.Generator, root: Path, what: str
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The pairs of every task: source index, task and one-vs-all label, ordered by task then digit."""
-    sources = torch.empty(N_DIGITS, N_DIGITS, per_digit, dtype=torch.long)  # (task, digit, draw)
-    for digit in range(N_DIGITS):
-        pool = torch.nonzero(labels == digit).squeeze(1)
-        if pool.numel() < per_digit:
-            raise _error(
-                root, f"{what} has {pool.numel()} images of digit {digit}, the protocol needs {per_digit}"
-            )
-        # One random permutation per task gives independent draws without replacement per (task, digit).
-        keys = torch.rand(N_DIGITS, pool.numel(), generator=generator)
-        sources[:, digit] = pool[keys.argsort(dim=1)[:, :per_digit]]
-    tasks = torch.arange(N_DIGITS).view(-1, 1, 1).expand_as(sources)
-    digits = torch.arange(N_DIGITS).view(1, -1, 1).expand_as(sources)
-    return sources.reshape(-1), tasks.reshape(-1), (digits == tasks).long().reshape(-1)
-
-
-def _split(
-    images: torch.Tensor, sources: torch.Tensor, tasks: torch.Tensor, labels: torch.Tensor
-) -> MTLSplit:
-    # Store every used image once; pairs point at it through image_index.
-    used, image_index = torch.unique(sources, return_inverse=True)
-    return MTLSplit(
-        images=images[used].unsqueeze(1).contiguous(),
-        image_index=image_index,
-        tasks=tasks,
-        labels=labels,
-        source_index=sources,
-    )
-
-
 def load(data_root: Path, seed: int = 0, download: bool = True) -> MTLBenchmark:
     """Build MNIST-MTL from ``data_root`` (downloading MNIST there if it is absent and ``download``)."""
     root = Path(data_root)
@@ -124,7 +92,11 @@ def load(data_root: Path, seed: int = 0, download: bool = True) -> MTLBenchmark:
     for train, per_digit in ((True, TRAIN_PER_DIGIT), (False, TEST_PER_DIGIT)):
         images, digit_labels = _read(root, train)
         what = "the training file" if train else "the test file"
-        splits.append(_split(images, *_draw(digit_labels, per_digit, generator, root, what)))
+        try:
+            pairs = one_vs_all(digit_labels, per_digit, generator, N_DIGITS, what=what, unit="digit")
+        except DataError as e:
+            raise _error(root, str(e)) from e
+        splits.append(pairs.split(images.unsqueeze(1)))
     return MTLBenchmark(
         name=NAME,
         n_tasks=N_DIGITS,
