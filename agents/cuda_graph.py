@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import torch
 
+from routing_env.pool_step import no_garbage_collection
+
 WARMUP_CALLS = 2  # eager calls on a side stream before a capture (cuDNN and lazy initialisation)
 
 
@@ -40,7 +42,7 @@ class GraphedInference:
                 return out
             entry["inputs"] = [t.clone() for t in inputs]
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            with no_garbage_collection(), torch.cuda.graph(graph):
                 entry["outputs"] = self.fn(*entry["inputs"])
             entry["graph"] = graph
         for static, t in zip(entry["inputs"], inputs, strict=True):

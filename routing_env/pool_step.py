@@ -9,6 +9,10 @@ by launching a few thousand small kernels per batch from Python.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 
@@ -17,6 +21,20 @@ from routing_env.network import run_routes
 from routing_env.pool_optimizer import PoolOptimizer
 
 WARMUP_STEPS = 2  # eager steps (on a side stream) before the capture, as torch.cuda.graph requires
+
+
+@contextlib.contextmanager
+def no_garbage_collection() -> Iterator[None]:
+    """No cyclic garbage collection inside: collecting an old CUDA graph (or a tensor it owns) while a new
+    one is being captured frees device memory mid-capture, which invalidates the capture."""
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class PoolStep:
@@ -118,6 +136,13 @@ class PoolStep:
         optimizer = self.optimizer
         optimizer.zero_grad()  # the graph's backward then writes fresh gradients, never accumulates
         graph = torch.cuda.CUDAGraph()
+        with no_garbage_collection():
+            self._record(graph, static)
+        self._graph, self._static = graph, static
+        torch.cuda.empty_cache()  # the eager warm-up's cached blocks: the graph has its own pool now
+
+    def _record(self, graph: torch.cuda.CUDAGraph, static: dict[str, torch.Tensor]) -> None:
+        optimizer = self.optimizer
         with torch.cuda.graph(graph):
             logits = self.logits(static["images"], static["route"], training=True)
             loss = F.cross_entropy(logits, static["labels"], reduction="none")
@@ -126,5 +151,3 @@ class PoolStep:
             optimizer.step()
             static["loss"] = loss.detach()
             static["prediction"] = logits.detach().argmax(dim=1)
-        self._graph, self._static = graph, static
-        torch.cuda.empty_cache()  # the eager warm-up's cached blocks: the graph has its own pool now

@@ -66,6 +66,7 @@ def test_graphed_router_forward_matches_eager(data_root: Path, options: dict) ->
     config = RouterConfig(d_model=64, n_heads=4, d_ff=128, **options)
     policy = RouterPolicy(env.observation_space, env.action_space, lambda _: 1e-3, **vars(config)).cuda()
     policy.set_training_mode(False)
+    env.reset()
     obs = env.tensor_observation()
     for _ in range(4):  # warm-up, capture, replay
         with torch.no_grad():
