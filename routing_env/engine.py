@@ -267,8 +267,9 @@ class RoutingEngine:
         return self._stats.means()
 
     def state_dict(self) -> dict[str, Any]:
-        """Pool, optimizer, data walk and bonus window. Taken between batches it resumes exactly: the
-        batch drawn but not yet stepped is drawn again after :meth:`load_state_dict`."""
+        """Pool, optimizer, data walk, bonus window and the running sums behind :meth:`stats`. Taken
+        between batches it resumes exactly: the batch drawn but not yet stepped is drawn again after
+        :meth:`load_state_dict`."""
         unstarted = self._has_batch and self.step_index == 0 and self._snapshot is not None
         walk = self._snapshot if unstarted else self.walk.state_dict()
         return {
@@ -276,6 +277,7 @@ class RoutingEngine:
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
             "walk": {**walk, "order": walk["order"].cpu()},
             "usage": self.usage.state_dict(),
+            "stats": self._stats.sums.to("cpu", copy=True),  # updated in place: a copy
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -286,5 +288,7 @@ class RoutingEngine:
         self.walk.load_state_dict(state["walk"])
         self._set_pool_lr()
         self.usage.load_state_dict(state["usage"])
+        if "stats" in state:  # checkpoints written before the sums travelled lack them
+            self._stats.sums.copy_(state["stats"])
         self._has_batch = False
         self.step_index = 0
