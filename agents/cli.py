@@ -15,6 +15,8 @@ from agents.config import AgentConfig, RouterConfig, RoutingNetworkConfig, RunCo
 from routing_env.config import RoutingConfig
 from routing_env.registration import routing_env_ids
 
+RESUME_HELP = "continue the run in --out from its checkpoint, with its saved settings"
+
 # (section of RunConfig or "run", its dataclass, {field: flag name}); a field without a name keeps its own.
 SECTIONS: list[tuple[str, type, dict[str, str | None]]] = [
     (
@@ -29,8 +31,10 @@ SECTIONS: list[tuple[str, type, dict[str, str | None]]] = [
             "limit_test": None,
             "eval_batch_size": None,
             "checkpoint": None,
+            "checkpoint_every_minutes": None,
             "progress": None,
             "tf32": None,
+            "threads": None,
         },
     ),
     (
@@ -127,7 +131,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                 help=f"{help_text} (default: {default})",
             )
     parser.add_argument("--no-bonus", action="store_true", help="no collapse bonus (bonus_weight 0)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    parser.add_argument("--resume", action="store_true", help=RESUME_HELP)
     return parser
 
 
@@ -161,6 +165,14 @@ def flag_of(section: str, name: str) -> str:
         if sec == section and name in names:
             return "--" + (names[name] or name).replace("_", "-")
     return name
+
+
+def switch_of(section: str, name: str) -> str:
+    """The flag as a user types it: ``--no-progress`` for a field that is on by default."""
+    flag = flag_of(section, name)
+    cls = next(c for sec, c, _ in SECTIONS if sec == section)
+    default = {f.name: f.default for f in dataclasses.fields(cls)}.get(name)
+    return "--no-" + flag[2:] if default is True else flag
 
 
 def config_from_settings(settings: dict[str, Any]) -> RunConfig:

@@ -133,8 +133,13 @@ class RunConfig:
         limit_test: evaluate on only this many test pairs.
         eval_batch_size: episodes per evaluation batch.
         checkpoint: write a checkpoint after every epoch (a MIN-MTL one is ~7 GB).
+        checkpoint_every_minutes: within an epoch, also write a checkpoint between two batches once
+            this many minutes have passed since the last one (0: after every batch), so that a stopped
+            run loses minutes, not its epoch.
         progress: show a progress bar.
         tf32: use TF32 matmuls and convolutions on CUDA (about 2x faster on Hopper).
+        threads: torch's CPU threads; default the cores this process may use (CPU affinity and cgroup
+            quota), at most torch's own default.
         env: the training env's settings (``benchmark`` and ``seed`` follow ``env_id`` and ``seed``).
         agent: the SB3 agent's hyper-parameters.
         router: the router's architecture.
@@ -149,8 +154,10 @@ class RunConfig:
     limit_test: int | None = None
     eval_batch_size: int = 512
     checkpoint: bool = True
+    checkpoint_every_minutes: float = 10.0
     progress: bool = True
     tf32: bool = True
+    threads: int | None = None
     env: RoutingConfig = field(default_factory=RoutingConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     router: RouterConfig = field(default_factory=RouterConfig)
@@ -166,6 +173,10 @@ class RunConfig:
             raise ValueError(f"epochs must be >= 0, got {self.epochs}")
         if int(self.eval_batch_size) < 1 or (self.limit_test is not None and int(self.limit_test) < 1):
             raise ValueError("eval_batch_size and limit_test must be >= 1")
+        if not self.checkpoint_every_minutes >= 0:
+            raise ValueError(f"checkpoint_every_minutes must be >= 0, got {self.checkpoint_every_minutes}")
+        if self.threads is not None and int(self.threads) < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.router.task_prior_std > 0 and self.algo not in router_policy_algorithms():
             raise ValueError(
                 f"task_prior_std is a RouterPolicy option: use algo {', '.join(router_policy_algorithms())}"

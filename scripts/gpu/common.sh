@@ -4,9 +4,10 @@ T=${T:-540}
 RUN_ARGS=${RUN_ARGS:-}  # flags every run gets (e.g. --no-checkpoint)
 mkdir -p runs
 
-# run NAME ARGS...: train.py in the background into runs/NAME, killed after T s (the run keeps its last
-# whole epoch); resumes runs/NAME when it holds a checkpoint, so calling a launcher again on the same
-# warm machine continues every run.
+# run NAME ARGS...: train.py in the background into runs/NAME, stopped by timeout's SIGTERM after T s
+# (the run finishes its batch and writes a checkpoint first; with --no-checkpoint it dies at once);
+# resumes runs/NAME when it holds a checkpoint, so calling a launcher again on the same warm machine
+# continues every run.
 run() {
   local name=$1; shift
   local resume=""; [ -d runs/$name/checkpoint ] && resume="--resume"
