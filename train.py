@@ -3,12 +3,14 @@
     python train.py --env RoutingMNIST-v0                   # the paper's setting, 100 epochs
     python train.py --env RoutingMIN-v0 --algo static       # the static-network baseline
     python train.py --algo routing_network                  # the original routing network (WPL)
-    python train.py --out runs/x --resume                   # continue a killed run
+    python train.py --out runs/x --resume                   # continue a stopped run
 
 Every epoch: one pass over the training pairs (batches of --batch-size episodes; one PPO update per
 batch), then an exact test pass with deterministic routing. A run folder (--out) gets config.json,
 metrics.jsonl, TensorBoard scalars (tb/), plots and checkpoint/. Every flag sets one field of the
 configuration dataclasses in agents/config.py and routing_env/config.py, which hold the defaults.
+Ctrl-C stops after the current batch with a checkpoint; --resume continues with the run's saved
+settings (flags may change only --epochs and how it runs: see README, "Stopping and resuming").
 """
 
 from __future__ import annotations
@@ -16,31 +18,33 @@ from __future__ import annotations
 import sys
 
 from agents.cli import parse_run_config
-from agents.config import RunConfig
-
-
-def check_run_folder(cfg: RunConfig, resume: bool) -> None:
-    """Refuse to mix runs: a folder that holds a run needs --resume, --resume needs a checkpoint."""
-    out = cfg.out
-    if not resume and (out / "metrics.jsonl").exists():
-        raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    if resume and not (out / "checkpoint" / "state.json").exists() and not (out / "checkpoint.old").exists():
-        raise ValueError(f"--resume: no checkpoint in {out}")
+from agents.run_plan import has_checkpoint, plan_run, resume_command
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg, args, _ = parse_run_config(argv, __doc__)
+    cfg, args, given = parse_run_config(argv, __doc__)
     try:
-        check_run_folder(cfg, args.resume)
-        from agents.training import train
+        try:
+            cfg, resume = plan_run(cfg, given, args.resume)  # before torch loads: fails in a second
+        except ValueError as e:
+            sys.exit(f"error: {e}")
+        from agents.training import TrainingDiverged, TrainingInterrupted, train
         from routing_env.benchmarks import DataError
 
         try:
-            train(cfg, resume=args.resume)
-        except DataError as e:
-            raise ValueError(str(e)) from e
-    except ValueError as e:
-        sys.exit(f"error: {e}")
+            train(cfg, resume=resume)
+        except (ValueError, DataError, TrainingDiverged) as e:
+            sys.exit(f"error: {e}")
+        except TrainingInterrupted as e:
+            print(e, file=sys.stderr)
+            return e.exit_code
+    except KeyboardInterrupt:  # before the loop, a second Ctrl-C, or a run without checkpoints
+        if has_checkpoint(cfg.out):
+            then = f"continue from its last checkpoint with: {resume_command(cfg.out)}"
+        else:
+            then = f"it has no checkpoint yet: {resume_command(cfg.out)} starts it over"
+        print(f"\ninterrupted; {then}", file=sys.stderr)
+        return 130
     return 0
 
 

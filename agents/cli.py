@@ -11,10 +11,12 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from agents.algorithms import ALGORITHMS
-from agents.config import AgentConfig, RouterConfig, RoutingNetworkConfig, RunConfig
+from agents.algorithms import ALGORITHMS, router_policy_algorithms
+from agents.config import PRESETS, AgentConfig, RouterConfig, RoutingNetworkConfig, RunConfig
 from routing_env.config import RoutingConfig
 from routing_env.registration import routing_env_ids
+
+RESUME_HELP = "continue the run in --out from its checkpoint, with its saved settings"
 
 # (section of RunConfig or "run", its dataclass, {field: flag name}); a field without a name keeps its own.
 SECTIONS: list[tuple[str, type, dict[str, str | None]]] = [
@@ -22,6 +24,7 @@ SECTIONS: list[tuple[str, type, dict[str, str | None]]] = [
         "run",
         RunConfig,
         {
+            "preset": None,
             "env_id": "env",
             "algo": None,
             "epochs": None,
@@ -30,8 +33,10 @@ SECTIONS: list[tuple[str, type, dict[str, str | None]]] = [
             "limit_test": None,
             "eval_batch_size": None,
             "checkpoint": None,
+            "checkpoint_every_minutes": None,
             "progress": None,
             "tf32": None,
+            "threads": None,
         },
     ),
     (
@@ -136,14 +141,12 @@ def build_parser(description: str | None = None, raise_errors: bool = False) -> 
             flag = "--" + (flag_name or name).replace("_", "-")
             help_text = docs.get(name, "").replace("%", "%%").replace("``", "")
             dest = f"{section}.{name}"
-            if kind is bool:
-                if default:
-                    flag = "--no-" + flag[2:]
+            if kind is bool:  # --flag / --no-flag: a preset may have turned it either way
                 group.add_argument(
                     flag,
                     dest=dest,
-                    action="store_false" if default else "store_true",
-                    help=f"don't {help_text}" if default else help_text,
+                    action=argparse.BooleanOptionalAction,
+                    help=f"{help_text} (default: {'on' if default else 'off'})",
                     default=argparse.SUPPRESS,
                 )
                 continue
@@ -156,13 +159,13 @@ def build_parser(description: str | None = None, raise_errors: bool = False) -> 
                 dest=dest,
                 type=kind,
                 nargs=2 if pair else None,
-                choices=list(ALGORITHMS) if name == "algo" else None,
+                choices=list(ALGORITHMS) if name == "algo" else list(PRESETS) if name == "preset" else None,
                 default=argparse.SUPPRESS,
                 metavar=None if name == "algo" else (flag_name or name).upper(),
                 help=f"{help_text} (default: {default})",
             )
     parser.add_argument("--no-bonus", action="store_true", help="no collapse bonus (bonus_weight 0)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    parser.add_argument("--resume", action="store_true", help=RESUME_HELP)
     return parser
 
 
@@ -209,11 +212,26 @@ def flag_of(section: str, name: str) -> str:
     return name
 
 
+def switch_of(section: str, name: str) -> str:
+    """The flag as a user types it: ``--no-progress`` for a field that is on by default."""
+    flag = flag_of(section, name)
+    cls = next(c for sec, c, _ in SECTIONS if sec == section)
+    default = {f.name: f.default for f in dataclasses.fields(cls)}.get(name)
+    return "--no-" + flag[2:] if default is True else flag
+
+
 def config_from_settings(settings: dict[str, Any]) -> RunConfig:
     """A :class:`RunConfig` from ``{"section.field": value}`` (sections as in :data:`SECTIONS`); an error
     names the flags (``--limit-train``, not ``max_pairs``)."""
     per_section: dict[str, dict[str, Any]] = {section: {} for section, _, _ in SECTIONS}
-    for key, value in settings.items():
+    preset = settings.get("run.preset", RunConfig.preset)
+    if preset not in PRESETS:
+        raise SettingError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    algo = settings.get("run.algo", RunConfig.algo)
+    # A preset's router settings are for the algorithms whose agent is the router.
+    routed = algo in router_policy_algorithms()
+    base = {k: v for k, v in PRESETS[preset].items() if routed or not k.startswith("router.")}
+    for key, value in {**base, **settings}.items():
         section, _, name = key.partition(".")
         if section not in per_section:
             raise SettingError(f"unknown setting {key!r}")

@@ -20,6 +20,20 @@ DECODER_QUERIES = ("valid", "all")
 CRITIC_ENCODERS = ("shared", "separate")
 REWARD_TIMINGS = ("per_step", "terminal")
 
+# Named settings ({"section.field": value}) that a run starts from before its flags (README "Presets").
+# The paper's explicit rules (per-step rewards, eq. 7; unused modules not updated) are on in both.
+PAPER_READINGS = {"router.decoder_queries": "valid"}  # the router's input holds the valid modules
+PRESETS: dict[str, dict[str, object]] = {
+    "best": {
+        **PAPER_READINGS,
+        "env.bonus_weight": 0.1,
+        "router.task_prior_std": 3.0,  # not in the paper
+        "router.normalize_instance": True,
+        "router.critic_encoder": "separate",
+    },
+    "paper": {**PAPER_READINGS, "env.bonus_weight": 1.0, "router.task_prior_std": 0.0},
+}
+
 
 @dataclass
 class AgentConfig:
@@ -148,6 +162,9 @@ class RunConfig:
     """One training run: what train.py's flags set and what a sweep trial varies.
 
     Attributes:
+        preset: a named set of settings that flags then override (:data:`PRESETS`): ``"best"`` (the default:
+            the best LRN of this project's study, with the task prior, which is not in the paper) or
+            ``"paper"`` (the paper's setting, as README reads it).
         env_id: a routing env id (``RoutingMNIST-v0``, ``RoutingCIFAR-v0``, ``RoutingMIN-v0``, or a
             registered ``module:Id``).
         algo: the algorithm (see ``agents.algorithms.ALGORITHMS``).
@@ -157,14 +174,20 @@ class RunConfig:
         limit_test: evaluate on only this many test pairs (and validation pairs, with ``val_fraction``).
         eval_batch_size: episodes per evaluation batch.
         checkpoint: write a checkpoint after every epoch (a MIN-MTL one is ~7 GB).
+        checkpoint_every_minutes: within an epoch, also write a checkpoint between two batches once
+            this many minutes have passed since the last one (0: after every batch), so that a stopped
+            run loses minutes, not its epoch.
         progress: show a progress bar.
         tf32: use TF32 matmuls and convolutions on CUDA (about 2x faster on Hopper).
+        threads: torch's CPU threads; default the cores this process may use (CPU affinity and cgroup
+            quota), at most torch's own default.
         env: the training env's settings (``benchmark`` and ``seed`` follow ``env_id`` and ``seed``).
         agent: the SB3 agent's hyper-parameters.
         router: the router's architecture.
         routing_network: the original routing network's router.
     """
 
+    preset: str = "best"
     env_id: str = "RoutingMNIST-v0"
     algo: str = "maskable_ppo"
     epochs: int = 100
@@ -173,8 +196,10 @@ class RunConfig:
     limit_test: int | None = None
     eval_batch_size: int = 512
     checkpoint: bool = True
+    checkpoint_every_minutes: float = 10.0
     progress: bool = True
     tf32: bool = True
+    threads: int | None = None
     env: RoutingConfig = field(default_factory=RoutingConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     router: RouterConfig = field(default_factory=RouterConfig)
@@ -184,12 +209,18 @@ class RunConfig:
         from agents.algorithms import ALGORITHMS, router_policy_algorithms
         from routing_env.registration import benchmark_of
 
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; known: {', '.join(PRESETS)}")
         if self.algo not in ALGORITHMS:
             raise ValueError(f"unknown algo {self.algo!r}; known: {', '.join(ALGORITHMS)}")
         if int(self.epochs) < 0:
             raise ValueError(f"epochs must be >= 0, got {self.epochs}")
         if int(self.eval_batch_size) < 1 or (self.limit_test is not None and int(self.limit_test) < 1):
             raise ValueError("eval_batch_size and limit_test must be >= 1")
+        if not self.checkpoint_every_minutes >= 0:
+            raise ValueError(f"checkpoint_every_minutes must be >= 0, got {self.checkpoint_every_minutes}")
+        if self.threads is not None and int(self.threads) < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.router.task_prior_std > 0 and self.algo not in router_policy_algorithms():
             raise ValueError(
                 f"task_prior_std is a RouterPolicy option: use algo {', '.join(router_policy_algorithms())}"

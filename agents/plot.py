@@ -17,12 +17,31 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+# What plot_run writes into a run folder.
+PLOT_FILES = ("accuracy.png", "unused_modules.png", "module_usage.png")
+ACCURACY_PNG, UNUSED_PNG, USAGE_PNG = PLOT_FILES
+
 
 def read_metrics(run: Path) -> list[dict[str, Any]]:
     path = Path(run) / "metrics.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"{run} has no metrics.jsonl: is it a train.py run folder?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return parse_metrics(path)[0]
+
+
+def parse_metrics(path: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """The records of a ``metrics.jsonl`` and its last line when a kill cut it off (else None), which
+    is left out. Any other line that is not JSON raises ValueError."""
+    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:
+                return records, line
+            raise ValueError(f"{path}: line {i + 1} is not JSON ({e})") from e
+    return records, None
 
 
 def settings(config: dict[str, Any]) -> dict[str, Any]:
@@ -78,7 +97,7 @@ def run_label(run: Path) -> str:
 
 
 def plot_run(run: Path, action_names: list[str] | None = None) -> list[Path]:
-    """Write ``accuracy.png``, ``unused_modules.png`` and ``module_usage.png`` into the run folder."""
+    """Write :data:`PLOT_FILES` (accuracy, unused modules, module usage) into the run folder."""
     run = Path(run)
     records = read_metrics(run)
     if not records:
@@ -93,13 +112,13 @@ def plot_run(run: Path, action_names: list[str] | None = None) -> list[Path]:
     ax.set(xlabel="epoch", ylabel="test accuracy (%)", title=run_label(run))
     ax.grid(alpha=0.3)
     ax.legend()
-    written.append(_save(fig, run / "accuracy.png"))
+    written.append(_save(fig, run / ACCURACY_PNG))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(epochs, [r["unused_modules"] for r in records], marker="o")
     ax.set(xlabel="epoch", ylabel="modules unused on the test set", title=run_label(run))
     ax.grid(alpha=0.3)
-    written.append(_save(fig, run / "unused_modules.png"))
+    written.append(_save(fig, run / UNUSED_PNG))
 
     usage = records[-1].get("module_usage")
     if usage:
@@ -110,7 +129,7 @@ def plot_run(run: Path, action_names: list[str] | None = None) -> list[Path]:
         if action_names and len(action_names) >= n_modules:
             ax.set_xticks(range(n_modules), action_names[:n_modules], rotation=90, fontsize=5)
         fig.colorbar(im, ax=ax, label="uses")
-        written.append(_save(fig, run / "module_usage.png"))
+        written.append(_save(fig, run / USAGE_PNG))
     return written
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -13,31 +15,50 @@ from typing import Any
 import numpy as np
 import torch
 
+from agents.plot import PLOT_FILES, parse_metrics
+
 
 class MetricsLog:
-    """``<out>/metrics.jsonl`` (one object per epoch) and TensorBoard scalars under ``<out>/tb``."""
+    """``<out>/metrics.jsonl`` (one object per epoch) and TensorBoard scalars under ``<out>/tb``.
 
-    def __init__(self, out: Path, tensorboard: bool = True) -> None:
+    Args:
+        out: the run folder.
+        tensorboard: also write TensorBoard scalars.
+        purge_step: a resumed run's first epoch: TensorBoard drops what an earlier process logged from
+            that step on (the epochs after the checkpoint), so no step shows twice.
+    """
+
+    def __init__(self, out: Path, tensorboard: bool = True, purge_step: int | None = None) -> None:
         self.path = out / "metrics.jsonl"
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(out / "tb"))
+            self.writer = SummaryWriter(str(out / "tb"), purge_step=purge_step)
 
     def read(self) -> list[dict[str, Any]]:
+        """The records; a last line cut off by a kill is left out, with a warning."""
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        records, torn = parse_metrics(self.path)
+        if torn is not None:
+            print(
+                f"warning: {self.path}: dropped its last line, cut off when the run was stopped "
+                f"({len(torn)} characters)",
+                file=sys.stderr,
+            )
+        return records
 
     def truncate(self, last_epoch: int) -> None:
         """Drop epochs after ``last_epoch`` (written before a kill, after the last checkpoint)."""
         kept = [r for r in self.read() if r["epoch"] <= last_epoch]
-        _atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        atomic_write(self.path, "".join(json_line(r) for r in kept))
 
     def append(self, record: dict[str, Any]) -> None:
+        """Add one epoch's record; a non-finite number is written as null (JSON has no NaN)."""
+        record = finite_or_null(record)
         with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json_line(record))
         if self.writer is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key != "epoch":
@@ -49,7 +70,39 @@ class MetricsLog:
             self.writer.close()
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def finite_or_null(value: Any) -> Any:
+    """``value`` with every NaN or infinity inside it replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value
+
+
+def json_line(record: dict[str, Any]) -> str:
+    return json.dumps(record, allow_nan=False) + "\n"
+
+
+# What a run leaves in its folder besides config.json: a fresh start removes them.
+RUN_FILES = ("metrics.jsonl", "tb", "checkpoint", "checkpoint.tmp", "checkpoint.old")
+
+
+def clear_run(out: Path) -> None:
+    """Remove what an earlier run left in ``out`` (metrics, TensorBoard logs, checkpoints, plots), so a
+    run that starts over there does not mix with it."""
+    for name in RUN_FILES:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    for png in PLOT_FILES:
+        (out / png).unlink(missing_ok=True)
+
+
+def atomic_write(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -71,10 +124,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 class Checkpoint:
-    """``<out>/checkpoint/``: the agent, the env's pool and data walk, RNG states and the epoch.
+    """``<out>/checkpoint/``: the agent, the env's pool and data walk, RNG states and where the run is.
 
-    Written to ``checkpoint.tmp`` and renamed into place, so a kill at any moment leaves the last
-    complete checkpoint: a killed run loses at most the epoch in progress.
+    Written between two batches (after an epoch, or within one, see ``RunConfig.checkpoint_every_minutes``)
+    to ``checkpoint.tmp`` and renamed into place, so a kill at any moment leaves the last complete
+    checkpoint. ``state.json`` holds ``epoch`` (the last complete epoch, -1 for none), ``next_batch`` (the
+    batches of the following epoch already trained) and the wall clock.
     """
 
     def __init__(self, out: Path) -> None:
@@ -110,7 +165,8 @@ class Checkpoint:
         shutil.rmtree(old, ignore_errors=True)
 
     def load(self, trainer: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        """Load the agent into ``trainer``; return (state.json, env state, rng state)."""
+        """Load the agent into ``trainer``; return (state.json, env state, rng state). Tensors load on
+        the CPU (the env copies them to its device), so a run may continue on another device."""
         if not self.exists():
             old = self.folder.with_name("checkpoint.old")
             if (old / "state.json").exists():  # killed between the two renames
@@ -119,6 +175,6 @@ class Checkpoint:
                 raise FileNotFoundError(f"no checkpoint in {self.folder}")
         trainer.load(self.folder)
         state = json.loads((self.folder / "state.json").read_text())
-        env_state = torch.load(self.folder / "env.pt", weights_only=False)
-        rng = torch.load(self.folder / "rng.pt", weights_only=False)
+        env_state = torch.load(self.folder / "env.pt", map_location="cpu", weights_only=False)
+        rng = torch.load(self.folder / "rng.pt", map_location="cpu", weights_only=False)
         return state, env_state, rng

@@ -265,8 +265,9 @@ class RoutingEngine:
         return self._stats.means()
 
     def state_dict(self) -> dict[str, Any]:
-        """Pool, optimizer, data walk and bonus window. Taken between batches it resumes exactly: the
-        batch drawn but not yet stepped is drawn again after :meth:`load_state_dict`."""
+        """Pool, optimizer, data walk, bonus window and the running sums behind :meth:`stats`. Taken
+        between batches it resumes exactly: the batch drawn but not yet stepped is drawn again after
+        :meth:`load_state_dict`."""
         unstarted = self._has_batch and self.step_index == 0 and self._snapshot is not None
         walk = self._snapshot["walk"] if unstarted else self.walk.state_dict()
         augment = self._snapshot["augment"] if unstarted else self.augment_generator.get_state()
@@ -276,6 +277,7 @@ class RoutingEngine:
             "walk": {**walk, "order": walk["order"].cpu()},
             "usage": self.usage.state_dict(),
             "augment_generator": augment,
+            "stats": self._stats.sums.to("cpu", copy=True),  # updated in place: a copy
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -288,5 +290,7 @@ class RoutingEngine:
         self._set_pool_lr()
         self.usage.load_state_dict(state["usage"])
         self.augment_generator.set_state(state["augment_generator"])
+        if "stats" in state:  # checkpoints written before the sums travelled lack them
+            self._stats.sums.copy_(state["stats"])
         self._has_batch = False
         self.step_index = 0

@@ -147,7 +147,11 @@ class PoolOptimizer:
 
     @property
     def lr(self) -> float:
-        return self.base_lr * self.lr_decay**self.passes
+        return self.lr_of_pass(self.passes)
+
+    def lr_of_pass(self, passes: int) -> float:
+        """The learning rate of the batches that begin in pass ``passes``."""
+        return self.base_lr * self.lr_decay**passes
 
     def set_pass(self, passes: int) -> None:
         """The learning rate after ``passes`` completed passes: ``lr * lr_decay ** passes``."""

@@ -20,7 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from agents.cli import SECTIONS, field_docs, flag_of
+from agents.cli import RESUME_HELP, SECTIONS, field_docs, flag_of
 from agents.compatibility import SETUPS
 from agents.plot import describe, plot_runs, read_metrics
 from routing_env.config import RoutingConfig
@@ -235,7 +235,7 @@ def flags_table(_results: Path | None = None) -> str:
                 default = "off"
             rows.append([f"`{flag}`", f"`{default}`", meaning])
     rows.append(["`--no-bonus`", "off", "no collapse bonus (`--bonus-weight 0`)"])
-    rows.append(["`--resume`", "off", "continue the run in `--out` from its checkpoint"])
+    rows.append(["`--resume`", "off", RESUME_HELP.replace("--out", "`--out`")])
     return _markdown(["flag", "default", "meaning"], rows)
 
 

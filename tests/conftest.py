@@ -7,12 +7,16 @@ Fixtures:
         ``name`` ("mnist", "cifar", "min"), else ``fake_data_root``.
     data_root: one folder where every benchmark loads, real data where present, fake otherwise
         (symlinks to either).
+    resume_argv: train.py's flags of the small run the resume tests stop and continue (6 batches per
+        epoch, fake MNIST; one thread: faster for these small ops on a busy CPU).
+    uninterrupted: the metrics records of that run, 3 epochs, without a stop.
 Helpers (import them with ``from datagen import ...``): ``has_real_data(name)``,
 ``requires_real_data(name)`` (a skip marker), ``real_data_root(name)``.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -72,3 +76,23 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def resume_argv(fake_data_root: Path) -> list:
+    return [
+        "--limit-train", 192, "--limit-test", 100, "--batch-size", 32, "--max-depth", 3,
+        "--eval-batch-size", 128, "--device", "cpu", "--duplicates", 2, "--no-progress", "--threads", 1,
+        "--data-root", fake_data_root,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory, resume_argv: list) -> list[dict]:
+    import train
+
+    out = tmp_path_factory.mktemp("runs") / "uninterrupted"
+    assert train.main([str(a) for a in [*resume_argv, "--epochs", 3, "--out", out]]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    return records

@@ -25,6 +25,11 @@ import train
 REPO = Path(__file__).resolve().parents[1]
 
 TINY = ["--device", "cpu", "--duplicates", "2", "--no-progress"]
+# One epoch of 4 batches of 16 episodes, 3 steps each, on the CPU.
+SMALL_RUN = [
+    "--limit-train", 64, "--limit-test", 60, "--batch-size", 16, "--max-depth", 3, "--eval-batch-size", 64,
+    "--minibatch", 8, "--epochs", 1, *TINY,
+]  # fmt: skip
 RECORD_KEYS = {
     "epoch",
     "wall_clock_s",
@@ -152,24 +157,7 @@ def test_plot_cli_draws_several_runs(two_epoch_run: Path, tmp_path: Path) -> Non
     assert not (tmp_path / "no.png").exists()
 
 
-# --- resuming ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def resume_argv(fake_data_root: Path) -> list:
-    return [
-        "--limit-train", 192, "--limit-test", 100, "--batch-size", 32, "--max-depth", 3,
-        "--eval-batch-size", 128, *TINY, "--data-root", fake_data_root,
-    ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory: pytest.TempPathFactory, resume_argv: list) -> list[dict]:
-    out = tmp_path_factory.mktemp("runs") / "uninterrupted"
-    assert run_main([*resume_argv, "--epochs", 3, "--out", out]) == 0
-    records = read_metrics(out)
-    assert [r["epoch"] for r in records] == [0, 1, 2]
-    return records
+# --- resuming (fixtures resume_argv, uninterrupted: conftest.py) -------------------------------------
 
 
 def test_resume_after_a_finished_run_continues_at_the_next_epoch(
@@ -350,10 +338,7 @@ def test_error_exit_of_the_script(two_epoch_run: Path) -> None:
 @pytest.mark.parametrize("algo", ["ppo", "a2c", "dqn", "static"])
 def test_each_algorithm_runs_an_epoch(algo: str, fake_data_root: Path, tmp_path: Path) -> None:
     out = tmp_path / algo
-    argv = [
-        "--algo", algo, "--limit-train", 64, "--limit-test", 60, "--batch-size", 16, "--max-depth", 3,
-        "--eval-batch-size", 64, "--minibatch", 8, "--epochs", 1, *TINY, "--data-root", fake_data_root,
-    ]  # fmt: skip
+    argv = ["--algo", algo, *SMALL_RUN, "--data-root", fake_data_root]
     assert run_main([*argv, "--out", out]) == 0
     (record,) = read_metrics(out)
     assert record["epoch"] == 0 and record["train_episodes"] == 64 and record["test_pairs"] == 60
@@ -376,17 +361,15 @@ def test_each_algorithm_runs_an_epoch(algo: str, fake_data_root: Path, tmp_path:
 def test_task_prior_flag_reaches_config_and_checkpoint(fake_data_root: Path, tmp_path: Path) -> None:
     """--task-prior-std (not in the paper) is recorded in config.json and built into the saved router."""
     out = tmp_path / "prior"
-    argv = [
-        "--task-prior-std", 3, "--limit-train", 64, "--limit-test", 60, "--batch-size", 16, "--max-depth", 3,
-        "--eval-batch-size", 64, "--minibatch", 8, "--epochs", 1, *TINY, "--data-root", fake_data_root,
-    ]  # fmt: skip
+    argv = ["--task-prior-std", 3, *SMALL_RUN, "--data-root", fake_data_root]
     assert run_main([*argv, "--out", out]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["router"]["task_prior_std"] == 3.0
     policy = MaskablePPO.load(out / "checkpoint" / "agent.zip", device="cpu").policy
     assert policy.router_config.task_prior_std == 3.0
     assert policy.router.task_prior.weight.shape == (10, int(policy.action_space.n))
-    assert train.parse_run_config([])[0].router.task_prior_std == 0.0  # the paper's router by default
+    assert train.parse_run_config(["--preset", "paper"])[0].router.task_prior_std == 0.0  # the paper's router
+    assert train.parse_run_config([])[0].router.task_prior_std == 3.0  # the default preset "best" has it
 
 
 def test_cifar_format_runs_end_to_end(fake_data_root: Path, tmp_path: Path) -> None:

@@ -74,7 +74,7 @@ from typing import Any
 
 import torch
 
-from agents.trainers.base import EpisodeCallback
+from agents.trainers.base import BatchCallback, parameter_norm
 from routing_env.engine import RoutingEngine
 
 DEFAULT_LR = {"wpl": 0.01, "reinforce": 0.1}
@@ -205,9 +205,9 @@ class RoutingNetworkTrainer:
         return self.step_actions[d][self._choose(obs["task"], d, sample=False)]
 
     # ----------------------------------------------------------------- training
-    def learn_epoch(self, n_batches: int, on_episodes: EpisodeCallback) -> None:
+    def learn_epoch(self, n_batches: int, after_batch: BatchCallback) -> int:
         engine = self.engine
-        for _ in range(n_batches):
+        for done in range(1, n_batches + 1):
             engine.begin_batch()
             tasks = engine.tasks
             choices = []
@@ -224,7 +224,9 @@ class RoutingNetworkTrainer:
             if choices:
                 final = out.final["correct"].float() * 2 - 1  # +1 correct, -1 wrong
                 self.update(tasks, torch.stack(choices, dim=1), final)
-            on_episodes(engine.batch_size)
+            if after_batch(engine.batch_size):
+                return done
+        return n_batches
 
     def returns(self, choices: torch.Tensor, final_reward: torch.Tensor) -> torch.Tensor:
         """``(B, R)`` undiscounted returns: final reward plus the collaboration rewards from each depth."""
@@ -274,6 +276,9 @@ class RoutingNetworkTrainer:
 
     def router_lr(self, epoch: int) -> float:
         return self.lr
+
+    def health(self) -> dict[str, float]:
+        return {"router table norm": parameter_norm([self.table, self.q])}
 
     # ----------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:

@@ -15,24 +15,43 @@ from typing import Any
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
 from agents.config import RunConfig
 from agents.policy import RouterFeaturesExtractor, RouterPolicy
 from agents.rollout import LRNA2C, LRNPPO, LRNMaskablePPO
-from agents.trainers.base import EpisodeCallback
+from agents.trainers.base import BatchCallback, parameter_norm
 from routing_env.sb3_vec_env import RoutingSB3VecEnv
 
 
-class _EpisodesPerRollout(BaseCallback):
-    def __init__(self, on_episodes: EpisodeCallback, episodes_per_rollout: int) -> None:
+class _StopAtBoundary(Exception):
+    """Raised out of ``learn`` when the batch callback asks to stop between two batches."""
+
+
+class _BatchBoundaries(BaseCallback):
+    """Calls the loop's batch callback between batches: at the start of a rollout that begins a batch
+    (the last batch's updates are done, the next batch is drawn but not stepped), except the first of a
+    ``learn`` call. On-policy algorithms start a rollout per batch, DQN one per step: a batch begins when
+    the timesteps so far are a whole number of batches."""
+
+    def __init__(self, after_batch: BatchCallback, batch_size: int, batch_steps: int) -> None:
         super().__init__()
-        self.on_episodes, self.episodes = on_episodes, episodes_per_rollout
+        self.after_batch, self.batch_size, self.batch_steps = after_batch, batch_size, batch_steps
+        self.batches = 0
+        self.started = False
 
     def _on_step(self) -> bool:
         return True
 
-    def _on_rollout_end(self) -> None:
-        self.on_episodes(self.episodes)
+    def _on_rollout_start(self) -> None:
+        if self.model.num_timesteps % self.batch_steps:
+            return  # within a batch
+        if not self.started:
+            self.started = True
+            return
+        self.batches += 1
+        if self.after_batch(self.batch_size):
+            raise _StopAtBoundary
 
 
 class Constant:
@@ -53,7 +72,6 @@ class SB3Trainer:
         env: the training env.
         cfg: the run's configuration (seed, router lr and its decay).
         kwargs: the algorithm's constructor arguments (policy, hyper-parameters).
-        on_policy: one rollout per batch (PPO, A2C); else the progress is counted per ``learn`` call.
     """
 
     def __init__(
@@ -62,12 +80,11 @@ class SB3Trainer:
         env: RoutingSB3VecEnv,
         cfg: RunConfig,
         kwargs: dict[str, Any],
-        on_policy: bool = True,
     ) -> None:
-        self.algo_class, self.env, self.on_policy = algo_class, env, on_policy
+        self.algo_class, self.env = algo_class, env
         self.lr, self.lr_decay = cfg.router_lr, cfg.env.lr_decay
         self.device = str(env.engine.device)
-        if on_policy:
+        if issubclass(algo_class, OnPolicyAlgorithm):
             kwargs = {**kwargs, "reward_timing": cfg.agent.reward_timing}
             if env.engine.device.type == "cuda":  # one fused kernel per router update
                 kwargs["policy_kwargs"] = {**kwargs["policy_kwargs"], "optimizer_kwargs": {"fused": True}}
@@ -86,13 +103,25 @@ class SB3Trainer:
         self.model.learning_rate = lr
         self.model.lr_schedule = Constant(lr)
 
-    def learn_epoch(self, n_batches: int, on_episodes: EpisodeCallback) -> None:
-        steps = n_batches * self.env.num_envs * self.env.engine.max_depth
-        callback = _EpisodesPerRollout(on_episodes, self.env.num_envs) if self.on_policy else None
-        # log_interval=None: the run writes its own metrics; SB3's logger would read the device every rollout.
-        self.model.learn(steps, reset_num_timesteps=False, callback=callback, log_interval=None)
-        if callback is None:
-            on_episodes(n_batches * self.env.num_envs)
+    def learn_epoch(self, n_batches: int, after_batch: BatchCallback) -> int:
+        batch_steps = self.env.num_envs * self.env.engine.max_depth
+        callback = _BatchBoundaries(after_batch, self.env.num_envs, batch_steps)
+        try:
+            # log_interval=None: the run writes its own metrics (SB3's would read the device every rollout)
+            self.model.learn(
+                n_batches * batch_steps, reset_num_timesteps=False, callback=callback, log_interval=None
+            )
+        except _StopAtBoundary:
+            return callback.batches
+        after_batch(self.env.num_envs)  # the last batch: its update ended learn()
+        return n_batches
+
+    def health(self) -> dict[str, float]:
+        # SB3 read the losses of its last update to the host to log them; the norm is one device read.
+        logged = self.model.logger.name_to_value
+        values = {k.removeprefix("train/"): float(v) for k, v in logged.items() if k.endswith("loss")}
+        values["router parameter norm"] = parameter_norm(self.model.policy.parameters())
+        return values
 
     @torch.no_grad()
     def act(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -163,4 +192,4 @@ def dqn(env: RoutingSB3VecEnv, cfg: RunConfig) -> SB3Trainer:
         exploration_fraction=0.1,
         policy_kwargs=dict(features_extractor_class=RouterFeaturesExtractor),
     )
-    return SB3Trainer(DQN, env, cfg, kwargs, on_policy=False)
+    return SB3Trainer(DQN, env, cfg, kwargs)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from agents.trainers.base import EpisodeCallback
+from agents.trainers.base import BatchCallback
 
 
 class StaticTrainer:
@@ -33,18 +33,23 @@ class StaticTrainer:
             return torch.full_like(obs["task"], k)
         return 4 + obs["task"]
 
-    def learn_epoch(self, n_batches: int, on_episodes: EpisodeCallback) -> None:
-        for _ in range(n_batches):
+    def learn_epoch(self, n_batches: int, after_batch: BatchCallback) -> int:
+        for done in range(1, n_batches + 1):
             self.engine.begin_batch()
             for _ in range(self.engine.max_depth):
                 self.engine.step(self.act(self.engine.observation()))
-            on_episodes(self.engine.batch_size)
+            if after_batch(self.engine.batch_size):
+                return done
+        return n_batches
 
     def set_epoch(self, epoch: int) -> None:
         pass  # the pool's lr decays with the engine's passes
 
     def router_lr(self, epoch: int) -> None:
         return None  # no router
+
+    def health(self) -> dict[str, float]:
+        return {}  # nothing learns here but the pool, which the loop checks through the engine
 
     def save(self, folder: Path) -> None:
         pass  # everything lives in the engine, which the training loop checkpoints
