@@ -44,10 +44,27 @@ def parse_metrics(path: Path) -> tuple[list[dict[str, Any]], str | None]:
     return records, None
 
 
+# What runs made before a setting existed did: the behaviour of the code that made them.
+BEFORE_OPTIONS = {
+    "reward_timing": "terminal",
+    "freeze_unused": False,
+    "decoder_queries": "all",
+    "normalize_instance": False,
+    "critic_encoder": "shared",
+    "task_prior_std": 0.0,
+    "val_fraction": 0.0,
+    "augment": False,
+    "weight_decay": 0.0,
+    "module_dropout": 0.0,
+    "bonus_warmup": 0,
+}
+
+
 def settings(config: dict[str, Any]) -> dict[str, Any]:
     """A run's settings from its config.json, flat: ``algo``, ``seed``, ``epochs``, the env's fields, the
     agent's and the router's, and ``rn_learner``. Reads both the nested layout train.py writes and the
-    flat one of runs made before it (``env_config``, ``algo_config``, ``task_prior``)."""
+    flat one of runs made before it (``env_config``, ``algo_config``, ``task_prior``); a setting a run's
+    code did not have yet reads as what that code did (:data:`BEFORE_OPTIONS`)."""
     if "env_id" in config:  # nested: RunConfig.to_dict()
         flat = {**config["env"], **config["agent"], **config["router"]}
         flat["rn_learner"] = config["routing_network"]["learner"]
@@ -59,6 +76,8 @@ def settings(config: dict[str, Any]) -> dict[str, Any]:
         flat.setdefault("bonus_warmup", config.get("bonus_warmup", 0))
         for key in ("duplicates", "max_depth", "bonus_weight", "ent_coef", "minibatch_unit"):
             flat.setdefault(key, config.get(key))
+    for key, value in BEFORE_OPTIONS.items():
+        flat.setdefault(key, value)
     for key in ("algo", "seed", "epochs"):
         flat[key] = config.get(key)
     return flat
@@ -68,15 +87,32 @@ def describe(config: dict[str, Any]) -> str:
     """A run's setting in words, from its config.json (README's tables and the figures' legends)."""
     s = settings(config)
     algo = s["algo"]
+    beyond = [
+        text
+        for text, on in (
+            ("augmentation", s["augment"]),
+            (f"weight decay {s['weight_decay']:g}", s["weight_decay"]),
+            (f"module dropout {s['module_dropout']:g}", s["module_dropout"]),
+        )
+        if on
+    ]
     if algo == "static":
-        return "static network"
+        return ", ".join(["static network", *beyond])
     if algo == "routing_network":
-        return f"routing network ({s['rn_learner']}, {s['duplicates']} modules/depth)"
+        return ", ".join([f"routing network ({s['rn_learner']}, {s['duplicates']} modules/depth)", *beyond])
     bonus = s.get("bonus_weight", 1.0)
     parts = [f"LRN ({algo})", f"d{s['duplicates']} L{s['max_depth']}"]
     parts.append("no bonus" if bonus == 0 else f"bonus {bonus:g}")
     if s.get("bonus_warmup") and bonus > 0:
         parts.append(f"bonus from epoch {s['bonus_warmup']}")
+    parts.append("per-step rewards" if s["reward_timing"] == "per_step" else "terminal reward")
+    parts.append("unused modules frozen" if s["freeze_unused"] else "plain Adam")
+    if s["decoder_queries"] == "valid":
+        parts.append("valid-action queries")
+    if s["normalize_instance"]:
+        parts.append("normalised instance token")
+    if s["critic_encoder"] == "separate":
+        parts.append("separate critic")
     if s.get("task_prior_std"):
         parts.append(f"task prior {s['task_prior_std']:g}")
     if s.get("ent_coef"):
@@ -85,7 +121,7 @@ def describe(config: dict[str, Any]) -> str:
         parts.append(f"router lr {s['router_lr']:g}")
     if s.get("minibatch_unit") == "transitions":
         parts.append("minibatch 64 transitions")
-    return ", ".join(parts)
+    return ", ".join(parts + beyond)
 
 
 def run_label(run: Path) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 
 from agents.cli import RESUME_HELP, SECTIONS, field_docs, flag_of
 from agents.compatibility import SETUPS
+from agents.config import PRESETS
 from agents.plot import describe, plot_runs, read_metrics
 from routing_env.config import RoutingConfig
 
@@ -64,15 +65,17 @@ FIGURES = [
         ],
     ),
 ]
+# (JSON keys, the first present is shown; label; format). The script of before this session named
+# LRN training's peak memory peak_gpu_memory_gb.
 BENCH_ROWS = [
-    ("env_episodes_per_second", "env alone, episodes/s (random valid actions, module training)", "{:.0f}"),
-    ("env_epoch_seconds", "env alone, s per MNIST-MTL epoch (100k episodes)", "{:.1f}"),
-    ("vec_env_episodes_per_second", "SB3 VecEnv (numpy in/out), episodes/s", "{:.0f}"),
-    ("lrn_epoch_seconds", "LRN training (MaskablePPO + router + modules), s per epoch", "{:.1f}"),
-    ("static_epoch_seconds", "static network, same engine, s per epoch", "{:.1f}"),
-    ("lrn_over_static", "LRN / static time per epoch", "{:.2f}x"),
-    ("eval_seconds", "evaluation pass (all test pairs), s", "{:.2f}"),
-    ("peak_gpu_memory_gb", "peak GPU memory, GB", "{:.2f}"),
+    (["env_episodes_per_second"], "env alone, episodes/s (random valid actions, module training)", "{:.0f}"),
+    (["env_epoch_seconds"], "env alone, s per MNIST-MTL epoch (100k episodes)", "{:.1f}"),
+    (["lrn_epoch_seconds"], "LRN training (MaskablePPO + router + modules), s per epoch", "{:.1f}"),
+    (["static_epoch_seconds"], "static network, same engine, s per epoch", "{:.1f}"),
+    (["lrn_over_static"], "LRN / static time per epoch", "{:.2f}x"),
+    (["eval_seconds"], "evaluation pass (all test pairs), s", "{:.2f}"),
+    (["lrn_peak_gpu_memory_gb", "peak_gpu_memory_gb"], "MNIST-MTL LRN peak GPU memory, GB", "{:.2f}"),
+    (["checkpoint_mb"], "MNIST-MTL checkpoint, MB", "{:.0f}"),
 ]
 BENCHMARK_NAMES = {"mnist": "MNIST-MTL", "cifar": "CIFAR-MTL", "min": "MIN-MTL"}
 # LRN paper, Table 1: test accuracy (%) of LRN and of the original routing network.
@@ -83,8 +86,7 @@ def rows(results: Path) -> list[list[str]]:
     out = []
     for bench in ("mnist", "cifar", "min"):
         for run, config, records in _runs(results, bench):
-            last = records[-1]
-            best = max(records, key=lambda r: r["test_accuracy"])
+            last, picked = records[-1], val_picked(records)
             out.append(
                 [
                     BENCHMARK_NAMES[bench],
@@ -92,7 +94,7 @@ def rows(results: Path) -> list[list[str]]:
                     describe(config),
                     f"{100 * last['test_accuracy']:.2f}",
                     f"{100 * last['test_balanced_accuracy']:.2f}",
-                    f"{100 * best['test_accuracy']:.2f} (ep {best['epoch']})",
+                    f"{100 * picked['test_accuracy']:.2f} (ep {picked['epoch']})" if picked else "-",
                     str(last["unused_modules"]),
                     f"{last['epoch'] + 1}/{config['epochs']}",
                     f"{last['wall_clock_s'] / 60:.1f}",
@@ -101,6 +103,13 @@ def rows(results: Path) -> list[list[str]]:
                 ]
             )
     return out
+
+
+def val_picked(records: list[dict]) -> dict | None:
+    """The epoch the validation split picks (highest validation accuracy, the earliest of ties); None for
+    runs without a validation split. Never the best test epoch."""
+    with_val = [r for r in records if r.get("val_accuracy") is not None]
+    return max(with_val, key=lambda r: (r["val_accuracy"], -r["epoch"])) if with_val else None
 
 
 def _runs(results: Path, bench: str) -> list[tuple[Path, dict, list[dict]]]:
@@ -130,7 +139,7 @@ def seeds_table(results: Path) -> str:
         "setting",
         "seeds",
         "test acc % (last)",
-        "best test acc %",
+        "test acc % (val-picked epoch)",
         "epochs",
         "paper LRN %",
     ]
@@ -144,7 +153,7 @@ def seeds_table(results: Path) -> str:
             if len(seeds) < 2:
                 continue
             last = [100 * r[-1]["test_accuracy"] for _, r in runs]
-            best = [100 * max(x["test_accuracy"] for x in r) for _, r in runs]
+            picked = [100 * p["test_accuracy"] for _, r in runs if (p := val_picked(r))]
             epochs = sorted({r[-1]["epoch"] + 1 for _, r in runs})
             out.append(
                 [
@@ -152,7 +161,7 @@ def seeds_table(results: Path) -> str:
                     setting,
                     ", ".join(map(str, seeds)),
                     _mean_std(last),
-                    _mean_std(best),
+                    _mean_std(picked) if len(picked) == len(runs) else "-",
                     "-".join(map(str, (epochs[0], epochs[-1]))) if len(epochs) > 1 else str(epochs[0]),
                     str(PAPER[bench][0]),
                 ]
@@ -177,7 +186,7 @@ def table(results: Path) -> str:
         "setting",
         "test acc % (last)",
         "balanced %",
-        "best test acc %",
+        "test acc % (val-picked epoch)",
         "unused modules",
         "epochs",
         "minutes",
@@ -188,27 +197,117 @@ def table(results: Path) -> str:
 
 
 def bench_table(results: Path) -> str:
-    """One column per device in results/bench/*.json."""
-    reports = [json.loads(p.read_text()) for p in sorted((results / "bench").glob("*.json"))]
-    if not reports:
+    """One column per measurement in results/bench/*.json: each file's default, then its variants."""
+    columns: list[tuple[str, dict]] = []
+    paths = sorted((results / "bench").glob("*.json"), key=lambda p: (not p.stem.endswith("_before"), p.name))
+    for path in paths:
+        report = json.loads(path.read_text())
+        name = report["device"] + (" (code before this session)" if path.stem.endswith("_before") else "")
+        columns.append((name, report))
+        for variant, values in report.get("variants", {}).items():
+            columns.append(
+                (f"{report['device']}, {variant}", {**report, **values, "memory": {}, "parallel": {}})
+            )
+    if not columns:
         return "(no benchmark results yet)"
-    header = (
-        "| measure | "
-        + " | ".join(f"{r['device']}, {r.get('dispatch', '?')} dispatch" for r in reports)
-        + " |"
-    )
-    lines = [header, "|---|" + "---|" * len(reports)]
-    for key, label, fmt in BENCH_ROWS:
-        cells = [fmt.format(r[key]) if key in r else "-" for r in reports]
+    lines = ["| measure | " + " | ".join(name for name, _ in columns) + " |", "|---|" + "---|" * len(columns)]
+    for keys, label, fmt in BENCH_ROWS:
+        cells = []
+        for _, r in columns:
+            key = next((k for k in keys if k in r), None)
+            cells.append(fmt.format(r[key]) if key else "-")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    memory_rows = [
+        ("min", "epoch_seconds", "MIN-MTL d10 L6 LRN, s per epoch (alone)", "{:.1f}"),
+        ("min", "peak_gpu_memory_gb", "MIN-MTL d10 L6 LRN, peak GPU memory, GB", "{:.2f}"),
+        (
+            "min:dispatch=dense",
+            "epoch_seconds",
+            "MIN-MTL d10 L6 LRN with dense dispatch, s per epoch",
+            "{:.1f}",
+        ),
+        (
+            "min:dispatch=dense",
+            "peak_gpu_memory_gb",
+            "MIN-MTL d10 L6 LRN with dense dispatch, peak GB",
+            "{:.2f}",
+        ),
+    ]
+    for spec, key, label, fmt in memory_rows:
+        cells = [
+            fmt.format(r["memory"][spec][key]) if spec in r.get("memory", {}) else "-" for _, r in columns
+        ]
+        if any(c != "-" for c in cells):
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     for n in ("1", "2", "4", "8"):
         cells = [
             f"{r['parallel'][n]['total_episodes_per_second']:.0f}" if n in r.get("parallel", {}) else "-"
-            for r in reports
+            for _, r in columns
         ]
         if any(c != "-" for c in cells):
             lines.append(f"| {n} LRN trainings at once, total episodes/s | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# The study (issue 12): each row is the run folders of one setting (one per seed), MIN-MTL d10 L6 unless
+# named, 10 % of the training pairs held out for validation. "As before" is the code at this session's
+# start: the whole reward at the last step, one Adam over the pool, the decoder's queries over every action.
+ABLATION = [
+    (
+        "paper's router as before (terminal reward, plain Adam, all-action queries), bonus 1",
+        "min/abl-paper_before_s*",
+    ),
+    ("+ per-step rewards (eq. 7) only", "min/abl-per_step_s*"),
+    ("+ unused modules frozen only", "min/abl-freeze_unused_s*"),
+    ("+ valid-action decoder queries only", "min/abl-valid_decoder_s*"),
+    ("+ normalised instance token only", "min/abl-normalize_instance_s*"),
+    ("+ separate critic encoder only", "min/abl-separate_critic_s*"),
+    ("all five, bonus 1", "min/abl-all_s*"),
+    ("all five, no bonus", "min/abl-all_nobonus_s*"),
+    ("all five + task prior 3, bonus 0.1 (`--preset best`)", "min/abl-all_prior_s*"),
+    ("MNIST-MTL: all five, bonus 1", "mnist/abl-all_s*"),
+    ("MNIST-MTL: `--preset best`", "mnist/abl-all_prior_s*"),
+]
+
+
+def ablation_table(results: Path) -> str:
+    """The study's rows: mean ± std over seeds of the last epoch's and the validation-picked epoch's test
+    accuracy."""
+    header = [
+        "setting",
+        "seeds",
+        "epochs",
+        "test acc % (last)",
+        "balanced % (last)",
+        "test acc % (val-picked)",
+    ]
+    out = []
+    for label, pattern in ABLATION:
+        runs = [read_metrics(p.parent) for p in sorted(results.glob(pattern + "/metrics.jsonl"))]
+        runs = [r for r in runs if r]
+        if not runs:
+            continue
+        epochs = sorted({r[-1]["epoch"] + 1 for r in runs})
+        out.append(
+            [
+                label,
+                str(len(runs)),
+                "-".join(map(str, (epochs[0], epochs[-1]))) if len(epochs) > 1 else str(epochs[0]),
+                _mean_std([100 * r[-1]["test_accuracy"] for r in runs]),
+                _mean_std([100 * r[-1]["test_balanced_accuracy"] for r in runs]),
+                _mean_std([100 * val_picked(r)["test_accuracy"] for r in runs]),
+            ]
+        )
+    return _markdown(header, out)
+
+
+def presets_table(_results: Path | None = None) -> str:
+    """What each ``--preset`` sets (before the flags, which override it)."""
+    rows = [
+        [f"`{name}`", ", ".join(f"`{flag_of(*k.split('.'))} {v}`" for k, v in settings.items())]
+        for name, settings in PRESETS.items()
+    ]
+    return _markdown(["preset", "settings (flag value)"], rows)
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -231,8 +330,7 @@ def flags_table(_results: Path | None = None) -> str:
         for name in names:
             default, flag, meaning = _default(fields[name]), flag_of(section, name), _md(docs[name])
             if isinstance(default, bool):
-                flag, meaning = ("--no-" + flag[2:], f"don't {meaning}") if default else (flag, meaning)
-                default = "off"
+                flag, default = "--[no-]" + flag[2:], "on" if default else "off"
             rows.append([f"`{flag}`", f"`{default}`", meaning])
     rows.append(["`--no-bonus`", "off", "no collapse bonus (`--bonus-weight 0`)"])
     rows.append(["`--resume`", "off", RESUME_HELP.replace("--out", "`--out`")])
@@ -272,6 +370,8 @@ BLOCKS = {
     "results-table": lambda results: table(results),
     "seeds-table": lambda results: seeds_table(results),
     "bench-table": lambda results: bench_table(results),
+    "ablation-table": ablation_table,
+    "presets-table": presets_table,
     "env-kwargs": env_kwargs_table,
     "flags-table": flags_table,
     "algorithms-table": algorithms_table,
