@@ -128,7 +128,9 @@ def build_parser(description: str | None = None, raise_errors: bool = False) -> 
     """train.py's parser; with ``raise_errors`` a bad flag raises :class:`SettingError` (for callers
     that are not a command line, such as a sweep file)."""
     parser = (_RaisingParser if raise_errors else argparse.ArgumentParser)(
-        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # a mistyped flag (--duplicate) is an error, not a guess
     )
     for section, cls, names in SECTIONS:
         group = parser.add_argument_group(f"{section} ({cls.__name__})")

@@ -121,6 +121,8 @@ def describe(config: dict[str, Any]) -> str:
         parts.append(f"router lr {s['router_lr']:g}")
     if s.get("minibatch_unit") == "transitions":
         parts.append("minibatch 64 transitions")
+    if s.get("val_fraction"):
+        parts.append(f"val split {s['val_fraction']:g}")
     return ", ".join(parts + beyond)
 
 

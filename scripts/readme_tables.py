@@ -30,6 +30,16 @@ ROOT = Path(__file__).resolve().parents[1]
 # Figures README shows: (file under results/, run folders under results/), one curve per run.
 FIGURES = [
     (
+        "min/figure_study.png",
+        [
+            "min/abl-paper_before_s0",
+            "min/abl-per_step_s0",
+            "min/abl-all_s0",
+            "min/abl-all_prior_s0",
+            "min/best-lrn_s0",
+        ],
+    ),
+    (
         "min/figure_task_prior.png",
         [
             "min/sweep1-lrn_default",
@@ -128,8 +138,9 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _mean_std(values: list[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {std:.2f}"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
 def seeds_table(results: Path) -> str:
@@ -264,9 +275,11 @@ ABLATION = [
     ("+ separate critic encoder only", "min/abl-separate_critic_s*"),
     ("all five, bonus 1", "min/abl-all_s*"),
     ("all five, no bonus", "min/abl-all_nobonus_s*"),
-    ("all five + task prior 3, bonus 0.1 (`--preset best`)", "min/abl-all_prior_s*"),
+    ("all five + task prior 3, bonus 0.1", "min/abl-all_prior_s*"),
+    ("as before + task prior 3, bonus 0.1 (`--preset best`)", "min/best-lrn_s*"),
     ("MNIST-MTL: all five, bonus 1", "mnist/abl-all_s*"),
-    ("MNIST-MTL: `--preset best`", "mnist/abl-all_prior_s*"),
+    ("MNIST-MTL: all five + task prior 3, bonus 0.1", "mnist/abl-all_prior_s*"),
+    ("MNIST-MTL: `--preset best`", "mnist/best-lrn_s*"),
 ]
 
 

@@ -20,7 +20,9 @@ def results_table():
     return module
 
 
-def _write_run(folder: Path, seed: int, accuracies: list[float], task_prior: float = 3.0) -> None:
+def _write_run(
+    folder: Path, seed: int, accuracies: list[float], task_prior: float = 3.0, val: list[float] | None = None
+) -> None:
     folder.mkdir(parents=True)
     config = {
         "algo": "maskable_ppo",
@@ -38,6 +40,7 @@ def _write_run(folder: Path, seed: int, accuracies: list[float], task_prior: flo
             "test_balanced_accuracy": a,
             "unused_modules": 3,
             "wall_clock_s": 60.0 * (e + 1),
+            **({"val_accuracy": val[e]} if val else {}),
         }
         for e, a in enumerate(accuracies)
     ]
@@ -46,21 +49,22 @@ def _write_run(folder: Path, seed: int, accuracies: list[float], task_prior: flo
 
 def test_tables_and_seed_aggregation(results_table, tmp_path: Path) -> None:
     results = tmp_path / "results"
-    _write_run(results / "min" / "a_s0", 0, [0.2, 0.5, 0.4])
-    _write_run(results / "min" / "a_s1", 1, [0.3, 0.6])
+    # test accuracy 0.2, 0.5, 0.4; validation peaks at epoch 2 (not the best test epoch 1)
+    _write_run(results / "min" / "a_s0", 0, [0.2, 0.5, 0.4], val=[0.1, 0.3, 0.35])
+    _write_run(results / "min" / "a_s1", 1, [0.3, 0.6], val=[0.5, 0.5])  # a tie: the earlier epoch
     _write_run(results / "min" / "single", 0, [0.25], task_prior=0.0)  # one seed: no seeds row
 
     table = results_table.table(results)
-    assert "| MIN-MTL | `a_s0` | LRN (maskable_ppo), d10 L6, bonus 0.1, task prior 3 | 40.00 |" in table
-    assert "50.00 (ep 1)" in table and "| 3/100 |" in table and "test card" in table
+    setting = "LRN (maskable_ppo), d10 L6, bonus 0.1, terminal reward, plain Adam, task prior 3"
+    assert f"| MIN-MTL | `a_s0` | {setting} | 40.00 | 40.00 | 40.00 (ep 2) |" in table
+    assert f"| MIN-MTL | `a_s1` | {setting} | 60.00 | 60.00 | 30.00 (ep 0) |" in table
+    assert "| 3/100 |" in table and "test card" in table
+    assert "| 25.00 | 25.00 | - |" in table  # no validation split: no val-picked value, never the best test
 
     seeds = results_table.seeds_table(results).splitlines()
     assert len(seeds) == 3  # header, rule, one setting
-    # last 40 / 60 -> 50 ± 14.14; best 50 / 60 -> 55 ± 7.07; epochs reached 2 and 3
-    assert seeds[2] == (
-        "| MIN-MTL | LRN (maskable_ppo), d10 L6, bonus 0.1, task prior 3 | 0, 1 | 50.00 ± 14.14 "
-        "| 55.00 ± 7.07 | 2-3 | 53.0 |"
-    )
+    # last 40 / 60 -> 50 ± 14.14; val-picked 40 / 30 -> 35 ± 7.07; epochs reached 2 and 3
+    assert seeds[2] == f"| MIN-MTL | {setting} | 0, 1 | 50.00 ± 14.14 | 35.00 ± 7.07 | 2-3 | 53.0 |"
 
 
 def test_readme_blocks_are_replaced_and_missing_ones_refused(results_table) -> None:

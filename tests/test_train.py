@@ -265,6 +265,7 @@ def test_unknown_env(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
         (["--limit-train", "0"], "--limit-train must be >= 1"),
         (["--max-depth", "1"], "--max-depth must be >= 2"),
         (["--algo", "sac"], "invalid choice: 'sac'"),
+        (["--duplicate", "3"], "unrecognized arguments: --duplicate 3"),  # no abbreviations
         (["--device", "tpu"], "unknown --device 'tpu'"),
         (["--task-prior-std", "-1"], "--task-prior-std must be >= 0"),
         (["--task-prior-std", "3", "--algo", "dqn"], "--task-prior-std is a RouterPolicy option"),
