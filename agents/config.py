@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from routing_env.config import RoutingConfig
+from routing_env.config import RoutingConfig, from_known_kwargs
 
 MINIBATCH_UNITS = ("episodes", "transitions")
 RN_LEARNERS = ("wpl", "reinforce")
@@ -135,7 +135,7 @@ class RouterConfig:
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> RouterConfig:
         """Like the constructor, but an unknown keyword gets one error that lists the known ones."""
-        return _from_kwargs(cls, "router", kwargs)
+        return from_known_kwargs(cls, kwargs, "router keywords")
 
 
 @dataclass
@@ -257,11 +257,3 @@ def json_ready(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
-
-
-def _from_kwargs(cls: type, what: str, kwargs: dict[str, Any]) -> Any:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(kwargs) - known)
-    if unknown:
-        raise TypeError(f"unknown {what} keywords {unknown}; known: {sorted(known)}")
-    return cls(**kwargs)

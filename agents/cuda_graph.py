@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from routing_env.pool_step import no_garbage_collection
+from routing_env.pool_step import no_garbage_collection, on_side_stream
 
 WARMUP_CALLS = 2  # eager calls on a side stream before a capture (cuDNN and lazy initialisation)
 
@@ -33,13 +33,8 @@ class GraphedInference:
         entry = self.entries.setdefault(key, {"warm": 0, "graph": None})
         if entry["graph"] is None:
             if entry["warm"] < WARMUP_CALLS:
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
-                    out = self.fn(*inputs)
-                torch.cuda.current_stream().wait_stream(side)
                 entry["warm"] += 1
-                return out
+                return on_side_stream(self.fn, *inputs)
             entry["inputs"] = [t.clone() for t in inputs]
             graph = torch.cuda.CUDAGraph()
             with no_garbage_collection(), torch.cuda.graph(graph):

@@ -66,10 +66,6 @@ class DeviceRolloutBuffer(MaskableDictRolloutBuffer):
     def returns(self) -> np.ndarray:  # type: ignore[override]
         return self.t_returns.cpu().numpy()
 
-    @property
-    def rewards(self) -> np.ndarray:  # type: ignore[override]
-        return self.t_rewards.cpu().numpy()
-
     def add_tensors(
         self,
         obs: dict[str, torch.Tensor],

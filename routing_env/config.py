@@ -139,11 +139,7 @@ class RoutingConfig:
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> RoutingConfig:
         """Like the constructor, but an unknown kwarg gets one error that lists the known ones."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(kwargs) - known)
-        if unknown:
-            raise TypeError(f"unknown env kwargs {unknown}; known: {sorted(known)}")
-        return cls(**kwargs)
+        return from_known_kwargs(cls, kwargs, "env kwargs")
 
     @property
     def sequential(self) -> bool:
@@ -155,6 +151,15 @@ class RoutingConfig:
         if "split" in changes and "train_modules" not in changes:
             changes["train_modules"] = None
         return dataclasses.replace(self, **changes)
+
+
+def from_known_kwargs(cls: type, kwargs: dict[str, Any], what: str) -> Any:
+    """``cls(**kwargs)`` for a dataclass, with one error listing the known fields for unknown keywords."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise TypeError(f"unknown {what} {unknown}; known: {sorted(known)}")
+    return cls(**kwargs)
 
 
 def resolve_device(device: str) -> Any:

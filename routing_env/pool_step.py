@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,17 @@ from routing_env.network import run_routes
 from routing_env.pool_optimizer import PoolOptimizer
 
 WARMUP_STEPS = 2  # eager steps (on a side stream) before the capture, as torch.cuda.graph requires
+
+
+def on_side_stream(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` on a side CUDA stream, ordered after and before the current one: how the eager calls
+    before a capture must run (torch.cuda.graph's warm-up rule)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        out = fn(*args)
+    torch.cuda.current_stream().wait_stream(side)
+    return out
 
 
 @contextlib.contextmanager
@@ -105,13 +117,8 @@ class PoolStep:
             if not self.cuda_graph:
                 return self._eager(images, route, labels, n_episodes)
             if self._graph is None and self._eager_steps < WARMUP_STEPS:
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
-                    out = self._eager(images, route, labels, n_episodes)
-                torch.cuda.current_stream().wait_stream(side)
                 self._eager_steps += 1
-                return out
+                return on_side_stream(self._eager, images, route, labels, n_episodes)
             if self._graph is None:
                 self._capture(images, route, labels, n_episodes)
             self._static["images"].copy_(images)
