@@ -96,10 +96,12 @@ def describe(config: dict[str, Any]) -> str:
         )
         if on
     ]
+    split = [f"val split {s['val_fraction']:g}"] if s.get("val_fraction") else []
     if algo == "static":
-        return ", ".join(["static network", *beyond])
+        return ", ".join(["static network", *split, *beyond])
     if algo == "routing_network":
-        return ", ".join([f"routing network ({s['rn_learner']}, {s['duplicates']} modules/depth)", *beyond])
+        name = f"routing network ({s['rn_learner']}, {s['duplicates']} modules/depth)"
+        return ", ".join([name, *split, *beyond])
     bonus = s.get("bonus_weight", 1.0)
     parts = [f"LRN ({algo})", f"d{s['duplicates']} L{s['max_depth']}"]
     parts.append("no bonus" if bonus == 0 else f"bonus {bonus:g}")
@@ -121,9 +123,7 @@ def describe(config: dict[str, Any]) -> str:
         parts.append(f"router lr {s['router_lr']:g}")
     if s.get("minibatch_unit") == "transitions":
         parts.append("minibatch 64 transitions")
-    if s.get("val_fraction"):
-        parts.append(f"val split {s['val_fraction']:g}")
-    return ", ".join(parts + beyond)
+    return ", ".join(parts + split + beyond)
 
 
 def run_label(run: Path) -> str:

@@ -60,7 +60,7 @@ RESUMABLE_CHANGES = {
 # Tune's status table shows the first four numbers of a result: these.
 TABLE_COLUMNS = ("epoch", "test_accuracy", "test_balanced_accuracy", "train_accuracy")
 # Environment variables of the sweep's shell that its trials get too.
-FORWARDED_ENV = ("ROUTING_ENV_DATA",)
+FORWARDED_ENV = ("ROUTING_ENV_DATA", "PYTORCH_CUDA_ALLOC_CONF")
 INSTALL_HINT = "Ray Tune is not installed: pip install -e '.[sweep]'"
 
 
@@ -235,7 +235,11 @@ def _argv(settings: dict[str, Any], actions: dict[str, argparse.Action]) -> list
     for key, value in settings.items():
         flag = "--" + key.replace("_", "-")
         action = actions[flag]
-        if action.nargs == 0:  # a switch: --no-bonus
+        if isinstance(action, argparse.BooleanOptionalAction):  # --freeze-unused / --no-freeze-unused
+            if not isinstance(value, bool):
+                raise SweepError(f"{key} is on or off: true or false, got {value!r}")
+            argv.append(flag if value else "--no-" + flag[2:])
+        elif action.nargs == 0:  # a switch: --no-bonus
             if not isinstance(value, bool):
                 raise SweepError(f"{key} is a switch: true or false, got {value!r}")
             argv += [flag] if value else []
@@ -402,6 +406,9 @@ def run_sweep(
         print(f"{out}: {plan}")
     # Workers of a cluster started by `ray start` have that shell's environment, not this one's.
     forwarded = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    if 0 < sweep.resources.get("gpu", 0) < 1:
+        # Trials that share a card return freed memory to it instead of each keeping a cache.
+        forwarded.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     try:
         ray.init(
             address=address,

@@ -277,6 +277,8 @@ ABLATION = [
     ("all five, no bonus", "min/abl-all_nobonus_s*"),
     ("all five + task prior 3, bonus 0.1", "min/abl-all_prior_s*"),
     ("as before + task prior 3, bonus 0.1 (`--preset best`)", "min/best-lrn_s*"),
+    ("static network", "min/abl-static_s*"),
+    ("static network + crop/flip, weight decay 0.5, module dropout 0.1", "min/abl-static_beyond_s*"),
     ("MNIST-MTL: all five, bonus 1", "mnist/abl-all_s*"),
     ("MNIST-MTL: all five + task prior 3, bonus 0.1", "mnist/abl-all_prior_s*"),
     ("MNIST-MTL: `--preset best`", "mnist/best-lrn_s*"),

@@ -131,6 +131,16 @@ def test_grid_and_variants_give_every_combination_with_train_py_flags(
     assert s.storage == tmp_path / "res" / "ray_tune"
 
 
+def test_an_on_off_setting_turned_off_reaches_the_run(tmp_path: Path) -> None:
+    """``freeze_unused: false`` must give ``--no-freeze-unused``, not silently train.py's default (on)."""
+    path = tmp_path / "s.yaml"
+    path.write_text("name: f\nvariants: {moving: {freeze_unused: false}, frozen: {freeze_unused: true}}\n")
+    off, on = sweep.load_sweep(path).trials  # moving, frozen
+    assert "--no-freeze-unused" in off.flags and "--freeze-unused" in on.flags
+    assert config_from_flags(list(off.flags)).env.freeze_unused is False
+    assert config_from_flags(list(on.flags)).env.freeze_unused is True
+
+
 def fake_run(out: Path, config: dict, last_epoch: int, checkpoint: bool = True) -> None:
     """A run folder as train.py leaves it after ``last_epoch`` (only what the sweep reads)."""
     out.mkdir(parents=True)
