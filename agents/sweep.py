@@ -235,14 +235,13 @@ def _argv(settings: dict[str, Any], actions: dict[str, argparse.Action]) -> list
     for key, value in settings.items():
         flag = "--" + key.replace("_", "-")
         action = actions[flag]
-        if isinstance(action, argparse.BooleanOptionalAction):  # --freeze-unused / --no-freeze-unused
-            if not isinstance(value, bool):
-                raise SweepError(f"{key} is on or off: true or false, got {value!r}")
-            argv.append(flag if value else "--no-" + flag[2:])
-        elif action.nargs == 0:  # a switch: --no-bonus
+        if action.nargs == 0:  # a switch (--no-bonus) or an on/off pair (--freeze-unused/--no-freeze-unused)
             if not isinstance(value, bool):
                 raise SweepError(f"{key} is a switch: true or false, got {value!r}")
-            argv += [flag] if value else []
+            if isinstance(action, argparse.BooleanOptionalAction):
+                argv.append(flag if value else "--no-" + flag[2:])
+            elif value:
+                argv.append(flag)
         elif action.nargs == 2:
             if not isinstance(value, list) or len(value) != 2:
                 raise SweepError(f"{key} takes a pair [a, b], got {value!r}")
