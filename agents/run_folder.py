@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from agents.plot import PLOT_FILES, parse_metrics
+from agents.run_plan import checkpoint_state, has_checkpoint
 
 
 class MetricsLog:
@@ -140,14 +141,11 @@ class Checkpoint:
 
     def resumable(self) -> bool:
         """A complete checkpoint is there (maybe only as ``checkpoint.old``, see :meth:`load`)."""
-        return self.exists() or (self.folder.with_name("checkpoint.old") / "state.json").exists()
+        return has_checkpoint(self.folder.parent)
 
     def epoch(self) -> int | None:
         """The last epoch the checkpoint holds, or None without one."""
-        for folder in (self.folder, self.folder.with_name("checkpoint.old")):
-            if (folder / "state.json").exists():
-                return int(json.loads((folder / "state.json").read_text())["epoch"])
-        return None
+        return int(checkpoint_state(self.folder.parent)["epoch"]) if self.resumable() else None
 
     def save(self, epoch: int, trainer: Any, env_state: dict[str, Any], extra: dict[str, Any]) -> None:
         tmp = self.folder.with_name("checkpoint.tmp")

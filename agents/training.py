@@ -34,7 +34,7 @@ from agents.config import RunConfig
 from agents.evaluation import evaluate
 from agents.plot import plot_run
 from agents.run_folder import Checkpoint, MetricsLog, atomic_write, clear_run, set_rng_state
-from agents.run_plan import CONFIG_FILE, read_config, resume_changes, resume_command
+from agents.run_plan import CONFIG_FILE, checkpoint_state, read_config, resume_changes, resume_command
 from agents.trainers.base import Trainer, parameter_norm
 from routing_env.benchmarks import MTLBenchmark, resolve_data_root
 from routing_env.build import make_engine
@@ -177,8 +177,8 @@ class DivergenceGuard:
     six numbers) and the trainer's :meth:`Trainer.health` (losses SB3 read anyway, the router's parameter
     norm: one device read). A NaN or infinite loss, reward or gradient shows there within a batch: a
     non-finite gradient makes the parameters it updates non-finite, and non-finite pool parameters make
-    the next batch's losses non-finite. SB3's rollouts already copy observations and rewards to the host
-    at every step, so on a GPU these two reads per batch cost no measurable time. Before a checkpoint it
+    the next batch's losses non-finite. Two reads per batch, against a batch's many kernel launches, cost
+    no measurable time on a GPU. Before a checkpoint it
     also checks the pool's parameters (one read; a checkpoint never holds a diverged pool), and after
     evaluation the record's losses.
     """
@@ -433,8 +433,7 @@ class EpochLoop:
     def kept(self) -> str:
         if not self.checkpoint.exists():
             return "no checkpoint"
-        state = json.loads((self.checkpoint.folder / "state.json").read_text())
-        return f"a checkpoint {checkpoint_position(state, self.batches_per_epoch)}"
+        return f"a checkpoint {checkpoint_position(checkpoint_state(self.cfg.out), self.batches_per_epoch)}"
 
     def refuse_divergence(self, problem: str | None) -> None:
         if problem is not None:

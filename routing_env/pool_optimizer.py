@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from routing_env.modules import ModulePool
+from routing_env.rewards import module_usage_counts
 
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults
 ROW_CHUNK_ELEMENTS = 1 << 20  # update modules this large one at a time
@@ -169,10 +170,7 @@ class PoolOptimizer:
 
     def mark_used(self, route: torch.Tensor) -> None:
         """Record the modules the routes ``(B, T)`` used (PASS and padding ids ``>= n_modules`` are not)."""
-        n = self.used.shape[0]
-        hits = torch.zeros(n + 1, dtype=torch.bool, device=route.device)
-        hits.scatter_(0, route.flatten().clamp(max=n), True)
-        self.used |= hits[:n]
+        self.used |= module_usage_counts(route, self.used.shape[0]) > 0
 
     def accumulate(self, loss_sum: torch.Tensor, n_episodes: int, route: torch.Tensor) -> None:
         """Add the gradient of ``n_episodes`` episodes' summed loss (their routes ``(B, T)``); step once

@@ -28,16 +28,20 @@ class StaticTrainer:
             raise ValueError("the static network has 5 layers: build its engine with max_depth=5")
 
     def act(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        k = int(obs["step"][0])
-        if k < 4:
-            return torch.full_like(obs["task"], k)
-        return 4 + obs["task"]
+        return self._actions(int(obs["step"][0]), obs["task"])
+
+    @staticmethod
+    def _actions(step: int, task: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` actions at ``step``: shared module ``step`` in the 4 hidden layers, then the task head."""
+        if step < 4:
+            return torch.full_like(task, step)
+        return 4 + task
 
     def learn_epoch(self, n_batches: int, after_batch: BatchCallback) -> int:
         for done in range(1, n_batches + 1):
             self.engine.begin_batch()
-            for _ in range(self.engine.max_depth):
-                self.engine.step(self.act(self.engine.observation()))
+            for k in range(self.engine.max_depth):  # the step is known here: no observation, no host sync
+                self.engine.step(self._actions(k, self.engine.tasks))
             if after_batch(self.engine.batch_size):
                 return done
         return n_batches

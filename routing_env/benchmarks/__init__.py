@@ -8,6 +8,7 @@ import inspect
 import os
 from typing import Any
 
+from ..lazy import lazy_attributes
 from .registry import BenchmarkLoader, get_loader, is_registered, register_benchmark, registered_benchmarks
 
 _FROM_BASE = (
@@ -45,17 +46,11 @@ def load_benchmark(
 _FROM_TASKS = ("Pairs", "class_groups", "one_vs_all")
 
 
-def __getattr__(name: str) -> Any:
-    # The data classes import torch; load them on first use so that registering stays light.
-    if name in _FROM_BASE:
-        from . import base
-
-        return getattr(base, name)
-    if name in _FROM_TASKS:
-        from . import tasks
-
-        return getattr(tasks, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The data classes import torch; load them on first use so that registering stays light.
+__getattr__ = lazy_attributes(
+    __name__,
+    {**dict.fromkeys(_FROM_BASE, f"{__name__}.base"), **dict.fromkeys(_FROM_TASKS, f"{__name__}.tasks")},
+)
 
 
 __all__ = [
