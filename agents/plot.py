@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -173,19 +174,22 @@ def plot_run(run: Path, action_names: list[str] | None = None) -> list[Path]:
 
 def plot_runs(runs: list[Path], out: Path, key: str = "test_accuracy") -> Path:
     """One curve per run folder, on one figure."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for run in runs:
+    labels = [textwrap.fill(run_label(Path(run)), 120) for run in runs]
+    legend_lines = sum(label.count("\n") + 1 for label in labels)
+    # The legend goes under the axes: run labels name every setting and are too long to sit inside.
+    fig, ax = plt.subplots(figsize=(8, 4.5 + 0.16 * legend_lines))
+    for run, label in zip(runs, labels):
         records = read_metrics(Path(run))
-        ax.plot([r["epoch"] for r in records], [100 * r[key] for r in records], label=run_label(Path(run)))
+        ax.plot([r["epoch"] for r in records], [100 * r[key] for r in records], label=label)
     ax.set(xlabel="epoch", ylabel=f"{key.replace('_', ' ')} (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), frameon=False)
     return _save(fig, out)
 
 
 def _save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 

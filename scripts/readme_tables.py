@@ -32,11 +32,13 @@ FIGURES = [
     (
         "min/figure_study.png",
         [
-            "min/abl-paper_before_s0",
-            "min/abl-per_step_s0",
-            "min/abl-all_s0",
-            "min/abl-all_prior_s0",
-            "min/best-lrn_s0",
+            "min/abl30-as_before_s0",
+            "min/abl30-per_step_s0",
+            "min/abl30-all_s0",
+            "min/abl30-all_prior_s0",
+            "min/abl30-best_s0",
+            "min/abl30-best_beyond_s0",
+            "min/abl30-static_beyond_s0",
         ],
     ),
     (
@@ -261,13 +263,34 @@ def bench_table(results: Path) -> str:
 
 
 # The study (issue 12): each row is the run folders of one setting (one per seed), MIN-MTL d10 L6 unless
-# named, 10 % of the training pairs held out for validation. "As before" is the code at this session's
-# start: the whole reward at the last step, one Adam over the pool, the decoder's queries over every action.
+# named, 10 % of the training pairs held out for validation. "As before" is the code before the study:
+# the whole reward at the last step, one Adam over the pool, the decoder's queries over every action.
+# ABLATION is sweeps/ablation.yaml's 30-epoch study; ABLATION_20 the earlier 20-epoch runs of the same rows.
+BEYOND = "crop/flip, weight decay 0.5, module dropout 0.1"
 ABLATION = [
     (
         "paper's router as before (terminal reward, plain Adam, all-action queries), bonus 1",
-        "min/abl-paper_before_s*",
+        "min/abl30-as_before_s*",
     ),
+    ("+ per-step rewards (eq. 7) only", "min/abl30-per_step_s*"),
+    ("+ unused modules frozen only", "min/abl30-freeze_unused_s*"),
+    ("+ valid-action decoder queries only", "min/abl30-valid_decoder_s*"),
+    ("+ normalised instance token only", "min/abl30-normalize_instance_s*"),
+    ("+ separate critic encoder only", "min/abl30-separate_critic_s*"),
+    ("all five, bonus 1", "min/abl30-all_s*"),
+    ("all five, no bonus", "min/abl30-all_nobonus_s*"),
+    ("all five + task prior 3, bonus 0.1", "min/abl30-all_prior_s*"),
+    ("as before + task prior 3, bonus 0.1 (`--preset best`)", "min/abl30-best_s*"),
+    (f"`--preset best` + {BEYOND}", "min/abl30-best_beyond_s*"),
+    ("static network", "min/abl30-static_s*"),
+    (f"static network + {BEYOND}", "min/abl30-static_beyond_s*"),
+    ("routing network (WPL)", "min/abl30-rn_s*"),
+    (f"routing network (WPL) + {BEYOND}", "min/abl30-rn_beyond_s*"),
+    ("MNIST-MTL: all five + task prior 3, bonus 0.1", "mnist/abl30-mnist_all_prior_s*"),
+    ("MNIST-MTL: `--preset best`", "mnist/abl30-mnist_best_s*"),
+]
+ABLATION_20 = [
+    ("paper's router as before, bonus 1", "min/abl-paper_before_s*"),
     ("+ per-step rewards (eq. 7) only", "min/abl-per_step_s*"),
     ("+ unused modules frozen only", "min/abl-freeze_unused_s*"),
     ("+ valid-action decoder queries only", "min/abl-valid_decoder_s*"),
@@ -278,14 +301,14 @@ ABLATION = [
     ("all five + task prior 3, bonus 0.1", "min/abl-all_prior_s*"),
     ("as before + task prior 3, bonus 0.1 (`--preset best`)", "min/best-lrn_s*"),
     ("static network", "min/abl-static_s*"),
-    ("static network + crop/flip, weight decay 0.5, module dropout 0.1", "min/abl-static_beyond_s*"),
+    (f"static network + {BEYOND}", "min/abl-static_beyond_s*"),
     ("MNIST-MTL: all five, bonus 1", "mnist/abl-all_s*"),
     ("MNIST-MTL: all five + task prior 3, bonus 0.1", "mnist/abl-all_prior_s*"),
     ("MNIST-MTL: `--preset best`", "mnist/best-lrn_s*"),
 ]
 
 
-def ablation_table(results: Path) -> str:
+def ablation_table(results: Path, ablation: list[tuple[str, str]] = ABLATION) -> str:
     """The study's rows: mean ± std over seeds of the last epoch's and the validation-picked epoch's test
     accuracy."""
     header = [
@@ -297,7 +320,7 @@ def ablation_table(results: Path) -> str:
         "test acc % (val-picked)",
     ]
     out = []
-    for label, pattern in ABLATION:
+    for label, pattern in ablation:
         runs = [read_metrics(p.parent) for p in sorted(results.glob(pattern + "/metrics.jsonl"))]
         runs = [r for r in runs if r]
         if not runs:
@@ -386,6 +409,7 @@ BLOCKS = {
     "seeds-table": lambda results: seeds_table(results),
     "bench-table": lambda results: bench_table(results),
     "ablation-table": ablation_table,
+    "ablation20-table": lambda results: ablation_table(results, ABLATION_20),
     "presets-table": presets_table,
     "env-kwargs": env_kwargs_table,
     "flags-table": flags_table,
