@@ -137,6 +137,7 @@ class RoutingEngine:
         self.walk = DataWalk(len(self.data), config.sequential, self.device)
         self._stats = EpisodeStats(self.device)
         self.step_index = 0
+        self._mask: torch.Tensor | None = None
         self._has_batch = False
         self.seed(config.seed)
 
@@ -177,11 +178,15 @@ class RoutingEngine:
         self.used = torch.zeros(b, self.pool.n_actions, dtype=torch.bool, device=self.device)
         self.cur_type = torch.zeros(b, dtype=torch.long, device=self.device)  # type 0 = the image
         self.step_index = 0
+        self._mask = None
         self._has_batch = True
 
     def action_mask(self) -> torch.Tensor:
-        """``(B, n_actions)`` bool: the actions that keep each network valid at the current step."""
-        return self.rules.mask(self.step_index, self.cur_type, self.used)
+        """``(B, n_actions)`` bool: the actions that keep each network valid at the current step. Computed
+        once per step (the observation, SB3's ``action_masks`` and :meth:`step` all ask); do not modify."""
+        if self._mask is None:
+            self._mask = self.rules.mask(self.step_index, self.cur_type, self.used)
+        return self._mask
 
     def observation(self) -> dict[str, torch.Tensor]:
         """The state as tensors: image, task, route so far, step and action mask (all ``(B, ...)``)."""
@@ -217,6 +222,7 @@ class RoutingEngine:
         self.used[torch.arange(self.batch_size, device=self.device), actions] = True
         self.used[:, pass_action] = False  # PASS may repeat
         self.step_index = k + 1
+        self._mask = None
         reward = -(~valid).float() * self.config.invalid_action_penalty
         self._stats.add_invalid(~valid)
         if self.step_index < self.max_depth:

@@ -178,7 +178,7 @@ class RoutingEnv(gym.Env):
 
     def action_masks(self) -> np.ndarray:
         """The valid actions now, ``(n_actions,)`` bool (sb3-contrib's MaskablePPO calls this)."""
-        return self.engine.action_mask()[0].cpu().numpy()
+        return self.engine.action_mask()[0].to("cpu", copy=True).numpy()
 
     def _obs(self) -> dict[str, np.ndarray]:
         return {k: v[0] for k, v in to_numpy(self.engine.observation()).items()}

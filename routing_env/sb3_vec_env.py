@@ -87,7 +87,7 @@ class RoutingSB3VecEnv(VecEnv):
         return s.obs, s.rewards, dones, infos
 
     def action_masks(self) -> np.ndarray:
-        return self.engine.action_mask().cpu().numpy()
+        return self.engine.action_mask().to("cpu", copy=True).numpy()
 
     # --- the same steps as tensors on the engine's device, for rollouts that stay there
     # (agents.rollout.DeviceRollouts): no host copies, no info dicts.

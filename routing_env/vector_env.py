@@ -162,7 +162,7 @@ class RoutingVectorEnv(VectorEnv):
 
     def action_masks(self) -> np.ndarray:
         """``(num_envs, n_actions)`` bool: the valid actions of every episode now."""
-        return self.engine.action_mask().cpu().numpy()
+        return self.engine.action_mask().to("cpu", copy=True).numpy()
 
     def state_dict(self) -> dict[str, Any]:
         return self.engine.state_dict()

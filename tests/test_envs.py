@@ -316,6 +316,27 @@ def test_vector_envs_invalid_and_out_of_space_actions(kw: dict[str, Any]) -> Non
     assert obs["route"][:, 0].tolist() == [0, 0, 0, 1]
 
 
+def test_masks_handed_out_are_copies(kw: dict[str, Any]) -> None:
+    """The engine computes a step's mask once and reuses it; a caller that edits the mask it was given
+    (or the observation's) must not make an invalid action pass."""
+    n = 4
+    gvec = gym.make_vec("RoutingMNIST-v0", num_envs=n, vectorization_mode="vector_entry_point", **kw)
+    svec = RoutingSB3VecEnv("RoutingMNIST-v0", num_envs=n, **kw)
+    single = gym.make("RoutingMNIST-v0", **kw)
+    for env in (gvec, svec, single):
+        obs = env.reset()[0] if env is not svec else env.reset()
+        masks = env.unwrapped.action_masks() if env is single else env.action_masks()
+        assert not masks[..., 12].any()  # PASS at step 0 is invalid
+        masks[...] = True
+        obs["action_mask"][...] = 1
+    _, _, _, _, infos = gvec.step(np.array([12, 0, 12, 0]))
+    assert infos["invalid_action"].tolist() == [True, False, True, False]
+    _, _, _, infos = svec.step(np.array([12, 12, 0, 0]))
+    assert [i["invalid_action"] for i in infos] == [True, True, False, False]
+    _, reward, *_ = single.step(12)
+    assert reward == -1.0
+
+
 # --- seeding -----------------------------------------------------------------------------------------
 
 
