@@ -126,9 +126,9 @@ def plan_run(cfg: RunConfig, given: dict[str, Any], resume: bool) -> tuple[RunCo
             raise ValueError(
                 f"{out} already holds a run; pass --resume to continue it or choose another --out"
             )
-        if has_metrics(out) and not writes_checkpoints(out):
-            raise ValueError(f"{out} holds a run made with --no-checkpoint; choose another --out")
         if has_metrics(out):
+            if not writes_checkpoints(out):
+                raise ValueError(f"{out} holds a run made with --no-checkpoint; choose another --out")
             raise ValueError(
                 f"{out} holds a run stopped before its first checkpoint; pass --resume to start it over "
                 "or choose another --out"
@@ -162,7 +162,7 @@ def resumed_config(saved: dict[str, Any], given: dict[str, Any], out: Path) -> R
         raise ValueError(f"--resume: {e}") from e
     # Compared before the new configuration is built: a refused change may not even make a valid one.
     refused = {k: (before[k], v) for k, v in given.items() if k in before and changed(before[k], v)}
-    refused = {k: v for k, v in refused.items() if k not in ALLOWED_ON_RESUME and k != "run.out"}
+    refused = refused_changes(refused)
     if refused:
         diffs = ", ".join(
             f"{_flag(k)} {_show(new)} (the run has {_show(old)})" for k, (old, new) in refused.items()
@@ -181,12 +181,29 @@ def resumed_config(saved: dict[str, Any], given: dict[str, Any], out: Path) -> R
 def resume_changes(saved: dict[str, Any], cfg: RunConfig) -> dict[str, list[Any]]:
     """``{"section.field": [saved, now]}`` for every setting of ``cfg`` that differs from ``config.json``
     (``config.json``'s ``resumed`` list records them). Raises ValueError for one a resume may not change."""
-    before, now = saved_settings(saved), flat_settings(cfg)
-    changes = {k: [before[k], now[k]] for k in now if k in before and changed(before[k], now[k])}
-    refused = sorted(k for k in changes if k not in ALLOWED_ON_RESUME and k != "run.out")
+    changes = settings_changes(saved, cfg)
+    refused = sorted(refused_changes(changes))
     if refused:
         raise ValueError(f"a resumed run may not change {', '.join(refused)}")
     return changes
+
+
+def refused_flags(saved: dict[str, Any], cfg: RunConfig) -> list[str]:
+    """The changes of ``cfg`` against ``config.json`` that a resume refuses, ``--flag: old there, new here``
+    (what a sweep reports for a run folder it cannot continue)."""
+    refused = refused_changes(settings_changes(saved, cfg))
+    return [f"{_flag(k)}: {_show(old)} there, {_show(new)} here" for k, (old, new) in refused.items()]
+
+
+def settings_changes(saved: dict[str, Any], cfg: RunConfig) -> dict[str, list[Any]]:
+    """``{"section.field": [saved, now]}`` for every setting ``config.json`` records that ``cfg`` changes."""
+    before, now = saved_settings(saved), flat_settings(cfg)
+    return {k: [before[k], now[k]] for k in now if k in before and changed(before[k], now[k])}
+
+
+def refused_changes(changes: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``{"section.field": ...}`` that a resumed run may not change."""
+    return {k: v for k, v in changes.items() if k not in ALLOWED_ON_RESUME and k != "run.out"}
 
 
 def saved_settings(config: dict[str, Any]) -> dict[str, Any]:

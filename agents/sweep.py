@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agents.cli import SettingError, build_parser, config_from_flags, flag_of
+from agents.cli import SettingError, build_parser, config_from_flags
 
 KEYS = ("name", "out", "flags", "grid", "variants", "resources", "max_concurrent", "max_failures", "storage")
 RESOURCES = ("cpu", "gpu", "memory_gb")
@@ -52,11 +52,6 @@ SWEEP_MANAGED = {
 }
 # Short names for a run folder's settings, as in our earlier runs (``lrn_d5_L4_s0``).
 SHORT = {"duplicates": "d", "max_depth": "L", "seed": "s", "task_prior_std": "p", "bonus_weight": "bonus"}
-# Settings a resumed run may change (RunConfig sections; "run": its own fields).
-RESUMABLE_CHANGES = {
-    "run": ("out", "epochs", "progress", "checkpoint", "tf32", "eval_batch_size"),
-    "env": ("device", "data_root", "download", "dispatch"),
-}
 # Tune's status table shows the first four numbers of a result: these.
 TABLE_COLUMNS = ("epoch", "test_accuracy", "test_balanced_accuracy", "train_accuracy")
 # Environment variables of the sweep's shell that its trials get too.
@@ -288,6 +283,7 @@ def check_run_folders(sweep: Sweep) -> dict[Path, str]:
     :class:`SweepError` for folders a trial cannot continue: a run without a checkpoint (a rerun would
     mix two runs in one folder) or a run of other settings."""
     from agents.run_folder import Checkpoint
+    from agents.run_plan import refused_flags
 
     plans, problems = {}, []
     for t in sweep.trials:
@@ -295,7 +291,8 @@ def check_run_folders(sweep: Sweep) -> dict[Path, str]:
             continue
         epoch = Checkpoint(t.out).epoch()
         cfg = config_from_flags(list(t.flags))
-        differ = _changed_settings(cfg.to_dict(), t.out / "config.json")
+        saved = t.out / "config.json"
+        differ = refused_flags(json.loads(saved.read_text()), cfg) if saved.exists() else []
         if epoch is None:
             problems.append(f"{t.out}: holds a run without a checkpoint")
         elif differ:
@@ -310,28 +307,6 @@ def check_run_folders(sweep: Sweep) -> dict[Path, str]:
     return plans
 
 
-def _changed_settings(now: dict[str, Any], saved_file: Path) -> list[str]:
-    """The settings ``now`` changes against a run's ``config.json`` (``--flag: old there, new here``),
-    but those a resumed run may change (epochs, device, data location, ...)."""
-    saved = _by_section(json.loads(saved_file.read_text()) if saved_file.exists() else {})
-    return [
-        f"{flag_of(section, name)}: {saved.get((section, name))} there, {value} here"
-        for (section, name), value in _by_section(now).items()
-        if name not in RESUMABLE_CHANGES.get(section, ()) and saved.get((section, name)) != value
-    ]
-
-
-def _by_section(config: dict[str, Any]) -> dict[tuple[str, str], Any]:
-    """``RunConfig.to_dict()`` flat: ``{(section, field): value}``, ``"run"`` for its own fields."""
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update({(key, name): v for name, v in value.items()})
-        else:
-            flat[("run", key)] = value
-    return flat
-
-
 def run_trial(config: dict[str, Any], flags: dict[str, list[str]]) -> None:
     """A Tune trial: ``train`` on the trial's flags, resuming the run folder's checkpoint if there is one,
     reporting every epoch's record (those already in the run folder first) to Tune."""
@@ -344,11 +319,8 @@ def run_trial(config: dict[str, Any], flags: dict[str, list[str]]) -> None:
     cfg.progress = False  # trials share one terminal; Tune shows their progress
     report = _reporter(cfg.out, with_checkpoint=cfg.checkpoint)
     done = Checkpoint(cfg.out).epoch()
-    log = MetricsLog(cfg.out, tensorboard=False)
-    if done is None:
-        if log.path.exists():
-            log.truncate(-1)  # epochs of an attempt that left no checkpoint: this one starts again
-    else:
+    if done is not None:  # train() starts a run without a checkpoint again, clearing its folder
+        log = MetricsLog(cfg.out, tensorboard=False)
         reported = _restored_epoch(tune.get_checkpoint())
         if reported >= 0:
             print(f"{cfg.out}: Tune restarts it after epoch {reported}")

@@ -431,7 +431,7 @@ class EpochLoop:
         return f"epoch {self.position.epoch}, batch {batch} of {self.epoch_batches(self.position.epoch)}"
 
     def kept(self) -> str:
-        if not self.checkpoint.exists():
+        if not self.checkpoint.resumable():
             return "no checkpoint"
         return f"a checkpoint {checkpoint_position(checkpoint_state(self.cfg.out), self.batches_per_epoch)}"
 

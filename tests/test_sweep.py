@@ -180,6 +180,19 @@ def test_a_rerun_continues_run_folders_and_refuses_those_it_cannot(tmp_path: Pat
     assert not __import__("ray").is_initialized()
 
 
+def test_a_rerun_continues_what_train_py_resume_would(tmp_path: Path) -> None:
+    """The sweep refuses a run folder by train.py's own rules: settings a resume may change (threads, how
+    often checkpoints are written) and settings an older config.json lacks do not block it."""
+    path = tmp_path / "s.yaml"
+    path.write_text(f"name: r\nout: {tmp_path / 'results'}\nflags: {{duplicates: 2, epochs: 3}}\n")
+    (trial,) = sweep.load_sweep(path).trials
+    config = config_from_flags(list(trial.flags)).to_dict()
+    config.update(threads=7, checkpoint_every_minutes=1.0)
+    del config["preset"]  # a run folder written before the flag existed
+    fake_run(trial.out, config, last_epoch=0)
+    assert sweep.check_run_folders(sweep.load_sweep(path)) == {trial.out: "resumes after epoch 0"}
+
+
 @pytest.mark.parametrize("path", sorted((REPO / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
 def test_the_repos_sweep_files_are_valid(path: Path) -> None:
     s = sweep.load_sweep(path)
