@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from agents.route_stats import route_statistics, task_module_usage
 from routing_env.engine import RoutingEngine
 
 # Maps the engine's observation tensors to one action per episode, (B,) int64.
@@ -30,8 +31,9 @@ def evaluate(
 
     Returns ``{prefix}_accuracy``, ``{prefix}_balanced_accuracy`` (mean over tasks of the mean per-class
     recall: always answering "no" on MNIST-MTL scores 90 % accuracy but 50 % balanced), ``{prefix}_loss``
-    and ``{prefix}_pairs``, and the per-task values, the number of pool modules no route uses and the
-    task x module usage counts.
+    and ``{prefix}_pairs``, and the per-task values, the number of pool modules no route uses, the
+    task x module usage counts and what the routes say about sharing
+    (:func:`agents.route_stats.route_statistics`).
     """
     if engine.training or not engine.config.sequential:
         raise ValueError("evaluate() needs a sequential engine with a frozen pool (split='test')")
@@ -54,13 +56,7 @@ def evaluate(
         per_task_acc.append(float(res["correct"][sel].float().mean()) if bool(sel.any()) else float("nan"))
         per_task_bal.append(balanced_accuracy(res["correct"][sel], res["label"][sel], n_classes))
     routes = res["route"]  # (N, D)
-    is_module = routes < n_modules
-    flat_task = res["task"][:, None].expand_as(routes)[is_module]
-    usage = torch.zeros(n_tasks * n_modules, device=routes.device)
-    usage.index_add_(
-        0, flat_task * n_modules + routes[is_module], torch.ones_like(flat_task, dtype=torch.float)
-    )
-    usage = usage.view(n_tasks, n_modules)
+    usage = task_module_usage(routes, res["task"], n_tasks, n_modules)  # (T, M)
     valid_bal = [b for b in per_task_bal if not math.isnan(b)]
     return {
         f"{prefix}_pairs": int(routes.shape[0]),
@@ -70,6 +66,7 @@ def evaluate(
         "per_task_accuracy": per_task_acc,
         "per_task_balanced_accuracy": per_task_bal,
         "unused_modules": int((usage.sum(0) == 0).sum()),
-        "mean_route_modules": float(is_module.sum(1).float().mean()),
+        "mean_route_modules": float((routes < n_modules).sum(1).float().mean()),
         "module_usage": usage.long().tolist(),
+        **route_statistics(routes, res["task"], n_tasks, n_modules),
     }

@@ -19,8 +19,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 # What plot_run writes into a run folder.
-PLOT_FILES = ("accuracy.png", "unused_modules.png", "module_usage.png")
-ACCURACY_PNG, UNUSED_PNG, USAGE_PNG = PLOT_FILES
+PLOT_FILES = ("accuracy.png", "unused_modules.png", "module_usage.png", "route_statistics.png")
+ACCURACY_PNG, UNUSED_PNG, USAGE_PNG, ROUTE_STATS_PNG = PLOT_FILES
 
 
 def read_metrics(run: Path) -> list[dict[str, Any]]:
@@ -169,7 +169,36 @@ def plot_run(run: Path, action_names: list[str] | None = None) -> list[Path]:
             ax.set_xticks(range(n_modules), action_names[:n_modules], rotation=90, fontsize=5)
         fig.colorbar(im, ax=ax, label="uses")
         written.append(_save(fig, run / USAGE_PNG))
+    if "route_overlap" in records[-1]:  # runs evaluated before the route statistics existed lack them
+        written.append(plot_route_statistics(records, run / ROUTE_STATS_PNG, run_label(run)))
     return written
+
+
+def plot_route_statistics(records: list[dict[str, Any]], out: Path, title: str = "") -> Path:
+    """The route statistics of every epoch (:func:`agents.route_stats.route_statistics`): sharing between
+    tasks (overlap of their module sets, modules shared by 2+ tasks) and routing within a task (distinct
+    routes, route entropy)."""
+    epochs = [r["epoch"] for r in records]
+
+    def series(key: str) -> list[float]:
+        return [float("nan") if r.get(key) is None else r[key] for r in records]
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    axes[0].plot(epochs, series("route_overlap"), marker="o", label="module sets (Jaccard)")
+    axes[0].plot(epochs, series("route_overlap_weighted"), marker="s", label="usage-weighted")
+    axes[0].set(ylabel="overlap of two tasks' modules", ylim=(-0.02, 1.02))
+    axes[0].legend()
+    axes[1].plot(epochs, series("shared_modules"), marker="o")
+    axes[1].set(ylabel="modules used by 2+ tasks")
+    axes[2].plot(epochs, series("routes_per_task"), marker="o", label="distinct routes")
+    axes[2].plot(epochs, series("route_entropy_bits"), marker="s", label="route entropy (bits)")
+    axes[2].set(ylabel="per task (mean over tasks)")
+    axes[2].legend()
+    for ax in axes:
+        ax.set(xlabel="epoch")
+        ax.grid(alpha=0.3)
+    fig.suptitle(textwrap.fill(title, 160), fontsize=8)
+    return _save(fig, out)
 
 
 def plot_runs(runs: list[Path], out: Path, key: str = "test_accuracy") -> Path:

@@ -14,6 +14,7 @@ from typing import Any
 
 SPLITS = ("train", "val", "test")
 PRECISIONS = ("fp32", "bf16")
+BONUS_SCOPES = ("pool", "task", "kind")  # the collapse bonus's counts (routing_env/rewards.py)
 POOLS = ("lrn", "static", "routing_network")
 # How the chosen modules run (routing_env/modules.py): "dense" (every duplicate of a bank on every sample,
 # as one wide layer), "gathered" (convs through per-sample weights, linears dense), "grouped" (one call
@@ -44,6 +45,12 @@ class RoutingConfig:
         batch_size: episodes per pool update and per collapse-bonus count.
         bonus_weight: weight of the collapse bonus; 0 disables it.
         bonus_warmup: passes over the split whose episodes get no bonus (the modules specialise first).
+        bonus_scope: whose usage counts the collapse bonus compares (``routing_env/rewards.py``):
+            ``"pool"`` (the paper, eq. 6: every module of the pool; optimal when all are used equally,
+            which with as many tasks as duplicates means disjoint routes), ``"task"`` (not in the paper:
+            the routes of the episode's own task only, so a task spreads over duplicates without being
+            pushed off the modules other tasks use) or ``"kind"`` (not in the paper: min and max within
+            each kind of module).
         invalid_action_penalty: reward cost of an action the mask forbids.
         lr: Adam learning rate of the pool.
         lr_decay: factor on the pool's learning rate after every pass over the split.
@@ -81,6 +88,7 @@ class RoutingConfig:
     batch_size: int = 128
     bonus_weight: float = 1.0
     bonus_warmup: int = 0
+    bonus_scope: str = "pool"
     invalid_action_penalty: float = 1.0
     lr: float = 1e-4
     lr_decay: float = 0.97
@@ -111,6 +119,7 @@ class RoutingConfig:
         _one_of("pool", self.pool, POOLS)
         _one_of("dispatch", self.dispatch, DISPATCH_MODES)
         _one_of("precision", self.precision, PRECISIONS)
+        _one_of("bonus_scope", self.bonus_scope, BONUS_SCOPES)
         if not 0 <= self.val_fraction < 1 or not 0 <= self.module_dropout < 1 or not self.weight_decay >= 0:
             raise ValueError(
                 "need 0 <= val_fraction < 1, 0 <= module_dropout < 1 and weight_decay >= 0, got "

@@ -25,7 +25,7 @@ from routing_env.data_walk import DataWalk
 from routing_env.modules import ModulePool
 from routing_env.pool_optimizer import PoolOptimizer
 from routing_env.pool_step import PoolStep
-from routing_env.rewards import UsageWindow, collapse_bonus, final_reward, route_bonus, step_bonuses
+from routing_env.rewards import UsageWindow, final_reward, route_bonus, step_bonuses
 from routing_env.rules import RouteRules
 from routing_env.stats import EpisodeStats
 
@@ -233,8 +233,9 @@ class RoutingEngine:
     def _finish(self) -> dict[str, torch.Tensor]:
         # Rewards use the loss before the pool's update, as the paper's MDP defines them.
         loss, prediction = self.pool_step(self.images, self.route, self.labels, self.batch_size)  # (B,), (B,)
-        self.usage.push(self.route)
-        module_bonus = collapse_bonus(self.usage.counts(self.pool.n_modules))  # (M,)
+        self.usage.push(self.route, self.tasks)
+        kinds = self.pool.action_bank[: self.pool.n_modules]  # (M,) each module's bank
+        module_bonus = self.usage.bonus(self.config.bonus_scope, self.tasks, kinds)  # (M,); "task": (B, M)
         bonus = route_bonus(self.route, module_bonus)  # (B,)
         # The bonus warm-up: episodes on pairs of the first ``bonus_warmup`` passes get no bonus.
         weight = torch.where(self.pair_epoch >= self.config.bonus_warmup, self.config.bonus_weight, 0.0)

@@ -7,6 +7,13 @@ An episode's reward is 0 before its last step and, at the last step,
 
 where r_i is the collapse bonus of module i, computed from how often each module was used by the
 batch of episodes the episode belongs to: the least used module gets 1, the most used 0.
+
+Not in the paper, the bonus's *scope* (:data:`BONUS_SCOPES`) says whose counts are compared: eq. 6 over
+the whole pool (``"pool"``, the paper) is highest when every module is used equally, which with as many
+tasks as duplicates means disjoint routes. ``"task"`` counts only the routes of the episode's own task, so
+a task is pushed to spread its routes over duplicates, not away from the modules other tasks use;
+``"kind"`` takes the minimum and maximum within each kind of module (bank), so a head is compared with
+heads, not with the convolutions every route uses once.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+from routing_env.config import BONUS_SCOPES
 
 
 def module_usage_counts(routes: torch.Tensor, n_modules: int) -> torch.Tensor:
@@ -34,23 +43,54 @@ def module_usage_counts(routes: torch.Tensor, n_modules: int) -> torch.Tensor:
     return counts[:n_modules]
 
 
-def collapse_bonus(counts: torch.Tensor) -> torch.Tensor:
-    """Paper eq. 6: ``r_i = 1 - (c_i - c_min) / (c_max - c_min)`` over every module of the pool.
+def collapse_bonus(counts: torch.Tensor, kinds: torch.Tensor | None = None) -> torch.Tensor:
+    """Paper eq. 6: ``r_i = 1 - (c_i - c_min) / (c_max - c_min)`` over every module of the pool, or, with
+    ``kinds``, with ``c_min`` and ``c_max`` taken over the modules of module ``i``'s kind.
 
-    When all counts are equal (``c_max == c_min``) no module is used less than another, so there is
-    nothing to rebalance and every ``r_i`` is 0; this also keeps the reward from favouring longer
+    When all the counts compared are equal (``c_max == c_min``) no module is used less than another, so
+    there is nothing to rebalance and every ``r_i`` is 0; this also keeps the reward from favouring longer
     routes in that case.
 
     Args:
-        counts: ``(M,)`` usage counts (unused modules count 0, so they get the full bonus).
+        counts: ``(..., M)`` usage counts (unused modules count 0, so they get the full bonus); leading
+            dimensions are independent sets of counts (e.g. one per episode's task).
+        kinds: ``(M,)`` the kind (bank) of each module; None: the whole pool is one kind.
 
     Returns:
-        ``(M,)`` bonuses in ``[0, 1]``.
+        ``(..., M)`` bonuses in ``[0, 1]``.
     """
     counts = counts.float()
-    c_min, c_max = counts.min(), counts.max()
+    if kinds is None:
+        c_min, c_max = counts.amin(-1, keepdim=True), counts.amax(-1, keepdim=True)
+    else:
+        same = kinds[:, None] == kinds[None, :]  # (M, M): module j is of module i's kind
+        rows = counts[..., None, :]  # (..., 1, M)
+        c_min = torch.where(same, rows, torch.inf).amin(-1)  # (..., M)
+        c_max = torch.where(same, rows, -torch.inf).amax(-1)
     spread = c_max - c_min
     return torch.where(spread > 0, 1.0 - (counts - c_min) / spread.clamp_min(1e-12), 0.0)
+
+
+def task_usage_counts(
+    routes: torch.Tensor, route_tasks: torch.Tensor, tasks: torch.Tensor, n_modules: int
+) -> torch.Tensor:
+    """For each episode, how many of the remembered routes *of its task* use each module (the counts of
+    the ``"task"`` bonus scope).
+
+    Args:
+        routes: ``(W, T)`` remembered routes (ids ``>= n_modules`` are no module).
+        route_tasks: ``(W,)`` their tasks (-1: an empty slot, no task's).
+        tasks: ``(B,)`` the episodes' tasks.
+        n_modules: the pool's module count.
+
+    Returns:
+        ``(B, n_modules)`` float counts.
+    """
+    ids = routes.clamp(max=n_modules)
+    uses = torch.zeros(routes.shape[0], n_modules + 1, device=routes.device)
+    uses.scatter_(1, ids, 1.0)  # (W, M + 1): a route uses a module at most once
+    same_task = (tasks[:, None] == route_tasks[None, :]).float()  # (B, W)
+    return same_task @ uses[:, :n_modules]
 
 
 def route_bonus(routes: torch.Tensor, bonus: torch.Tensor) -> torch.Tensor:
@@ -58,7 +98,7 @@ def route_bonus(routes: torch.Tensor, bonus: torch.Tensor) -> torch.Tensor:
 
     Args:
         routes: ``(B, T)`` action ids (PASS and padding ``>= len(bonus)`` add nothing).
-        bonus: ``(M,)`` per-module bonus.
+        bonus: ``(M,)`` per-module bonus, or ``(B, M)``: each episode's own.
 
     Returns:
         ``(B,)``.
@@ -72,13 +112,17 @@ def step_bonuses(routes: torch.Tensor, bonus: torch.Tensor) -> torch.Tensor:
 
     Args:
         routes: ``(B, T)`` action ids.
-        bonus: ``(M,)`` per-module bonus.
+        bonus: ``(M,)`` per-module bonus, or ``(B, M)``: each episode's own.
 
     Returns:
         ``(B, T)``; summed over steps it is :func:`route_bonus`.
     """
-    padded = torch.cat([bonus, bonus.new_zeros(1)])
-    return padded[routes.clamp(max=bonus.shape[0])]
+    n_modules = bonus.shape[-1]
+    padded = torch.cat([bonus, bonus.new_zeros(*bonus.shape[:-1], 1)], dim=-1)  # (..., M + 1)
+    ids = routes.clamp(max=n_modules)
+    if bonus.dim() == 1:
+        return padded[ids]
+    return padded.gather(1, ids)
 
 
 def final_reward(loss: torch.Tensor, bonus: torch.Tensor, bonus_weight: float) -> torch.Tensor:
@@ -87,7 +131,8 @@ def final_reward(loss: torch.Tensor, bonus: torch.Tensor, bonus_weight: float) -
 
 
 class UsageWindow:
-    """The routes of the last ``size`` episodes: the batch whose module counts make the collapse bonus.
+    """The routes (and their tasks) of the last ``size`` episodes: the batch whose module counts make the
+    collapse bonus.
 
     Args:
         size: episodes remembered (the env's ``batch_size``).
@@ -99,26 +144,49 @@ class UsageWindow:
     def __init__(self, size: int, depth: int, pad: int, device: torch.device) -> None:
         self.pad = int(pad)
         self.routes = torch.full((int(size), int(depth)), self.pad, dtype=torch.long, device=device)
+        self.tasks = torch.full((int(size),), -1, dtype=torch.long, device=device)  # -1: empty slot
         self.position = 0
 
-    def push(self, routes: torch.Tensor) -> None:
-        """Remember ``routes`` ``(B, T)``, forgetting the oldest."""
+    def push(self, routes: torch.Tensor, tasks: torch.Tensor) -> None:
+        """Remember ``routes`` ``(B, T)`` of tasks ``(B,)``, forgetting the oldest."""
         size, b = self.routes.shape[0], routes.shape[0]
         idx = (self.position + torch.arange(b, device=self.routes.device)) % size
         self.routes[idx] = routes
+        self.tasks[idx] = tasks
         self.position = (self.position + b) % size
 
     def counts(self, n_modules: int) -> torch.Tensor:
         """``(n_modules,)`` usage counts over the window."""
         return module_usage_counts(self.routes, n_modules)
 
+    def bonus(self, scope: str, tasks: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+        """The collapse bonus of every module (:func:`collapse_bonus`) in ``scope`` (:data:`BONUS_SCOPES`):
+        ``(M,)``, or for ``"task"`` ``(B, M)``, each episode's from its task's counts.
+
+        Args:
+            scope: ``"pool"``, ``"task"`` or ``"kind"``.
+            tasks: ``(B,)`` the tasks of the episodes being rewarded.
+            kinds: ``(M,)`` the kind (bank) of each module.
+        """
+        if scope not in BONUS_SCOPES:
+            raise ValueError(f"bonus scope must be one of {BONUS_SCOPES}, got {scope!r}")
+        n_modules = kinds.shape[0]
+        if scope == "task":
+            return collapse_bonus(task_usage_counts(self.routes, self.tasks, tasks, n_modules))
+        return collapse_bonus(self.counts(n_modules), kinds if scope == "kind" else None)
+
     def clear(self) -> None:
         self.routes.fill_(self.pad)
+        self.tasks.fill_(-1)
         self.position = 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"routes": self.routes.cpu(), "position": self.position}
+        return {"routes": self.routes.cpu(), "tasks": self.tasks.cpu(), "position": self.position}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.routes.copy_(state["routes"].to(self.routes.device))
+        if "tasks" in state:
+            self.tasks.copy_(state["tasks"].to(self.tasks.device))
+        else:  # a checkpoint written before the window kept tasks: its routes count for no task
+            self.tasks.fill_(-1)
         self.position = int(state["position"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from agents.algorithms import ALGORITHMS
 from agents.config import AgentConfig, RouterConfig, RunConfig
 from agents.evaluation import balanced_accuracy, evaluate
 from agents.policy import RouterPolicy
+from agents.route_stats import ROUTE_STAT_KEYS, route_statistics
 from agents.trainers.static import StaticTrainer
 from routing_env import RoutingConfig, RoutingSB3VecEnv, make_engine
 
@@ -421,6 +423,47 @@ def test_evaluate_refuses_a_training_engine(fake_data_root: Path) -> None:
     env = make_env(fake_data_root)
     with pytest.raises(ValueError, match="sequential engine with a frozen pool"):
         evaluate(_lowest_valid, env.engine, 10, 2)
+
+
+def test_route_statistics_on_hand_made_routes() -> None:
+    """Two tasks with routes and one without (left out of every mean); PASS (5) is not a module."""
+    routes = torch.tensor([[0, 1, 5], [0, 1, 5], [0, 1, 5], [0, 2, 5], [0, 1, 5], [0, 1, 5]])
+    tasks = torch.tensor([0, 0, 0, 0, 2, 2])
+    stats = route_statistics(routes, tasks, n_tasks=3, n_modules=5)
+    assert set(stats) == set(ROUTE_STAT_KEYS)
+    assert stats["route_overlap"] == pytest.approx(2 / 3)  # {0, 1, 2} and {0, 1}
+    # usage shares: task 0 (1, 3/4, 1/4), task 2 (1, 1, 0): (1 + 3/4 + 0) / (1 + 1 + 1/4)
+    assert stats["route_overlap_weighted"] == pytest.approx(1.75 / 2.25)
+    assert stats["shared_modules"] == 2
+    assert stats["routes_per_task"] == pytest.approx(1.5)
+    h = -(0.75 * math.log2(0.75) + 0.25 * math.log2(0.25))  # task 0's two routes, 3:1; task 2's one
+    assert stats["route_entropy_bits"] == pytest.approx(h / 2)
+
+    # disjoint tasks, each routing every instance differently: no overlap, full entropy
+    routes = torch.tensor([[0, 2], [1, 3], [4, 6], [5, 7]])
+    stats = route_statistics(routes, torch.tensor([0, 0, 1, 1]), n_tasks=2, n_modules=8)
+    assert stats["route_overlap"] == 0.0 and stats["route_overlap_weighted"] == 0.0
+    assert stats["shared_modules"] == 0 and stats["routes_per_task"] == 2.0
+    assert stats["route_entropy_bits"] == pytest.approx(1.0)
+    one_task = route_statistics(routes[:2], torch.tensor([0, 0]), n_tasks=2, n_modules=8)
+    assert math.isnan(one_task["route_overlap"]) and one_task["routes_per_task"] == 2.0
+
+
+def test_evaluate_reports_the_static_networks_sharing(fake_data_root: Path) -> None:
+    """The static network: every task shares the 4 trunk modules and has its own head, one route each."""
+    config = RoutingConfig(
+        benchmark="mnist", split="test", data_root=fake_data_root, download=False, device="cpu",
+        pool="static", max_depth=5, max_pairs=300, seed=0,
+    )  # fmt: skip
+    engine, bench = make_engine(config, batch_size=300)
+    res = evaluate(StaticTrainer(SimpleNamespace(engine=engine)).act, engine, bench.n_tasks, bench.n_classes)
+    tasks_present = int((torch.bincount(engine.data.tasks, minlength=bench.n_tasks) > 0).sum())
+    assert tasks_present >= 3
+    assert res["route_overlap"] == pytest.approx(4 / 6) and res["route_overlap_weighted"] == pytest.approx(
+        4 / 6
+    )
+    assert res["shared_modules"] == 4
+    assert res["routes_per_task"] == 1.0 and res["route_entropy_bits"] == 0.0
 
 
 # --- learning ---------------------------------------------------------------------------------------

@@ -19,7 +19,13 @@ from routing_env import RoutingConfig, make_engine
 from routing_env.benchmarks import MTLSplit
 from routing_env.engine import RoutingEngine, StepOutput
 from routing_env.modules import ModulePool, TensorType, lrn_pool_specs, static_pool_specs
-from routing_env.rewards import collapse_bonus, module_usage_counts, route_bonus
+from routing_env.rewards import (
+    UsageWindow,
+    collapse_bonus,
+    module_usage_counts,
+    route_bonus,
+    task_usage_counts,
+)
 
 # Many small ops: one intra-op thread is faster on a small shared CPU (fixture in conftest.py).
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -292,6 +298,87 @@ def test_final_reward_is_loss_plus_batch_collapse_bonus(new_engine) -> None:
         assert torch.equal(final["correct"], final["prediction"] == final["label"])
         assert torch.equal(final["label"], engine.data.labels[final["pair_index"]])
         assert torch.equal(final["task"], engine.data.tasks[final["pair_index"]])
+
+
+def test_collapse_bonus_within_kinds_and_per_row() -> None:
+    counts = torch.tensor([4.0, 2.0, 0.0, 5.0, 5.0])
+    # eq. 6 over the pool: min 0, max 5
+    torch.testing.assert_close(collapse_bonus(counts), torch.tensor([0.2, 0.6, 1.0, 0.0, 0.0]))
+    # within kinds {0, 1, 2} and {3, 4}: the second kind is balanced, so it earns nothing
+    kinds = torch.tensor([0, 0, 0, 1, 1])
+    torch.testing.assert_close(collapse_bonus(counts, kinds), torch.tensor([0.0, 0.5, 1.0, 0.0, 0.0]))
+    # rows are independent sets of counts
+    rows = torch.stack([counts, torch.tensor([1.0, 1.0, 1.0, 0.0, 2.0])])
+    torch.testing.assert_close(collapse_bonus(rows, kinds)[1], torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0]))
+    torch.testing.assert_close(collapse_bonus(rows)[0], collapse_bonus(counts))
+
+
+def test_task_scope_bonus_does_not_punish_sharing() -> None:
+    """One kind of module with three duplicates (ids 0-2; 3 = PASS), two tasks. Task 0 uses module 1, which
+    task 1 uses too, as often as module 2, which no other task uses. The pool's bonus (eq. 6) pays task 0
+    less for the shared module; counted per task, both earn the same."""
+    routes = torch.tensor([[0, 3], [0, 3], [1, 3], [2, 3], [1, 3], [1, 3]])
+    tasks = torch.tensor([0, 0, 0, 0, 1, 1])
+    counts = task_usage_counts(routes, tasks, tasks, n_modules=3)  # each episode: its task's routes
+    torch.testing.assert_close(counts, torch.tensor([[2.0, 1.0, 1.0]] * 4 + [[0.0, 2.0, 0.0]] * 2))
+    empty = torch.full((6,), -1)  # slots no episode filled yet count for no task
+    assert not task_usage_counts(routes, empty, tasks, 3).any()
+
+    window = UsageWindow(6, 2, pad=4, device=torch.device("cpu"))
+    window.push(routes, tasks)
+    kinds = torch.zeros(3, dtype=torch.long)
+    shared_route, own_route = 2, 3  # task 0's episodes on module 1 and on module 2
+    pool = route_bonus(routes, window.bonus("pool", tasks, kinds))
+    per_task = route_bonus(routes, window.bonus("task", tasks, kinds))
+    assert pool[shared_route] == 0.0 and pool[own_route] == 1.0  # pool counts 2, 3, 1
+    assert per_task[shared_route] == per_task[own_route] == 1.0  # task 0's counts 2, 1, 1
+    with pytest.raises(ValueError, match="bonus scope must be one of"):
+        window.bonus("tasks", tasks, kinds)
+
+
+def test_usage_window_checkpoints_its_tasks() -> None:
+    window = UsageWindow(3, 2, pad=5, device=torch.device("cpu"))
+    window.push(torch.tensor([[0, 1], [2, 3]]), torch.tensor([4, 7]))
+    restored = UsageWindow(3, 2, pad=5, device=torch.device("cpu"))
+    restored.load_state_dict(window.state_dict())
+    assert restored.tasks.tolist() == [4, 7, -1] and restored.position == 2
+    old = {k: v for k, v in window.state_dict().items() if k != "tasks"}  # written before tasks were kept
+    restored.load_state_dict(old)
+    assert restored.tasks.tolist() == [-1, -1, -1] and torch.equal(restored.routes, window.routes)
+
+
+def _reference_bonus(routes: list[list[int]], tasks: list[int], kinds: list[int], scope: str) -> list[float]:
+    """Each episode's summed bonus, written out per episode and module (eq. 6 in its scope)."""
+    n_modules = len(kinds)
+    totals = []
+    for route, task in zip(routes, tasks):
+        counted = [r for r, t in zip(routes, tasks) if scope != "task" or t == task]
+        counts = [sum(m in r for r in counted) for m in range(n_modules)]
+        total = 0.0
+        for m in route:
+            if m >= n_modules:
+                continue
+            compared = [counts[j] for j in range(n_modules) if scope != "kind" or kinds[j] == kinds[m]]
+            low, high = min(compared), max(compared)
+            total += 0.0 if high == low else 1 - (counts[m] - low) / (high - low)
+        totals.append(total)
+    return totals
+
+
+@pytest.mark.parametrize("scope", ["pool", "task", "kind"])
+def test_engine_bonus_in_each_scope(new_engine, scope: str) -> None:
+    engine = new_engine(
+        duplicates=3, max_depth=4, batch_size=16, bonus_weight=0.7, bonus_scope=scope, train_modules=False
+    )
+    kinds = engine.pool.action_bank[: engine.pool.n_modules].tolist()
+    for seed in range(2):  # the window holds one batch: each batch's bonus is its own routes'
+        outs, _ = run_batch(engine, random_policy(seed))
+        final = outs[-1].final
+        expected = _reference_bonus(final["route"].tolist(), final["task"].tolist(), kinds, scope)
+        torch.testing.assert_close(final["bonus"], torch.tensor(expected))
+        torch.testing.assert_close(final["reward"], -final["loss"] + 0.7 * final["bonus"])
+        torch.testing.assert_close(final["step_rewards"].sum(1), final["reward"])
+    assert final["bonus"].max() > 0
 
 
 # --- module training ---------------------------------------------------------------------------------

@@ -469,6 +469,7 @@ BAD_KWARGS = [
     ({"lr_decay": 1.5}, ValueError, "lr_decay"),
     ({"bonus_weight": -1.0}, ValueError, "bonus_weight must be >= 0"),
     ({"dispatch": "fast"}, ValueError, "dispatch must be one of"),
+    ({"bonus_scope": "tasks"}, ValueError, "bonus_scope must be one of"),
     ({"pool": "big"}, ValueError, "pool must be one of"),
     ({"pool": "static"}, ValueError, "needs max_depth=5"),  # the default max_depth is 6
 ]

@@ -7,6 +7,7 @@ a subprocess where the test needs a real process (kill -9, exit status, ``python
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -21,6 +22,8 @@ import torchvision.datasets.mnist
 from sb3_contrib import MaskablePPO
 
 import train
+from agents.plot import PLOT_FILES
+from agents.route_stats import ROUTE_STAT_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,6 +42,7 @@ RECORD_KEYS = {
     "train_loss",
     "per_task_accuracy",
     "per_task_balanced_accuracy",
+    *ROUTE_STAT_KEYS,
     "unused_modules",
     "module_usage",
 }
@@ -114,6 +118,11 @@ def test_run_writes_metrics_config_plots_tensorboard_and_checkpoint(two_epoch_ru
         assert r["unused_modules"] == sum(1 for m in range(n_modules) if not any(row[m] for row in usage))
         # every test route holds an input conv and a head: at least 2 modules per pair
         assert sum(map(sum, usage)) >= 2 * r["test_pairs"]
+        # the route statistics agree with the usage counts they summarise
+        tasks_using = [sum(row[m] > 0 for row in usage) for m in range(n_modules)]
+        assert r["shared_modules"] == sum(n >= 2 for n in tasks_using)
+        assert 0.0 <= r["route_overlap"] <= 1.0 and 0.0 <= r["route_overlap_weighted"] <= 1.0
+        assert 0.0 <= r["route_entropy_bits"] <= math.log2(r["routes_per_task"])
     assert 0 < records[0]["wall_clock_s"] < records[1]["wall_clock_s"]
     assert records[1]["router_lr"] == pytest.approx(records[0]["router_lr"] * 0.97)
 
@@ -124,7 +133,7 @@ def test_run_writes_metrics_config_plots_tensorboard_and_checkpoint(two_epoch_ru
     )
     assert config["train_pairs"] == 256 and config["test_pairs"] == 200 and config["epochs"] == 2
 
-    for png in ("accuracy.png", "unused_modules.png", "module_usage.png"):
+    for png in PLOT_FILES:
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     assert list((out / "tb").glob("events.out.tfevents.*"))
     checkpoint = out / "checkpoint"
