@@ -48,6 +48,7 @@ SECTIONS: list[tuple[str, type, dict[str, str | None]]] = [
             "batch_size": None,
             "bonus_weight": None,
             "bonus_warmup": None,
+            "bonus_scope": None,
             "lr": None,
             "lr_decay": None,
             "max_pairs": "limit_train",

@@ -19,6 +19,7 @@ RN_LEARNERS = ("wpl", "reinforce")
 DECODER_QUERIES = ("valid", "all")
 CRITIC_ENCODERS = ("shared", "separate")
 REWARD_TIMINGS = ("per_step", "terminal")
+TASK_PRIOR_STEPS = ("all", "head")
 
 # Named settings ({"section.field": value}) that a run starts from before its flags (README "Presets").
 # The paper's explicit rules (per-step rewards, eq. 7; unused modules not updated) are on in both.
@@ -98,6 +99,13 @@ class RouterConfig:
         task_prior_std: not in the paper: std of a learned per-task bias on the action logits, 0 = none.
             A random start of a few units gives each task its own preferred modules from the first
             batch, so routes are task-specific before PPO has any signal.
+        task_prior_steps: where the task prior applies: ``"all"`` (every step) or ``"head"`` (the last
+            step only, where the route picks its output head; the modules before it start task-blind).
+        static_start: not in the paper: start the router at the static network. A learned per-(task,
+            step) bias on the action logits, initialised to this many units on the static network's route
+            through the pool (``routing_env/static_route.py``: a trunk shared by every task, the task's own
+            head) and 0 elsewhere; 0 = none. The router still chooses every module: PPO moves away from
+            the static network where another route earns more. Needs ``max_depth >= 5``.
         decoder_queries: ``"valid"``: the decoder's queries attend only to the actions valid now (the
             paper's router input holds the valid modules); ``"all"``: every action, masked after scoring.
         normalize_instance: layer-normalise the instance token to the embeddings' scale (a fresh conv
@@ -113,6 +121,8 @@ class RouterConfig:
     n_decoder_layers: int = 1
     conv_channels: tuple[int, int] = (32, 64)
     task_prior_std: float = 0.0
+    task_prior_steps: str = "all"
+    static_start: float = 0.0
     decoder_queries: str = "all"
     normalize_instance: bool = False
     critic_encoder: str = "shared"
@@ -129,8 +139,13 @@ class RouterConfig:
             raise ValueError(f"conv_channels must hold 2 numbers, got {self.conv_channels}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be a multiple of n_heads={self.n_heads}")
-        if not self.task_prior_std >= 0:
-            raise ValueError(f"task_prior_std must be >= 0, got {self.task_prior_std}")
+        for name in ("task_prior_std", "static_start"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.task_prior_steps not in TASK_PRIOR_STEPS:
+            raise ValueError(
+                f"task_prior_steps must be one of {TASK_PRIOR_STEPS}, got {self.task_prior_steps!r}"
+            )
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> RouterConfig:
@@ -223,10 +238,16 @@ class RunConfig:
             raise ValueError(f"checkpoint_every_minutes must be >= 0, got {self.checkpoint_every_minutes}")
         if self.threads is not None and int(self.threads) < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
-        if self.router.task_prior_std > 0 and self.algo not in router_policy_algorithms():
+        for option in ("task_prior_std", "static_start"):
+            if getattr(self.router, option) > 0 and self.algo not in router_policy_algorithms():
+                raise ValueError(
+                    f"{option} is a RouterPolicy option: use algo {', '.join(router_policy_algorithms())}"
+                    f" (not {self.algo})"
+                )
+        if self.router.static_start > 0 and self.env.max_depth < 5:
             raise ValueError(
-                f"task_prior_std is a RouterPolicy option: use algo {', '.join(router_policy_algorithms())}"
-                f" (not {self.algo})"
+                f"static_start starts at the static network's 5 layers: it needs max_depth >= 5, got "
+                f"{self.env.max_depth}"
             )
         settings = {"benchmark": benchmark_of(self.env_id), "seed": self.seed, "split": "train"}
         settings.update(ALGORITHMS[self.algo].env_settings)  # e.g. the static pool, 5 layers

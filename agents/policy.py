@@ -19,12 +19,19 @@ from agents.config import RouterConfig
 from agents.router import LRNRouter, parse_observation
 
 
-def _router_from_space(observation_space: spaces.Dict, config: RouterConfig, attention: str) -> LRNRouter:
+def _router_from_space(
+    observation_space: spaces.Dict,
+    config: RouterConfig,
+    attention: str,
+    static_route: list[list[int]] | None = None,
+) -> LRNRouter:
     image_shape = tuple(observation_space["image"].shape)
     n_tasks = int(observation_space["task"].n)
     n_actions = int(observation_space["action_mask"].n)
     max_depth = int(observation_space["route"].shape[0])
-    return LRNRouter(image_shape, n_tasks, n_actions, max_depth, config, attention=attention)
+    return LRNRouter(
+        image_shape, n_tasks, n_actions, max_depth, config, attention=attention, static_route=static_route
+    )
 
 
 def _check_image_scaling(observation_space: spaces.Dict, normalize_images: bool) -> None:
@@ -55,9 +62,12 @@ class RouterPolicy(MaskableActorCriticPolicy):
         already normalises it; a float image with True is an error).
     :param attention_backend: ``"auto"`` (torch's fastest attention kernels) or ``"math"`` (the plain
         kernel, which has second derivatives: needed by TRPO).
+    :param static_route: each task's route of the static network through the env's pool, ``(n_tasks,
+        max_depth)`` action ids (:func:`routing_env.static_route.static_network_route`); needed with
+        ``static_start``.
     :param router_kwargs: the router's architecture, the fields of :class:`agents.config.RouterConfig`
         (``d_model``, ``n_heads``, ``d_ff``, ``n_encoder_layers``, ``n_decoder_layers``,
-        ``conv_channels``, ``task_prior_std``); an unknown keyword is an error.
+        ``conv_channels``, ``task_prior_std``, ``static_start``, ...); an unknown keyword is an error.
     """
 
     def __init__(
@@ -70,6 +80,7 @@ class RouterPolicy(MaskableActorCriticPolicy):
         use_sde: bool = False,
         normalize_images: bool = True,
         attention_backend: str = "auto",
+        static_route: list[list[int]] | None = None,
         **router_kwargs: Any,
     ) -> None:
         if use_sde:
@@ -87,7 +98,8 @@ class RouterPolicy(MaskableActorCriticPolicy):
             normalize_images=normalize_images,
         )
         self.router_config = router_config
-        self.router = _router_from_space(observation_space, router_config, attention_backend)
+        self.router = _router_from_space(observation_space, router_config, attention_backend, static_route)
+        self.static_route = static_route
         self.action_dist = MaskableCategoricalDistribution(int(action_space.n))
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
 
@@ -98,6 +110,7 @@ class RouterPolicy(MaskableActorCriticPolicy):
         data.update(
             **dataclasses.asdict(self.router_config),
             attention_backend=self.router.attention,
+            static_route=self.static_route,
             lr_schedule=self._dummy_schedule,
             optimizer_class=self.optimizer_class,
             optimizer_kwargs=self.optimizer_kwargs,

@@ -105,6 +105,8 @@ class LRNRouter(nn.Module):
         config: the architecture (:class:`agents.config.RouterConfig`).
         attention: the attention kernels (see :func:`attention_backend`); ``"math"`` for algorithms
             that differentiate the policy twice (TRPO).
+        static_route: ``(n_tasks, max_depth)`` action ids of the static network's route for each task
+            (:func:`routing_env.static_route.static_network_route`); needed with ``config.static_start``.
     """
 
     def __init__(
@@ -115,6 +117,7 @@ class LRNRouter(nn.Module):
         max_depth: int,
         config: RouterConfig | None = None,
         attention: str = "auto",
+        static_route: torch.Tensor | list[list[int]] | None = None,
     ) -> None:
         super().__init__()
         attention_backend(attention)  # checks the name
@@ -138,6 +141,8 @@ class LRNRouter(nn.Module):
         if cfg.task_prior_std > 0:
             self.task_prior = nn.Embedding(n_tasks, n_actions)  # (n_tasks, A) logit offsets
             nn.init.normal_(self.task_prior.weight, std=cfg.task_prior_std)
+        self.max_depth = max_depth
+        self.static_prior = _static_prior(cfg.static_start, static_route, n_tasks, max_depth, n_actions)
         self.critic_state: nn.ModuleDict | None = None
         if cfg.critic_encoder == "separate":
             self.critic_state = nn.ModuleDict(
@@ -191,8 +196,15 @@ class LRNRouter(nn.Module):
                 queries, states, tgt_key_padding_mask=query_padding, memory_key_padding_mask=padding
             )  # (B, A, d)
         logits = self.score(out).squeeze(-1)
+        if self.task_prior is not None or self.static_prior is not None:
+            step = (~padding[:, 2:]).sum(1)  # (B,) route steps taken so far (PASS included)
         if self.task_prior is not None:
-            logits = logits + self.task_prior(task)
+            prior = self.task_prior(task)  # (B, A)
+            if self.config.task_prior_steps == "head":
+                prior = prior * (step == self.max_depth - 1)[:, None]
+            logits = logits + prior
+        if self.static_prior is not None:
+            logits = logits + self.static_prior[task, step.clamp(max=self.max_depth - 1)]
         return logits
 
     def masked_logits(self, x: RouterInput, states: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
@@ -230,6 +242,32 @@ class LRNRouter(nn.Module):
         state = dict(state)
         state["_graphed"] = None  # CUDA graphs do not copy or pickle; they are captured again
         return state
+
+
+def _static_prior(
+    strength: float,
+    static_route: torch.Tensor | list[list[int]] | None,
+    n_tasks: int,
+    max_depth: int,
+    n_actions: int,
+) -> nn.Parameter | None:
+    """The learned ``(n_tasks, max_depth, n_actions)`` logit offsets of ``static_start``: ``strength`` on
+    each task's static route action at each step, 0 elsewhere; None without ``strength``."""
+    if not strength > 0:
+        return None
+    if static_route is None:
+        raise ValueError(
+            "static_start needs the static network's route (static_route, from "
+            "routing_env.static_route.static_network_route(pool, n_tasks, max_depth))"
+        )
+    route = torch.as_tensor(static_route, dtype=torch.long)
+    if route.shape != (n_tasks, max_depth) or not bool(((route >= 0) & (route < n_actions)).all()):
+        raise ValueError(
+            f"static_route must hold ({n_tasks}, {max_depth}) action ids in [0, {n_actions}), "
+            f"got shape {tuple(route.shape)}"
+        )
+    prior = torch.zeros(n_tasks, max_depth, n_actions).scatter_(2, route[..., None], float(strength))
+    return nn.Parameter(prior)
 
 
 def _transformer_encoder(cfg: RouterConfig) -> nn.TransformerEncoder:

@@ -20,8 +20,10 @@ from agents.config import AgentConfig, RouterConfig, RunConfig
 from agents.evaluation import balanced_accuracy, evaluate
 from agents.policy import RouterPolicy
 from agents.route_stats import ROUTE_STAT_KEYS, route_statistics
+from agents.router import parse_observation
 from agents.trainers.static import StaticTrainer
 from routing_env import RoutingConfig, RoutingSB3VecEnv, make_engine
+from routing_env.static_route import static_network_route
 
 SMALL_ROUTER = dict(d_model=32, n_heads=2, d_ff=64)
 
@@ -367,6 +369,124 @@ def test_save_load_keeps_the_task_prior(env: RoutingSB3VecEnv, tmp_path: Path) -
         assert torch.equal(logits(restored), logits(model.policy))
     fresh = _router_policy(env, seed=3, **kwargs)
     assert not torch.allclose(logits(fresh), logits(model.policy))
+
+
+# --- where the priors apply, and starting at the static network (not in the paper) -----------------
+
+
+@pytest.fixture(scope="module")
+def env6(fake_data_root: Path) -> RoutingSB3VecEnv:
+    """Routes of 6 steps (room for the static network's 5 layers and a PASS) over a frozen pool."""
+    return make_env(fake_data_root, max_depth=6, train_modules=False)
+
+
+def _prior_offsets(
+    policy: RouterPolicy, prior: torch.Tensor, engine, seed: int = 0
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Walk one batch of ``engine`` with random valid actions; at every step, the change of the logits
+    when ``prior`` (a parameter of the router) is zeroed, 0 on invalid actions, and the mask: ``(B, A)``
+    each."""
+    gen = torch.Generator().manual_seed(seed)
+    steps = []
+    engine.begin_batch()
+    for _ in range(engine.max_depth):
+        x = parse_observation(engine.observation())
+        with torch.no_grad():
+            full = policy.router(x)[0]
+            saved = prior.detach().clone()
+            prior.zero_()
+            bare = policy.router(x)[0]
+            prior.copy_(saved)
+        steps.append((torch.where(x.mask, full - bare, 0.0), x.mask))
+        engine.step(torch.multinomial(x.mask.float(), 1, generator=gen).squeeze(1))
+    return steps
+
+
+@pytest.mark.parametrize("steps", ["all", "head"])
+def test_task_prior_applies_at_the_steps_asked_for(env6: RoutingSB3VecEnv, steps: str) -> None:
+    policy = _router_policy(env6, task_prior_std=3.0, task_prior_steps=steps)
+    weight = policy.router.task_prior.weight.detach()
+    walk = _prior_offsets(policy, policy.router.task_prior.weight, env6.engine)
+    rows = weight[env6.engine.tasks]  # (B, A): each episode's task's prior
+    for step, (offset, mask) in enumerate(walk):
+        on = steps == "all" or step == env6.engine.max_depth - 1
+        torch.testing.assert_close(offset, torch.where(mask, rows, 0.0) if on else torch.zeros_like(offset))
+
+
+def test_static_start_is_a_learned_bias_on_the_static_route(env6: RoutingSB3VecEnv) -> None:
+    n_tasks, n_actions = int(env6.observation_space["task"].n), int(env6.action_space.n)
+    route = static_network_route(env6.engine.pool, n_tasks, 6)
+    assert _router_policy(env6).router.static_prior is None and RouterConfig().static_start == 0.0
+    policy = _router_policy(env6, static_start=2.5, static_route=route.tolist())
+    prior = policy.router.static_prior
+    assert prior.shape == (n_tasks, 6, n_actions) and prior.requires_grad
+    torch.testing.assert_close(prior.detach(), torch.zeros_like(prior).scatter_(2, route[..., None], 2.5))
+    # at each step of a random walk, the bias adds the strength to the task's static action at that
+    # step (where it is valid after the walk's earlier choices), and nothing to any other action
+    walk = _prior_offsets(policy, prior, env6.engine)
+    tasks = env6.engine.tasks
+    rows = torch.arange(len(tasks))
+    for step, (offset, mask) in enumerate(walk):
+        expected = torch.zeros_like(offset)
+        expected[rows, route[tasks, step]] = 2.5
+        torch.testing.assert_close(offset, torch.where(mask, expected, 0.0))
+    assert walk[0][0].any()  # step 0's static action, input_conv[0], is always valid
+
+    with pytest.raises(ValueError, match="static_start needs the static network's route"):
+        _router_policy(env6, static_start=1.0)
+    with pytest.raises(ValueError, match=r"static_route must hold \(10, 6\) action ids"):
+        _router_policy(env6, static_start=1.0, static_route=route[:, :5].tolist())
+
+
+def test_large_static_start_routes_every_task_through_the_static_network(
+    fake_data_root: Path, env6: RoutingSB3VecEnv
+) -> None:
+    """train.py's trainer with ``static_start`` 20: the fresh router's greedy route of every test pair is
+    its task's static route; it still samples other routes at strength 1, and PPO moves the bias."""
+    trainer = small_trainer("maskable_ppo", env6, router={**SMALL_ROUTER, "static_start": 20.0}, minibatch=16)
+    n_tasks, n_modules = int(env6.observation_space["task"].n), env6.engine.pool.n_modules
+    route = static_network_route(env6.engine.pool, n_tasks, 6)
+    assert trainer.model.policy.static_route == route.tolist()
+    config = RoutingConfig(
+        benchmark="mnist", split="test", data_root=fake_data_root, download=False, device="cpu",
+        duplicates=2, max_depth=6, max_pairs=200, seed=0,
+    )  # fmt: skip
+    test_engine, bench = make_engine(config, batch_size=200, pool=env6.engine.pool)
+    res = evaluate(trainer.act, test_engine, bench.n_tasks, bench.n_classes)
+    per_task = torch.bincount(test_engine.data.tasks, minlength=n_tasks)
+    expected = torch.zeros(n_tasks, n_modules, dtype=torch.long)
+    for t in range(n_tasks):
+        modules = route[t][route[t] < n_modules]
+        expected[t, modules] = per_task[t]
+    assert res["module_usage"] == expected.tolist()
+    assert res["routes_per_task"] == 1.0 and res["route_entropy_bits"] == 0.0
+
+    trainer = small_trainer("maskable_ppo", env6, router={**SMALL_ROUTER, "static_start": 1.0}, minibatch=16)
+    policy = trainer.model.policy
+    env6.engine.begin_batch()
+    for _ in range(6):
+        obs = env6.engine.observation()
+        out = env6.engine.step(policy._predict(obs, deterministic=False).reshape(-1))
+    taken = out.final["route"]
+    assert (taken != route[out.final["task"]]).any(dim=1).any(), "every sampled route was the static one"
+    before = policy.router.static_prior.detach().clone()
+    trainer.learn_epoch(1, lambda n: None)
+    assert not torch.equal(policy.router.static_prior.detach(), before)
+
+
+def test_save_load_keeps_the_static_start(env6: RoutingSB3VecEnv, tmp_path: Path) -> None:
+    route = static_network_route(env6.engine.pool, 10, 6).tolist()
+    kwargs = {**SMALL_ROUTER, "static_start": 4.0, "static_route": route}
+    model = MaskablePPO(
+        RouterPolicy, env6, n_steps=6, batch_size=96, seed=3, device="cpu", policy_kwargs=kwargs
+    )
+    prior = model.policy.router.static_prior
+    with torch.no_grad():  # weights a fresh init cannot reproduce: they must come from the file
+        prior.add_(torch.linspace(-1, 1, prior.numel()).view_as(prior))
+    model.save(tmp_path / "agent.zip")
+    loaded = MaskablePPO.load(tmp_path / "agent.zip", env=env6, device="cpu")
+    assert loaded.policy.static_route == route and loaded.policy.router_config.static_start == 4.0
+    assert torch.equal(loaded.policy.router.static_prior, prior)
 
 
 # --- evaluation -------------------------------------------------------------------------------------

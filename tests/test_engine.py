@@ -26,6 +26,7 @@ from routing_env.rewards import (
     route_bonus,
     task_usage_counts,
 )
+from routing_env.static_route import static_network_route
 
 # Many small ops: one intra-op thread is faster on a small shared CPU (fixture in conftest.py).
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -276,6 +277,31 @@ def test_invalid_action_takes_lowest_valid_module_where_pass_is_invalid() -> Non
         [True, False],
     ]
     assert outs[-1].final["route"].tolist() == [[0, 8, 2, 3, 4], [0, 1, 2, 3, 7]]
+
+
+@pytest.mark.parametrize(("duplicates", "max_depth"), [(3, 6), (2, 5), (1, 7)])
+def test_static_network_route_is_a_valid_route_of_the_lrn_pool(duplicates: int, max_depth: int) -> None:
+    engine = tiny_engine(duplicates=duplicates, max_depth=max_depth)
+    pool, n_tasks = engine.pool, 4
+    route = static_network_route(pool, n_tasks, max_depth)
+    trunk = ["input_conv[0]", "hidden_conv[0]", "fc_from_conv[0]", "hidden_fc[0]"]
+    for t in range(n_tasks):  # the shared trunk, PASS up to the last step, the task's head
+        passes = ["PASS"] * (max_depth - 5)
+        assert [pool.action_names[a] for a in route[t]] == [
+            *trunk,
+            *passes,
+            f"head_from_fc[{t % duplicates}]",
+        ]
+    engine.begin_batch()
+    for k in range(max_depth):  # the engine takes it step by step, no action replaced
+        out = engine.step(route[engine.tasks, k])
+        assert not out.invalid.any(), k
+    assert torch.equal(out.final["route"], route[engine.tasks])
+
+    with pytest.raises(ValueError, match="needs max_depth >= 5"):
+        static_network_route(pool, n_tasks, 4)
+    with pytest.raises(ValueError, match="the pool has no head_from_fc module"):
+        static_network_route(tiny_engine(pool="static", max_depth=5).pool, n_tasks, 5)
 
 
 # --- rewards -----------------------------------------------------------------------------------------

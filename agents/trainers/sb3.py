@@ -22,6 +22,7 @@ from agents.policy import RouterFeaturesExtractor, RouterPolicy
 from agents.rollout import LRNA2C, LRNPPO, LRNMaskablePPO
 from agents.trainers.base import BatchCallback, parameter_norm
 from routing_env.sb3_vec_env import RoutingSB3VecEnv
+from routing_env.static_route import static_network_route
 
 
 class _StopAtBoundary(Exception):
@@ -139,16 +140,22 @@ class SB3Trainer:
         self.env._reset_seeds()
 
 
-def router_policy(cfg: RunConfig) -> dict[str, Any]:
-    """The policy arguments of every algorithm that trains :class:`RouterPolicy`."""
-    return dict(policy=RouterPolicy, policy_kwargs=dataclasses.asdict(cfg.router))
+def router_policy(env: RoutingSB3VecEnv, cfg: RunConfig) -> dict[str, Any]:
+    """The policy arguments of every algorithm that trains :class:`RouterPolicy`; with ``static_start``,
+    the static network's route through ``env``'s pool."""
+    policy_kwargs = dataclasses.asdict(cfg.router)
+    if cfg.router.static_start > 0:
+        n_tasks = int(env.observation_space["task"].n)
+        route = static_network_route(env.engine.pool, n_tasks, env.engine.max_depth)
+        policy_kwargs["static_route"] = route.tolist()
+    return dict(policy=RouterPolicy, policy_kwargs=policy_kwargs)
 
 
 def rollout_kwargs(env: RoutingSB3VecEnv, cfg: RunConfig) -> dict[str, Any]:
     """On-policy arguments shared by PPO and A2C: one rollout = one batch of ``num_envs`` whole episodes."""
     a = cfg.agent
     return dict(
-        **router_policy(cfg),
+        **router_policy(env, cfg),
         n_steps=env.engine.max_depth,
         gamma=a.gamma,
         gae_lambda=a.gae_lambda,
