@@ -53,6 +53,9 @@ BEFORE_OPTIONS = {
     "normalize_instance": False,
     "critic_encoder": "shared",
     "task_prior_std": 0.0,
+    "task_prior_steps": "all",
+    "static_start": 0.0,
+    "bonus_scope": "pool",
     "val_fraction": 0.0,
     "augment": False,
     "weight_decay": 0.0,
@@ -106,6 +109,8 @@ def describe(config: dict[str, Any]) -> str:
     bonus = s.get("bonus_weight", 1.0)
     parts = [f"LRN ({algo})", f"d{s['duplicates']} L{s['max_depth']}"]
     parts.append("no bonus" if bonus == 0 else f"bonus {bonus:g}")
+    if bonus > 0 and s["bonus_scope"] != "pool":
+        parts.append(f"bonus per {s['bonus_scope']}")
     if s.get("bonus_warmup") and bonus > 0:
         parts.append(f"bonus from epoch {s['bonus_warmup']}")
     parts.append("per-step rewards" if s["reward_timing"] == "per_step" else "terminal reward")
@@ -117,7 +122,12 @@ def describe(config: dict[str, Any]) -> str:
     if s["critic_encoder"] == "separate":
         parts.append("separate critic")
     if s.get("task_prior_std"):
-        parts.append(f"task prior {s['task_prior_std']:g}")
+        parts.append(
+            f"task prior {s['task_prior_std']:g}"
+            + (" on the head" if s["task_prior_steps"] == "head" else "")
+        )
+    if s["static_start"]:
+        parts.append(f"static start {s['static_start']:g}")
     if s.get("ent_coef"):
         parts.append(f"entropy {s['ent_coef']:g}")
     if s.get("router_lr"):
