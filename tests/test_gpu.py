@@ -13,6 +13,7 @@ import train
 from agents.config import RouterConfig
 from agents.policy import RouterPolicy
 from routing_env import RoutingConfig, RoutingSB3VecEnv, make_engine
+from routing_env.static_route import static_network_route
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -57,14 +58,20 @@ def test_graphed_pool_step_matches_eager(data_root: Path, freeze_unused: bool, d
 READINGS = {"decoder_queries": "valid", "normalize_instance": True, "critic_encoder": "separate"}
 
 
-@pytest.mark.parametrize("options", [{}, READINGS])
+# The priors not in the paper: the static start and a task prior on the head step, both indexed by the step.
+PRIORS = {"static_start": 5.0, "task_prior_std": 2.0, "task_prior_steps": "head"}
+
+
+@pytest.mark.parametrize("options", [{}, READINGS, PRIORS], ids=["paper", "readings", "priors"])
 def test_graphed_router_forward_matches_eager(data_root: Path, options: dict) -> None:
     env = RoutingSB3VecEnv(
         "RoutingMNIST-v0", num_envs=64, data_root=data_root, download=False, device="cuda", duplicates=3,
         max_pairs=640, seed=0,
     )  # fmt: skip
     config = RouterConfig(d_model=64, n_heads=4, d_ff=128, **options)
-    policy = RouterPolicy(env.observation_space, env.action_space, lambda _: 1e-3, **vars(config)).cuda()
+    route = static_network_route(env.engine.pool, int(env.observation_space["task"].n), env.engine.max_depth)
+    kwargs = {**vars(config), "static_route": route.tolist()} if config.static_start else vars(config)
+    policy = RouterPolicy(env.observation_space, env.action_space, lambda _: 1e-3, **kwargs).cuda()
     policy.set_training_mode(False)
     env.reset()
     obs = env.tensor_observation()
@@ -89,3 +96,19 @@ def test_train_runs_on_the_gpu(data_root: Path, tmp_path: Path) -> None:
     assert [r["epoch"] for r in records] == [0, 1]
     assert all(0 <= r["test_accuracy"] <= 1 and 0 <= r["val_accuracy"] <= 1 for r in records)
     assert records[-1]["train_invalid_actions"] == 0
+
+
+def test_sharing_options_run_on_the_gpu(data_root: Path, tmp_path: Path) -> None:
+    """The static start, the task prior on the head step and the per-task bonus, through train.py on a GPU
+    (the router's forward and the pool's step as CUDA graphs)."""
+    out = tmp_path / "run"
+    argv = [
+        "--device", "cuda", "--epochs", 1, "--limit-train", 1024, "--limit-test", 300, "--duplicates", 3,
+        "--static-start", 5, "--task-prior-steps", "head", "--bonus-scope", "task", "--no-progress",
+        "--data-root", data_root, "--no-download", "--out", out,
+    ]  # fmt: skip
+    assert train.main([str(a) for a in argv]) == 0
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["train_invalid_actions"] == 0 and record["train_bonus"] > 0
+    assert 0 <= record["route_overlap"] <= 1 and record["routes_per_task"] >= 1
+    assert (out / "route_statistics.png").exists()
