@@ -48,7 +48,8 @@ class RoutingEnv(gym.Env):
     last step: minus the cross-entropy loss of the built network on the instance plus
     ``bonus_weight`` times the sum, over the modules the network uses, of the collapse bonus
     ``r_i = 1 - (c_i - c_min) / (c_max - c_min)`` (paper eq. 6; 0 for all when all counts are equal),
-    with counts ``c`` over this env's last ``batch_size`` episodes.
+    with counts ``c`` over this env's last ``batch_size`` episodes (``bonus_scope="task"``: only those of
+    the episode's task; ``"kind"``: ``c_min`` and ``c_max`` within the module's kind).
 
     ## Module training
     The env accumulates the gradient of each episode's loss and takes one Adam step on the pool every
