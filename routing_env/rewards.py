@@ -26,12 +26,10 @@ def module_usage_counts(routes: torch.Tensor, n_modules: int) -> torch.Tensor:
     Returns:
         ``(n_modules,)`` float counts.
     """
-    ids = routes.flatten().clamp(max=n_modules)  # PASS and padding go to a dropped bin
-    # scatter_add, not bincount: bincount reads its input's maximum back to the host on a GPU.
-    counts = torch.zeros(n_modules + 1, device=routes.device).scatter_add_(
-        0, ids, torch.ones_like(ids, dtype=torch.float)
-    )
-    return counts[:n_modules]
+    # A comparison with every module id (PASS and padding match none), not bincount: bincount reads its
+    # input's maximum back to the host on a GPU.
+    modules = torch.arange(n_modules, device=routes.device)
+    return (routes.reshape(-1, 1) == modules).sum(0, dtype=torch.float)
 
 
 def collapse_bonus(counts: torch.Tensor) -> torch.Tensor:
@@ -48,9 +46,9 @@ def collapse_bonus(counts: torch.Tensor) -> torch.Tensor:
         ``(M,)`` bonuses in ``[0, 1]``.
     """
     counts = counts.float()
-    c_min, c_max = counts.min(), counts.max()
+    c_min, c_max = torch.aminmax(counts)
     spread = c_max - c_min
-    return torch.where(spread > 0, 1.0 - (counts - c_min) / spread.clamp_min(1e-12), 0.0)
+    return (1.0 - (counts - c_min) / spread.clamp_min(1e-12)) * (spread > 0)
 
 
 def route_bonus(routes: torch.Tensor, bonus: torch.Tensor) -> torch.Tensor:
@@ -104,6 +102,9 @@ class UsageWindow:
     def push(self, routes: torch.Tensor) -> None:
         """Remember ``routes`` ``(B, T)``, forgetting the oldest."""
         size, b = self.routes.shape[0], routes.shape[0]
+        if b == size and self.position == 0:  # the whole window (a vector env's batch): one copy
+            self.routes.copy_(routes)
+            return
         idx = (self.position + torch.arange(b, device=self.routes.device)) % size
         self.routes[idx] = routes
         self.position = (self.position + b) % size
