@@ -26,7 +26,8 @@ Linear banks run dense in every mode but ``grouped``: at a batch of 128 a linear
 reading its weights, which every mode reads once per call (a per-sample gathered weight would be ``B``
 copies of the layer). What makes them cheap is running each such bank once per batch
 (:class:`routing_env.network.RoutePlan`). Outputs are normalised after each sample has kept its own
-duplicate's output, so the norms do ``1 / duplicates`` of the dense layer's work.
+duplicate's output, so the norms do ``1 / duplicates`` of the dense layer's work. A bank of one
+duplicate (the static network's) runs as a plain layer in every mode but ``grouped``.
 
 All compute the same function; ``tests/test_modules.py`` checks outputs and gradients agree.
 """
@@ -270,7 +271,7 @@ class ModuleBank(nn.Module):
             return self._grouped(h, dup, active)
         if self.spec.layer == "linear":
             return self._dense_linear(h, dup)
-        if mode == "dense":
+        if mode == "dense" or self.spec.duplicates == 1:  # one duplicate: dense is a plain convolution
             z = self._dense_conv(h, dup)
         elif mode == "patches":
             z = _PerSampleConv3x3.apply(h, self.weight.flatten(2)[dup], self.bias[dup])
@@ -281,6 +282,8 @@ class ModuleBank(nn.Module):
     def _dense_conv(self, h: torch.Tensor, dup: torch.Tensor) -> torch.Tensor:
         batch, d = h.shape[0], self.spec.duplicates
         z = F.conv2d(h, self.weight.flatten(0, 1), self.bias.flatten(), padding=1)  # (B, d*C, H, W)
+        if d == 1:
+            return z
         rows = torch.arange(batch, device=h.device)
         return z.view(batch, d, -1, *z.shape[2:])[rows, dup]  # (B, C, H, W)
 
@@ -297,7 +300,8 @@ class ModuleBank(nn.Module):
     def _dense_linear(self, h: torch.Tensor, dup: torch.Tensor) -> torch.Tensor:
         batch, d = h.shape[0], self.spec.duplicates
         z = F.linear(h.flatten(1), self.weight.flatten(0, 1), self.bias.flatten())  # (B, d*O)
-        z = z.view(batch, d, -1)[torch.arange(batch, device=h.device), dup]  # (B, O)
+        if d > 1:
+            z = z.view(batch, d, -1)[torch.arange(batch, device=h.device), dup]  # (B, O)
         return self._layer_norm_relu(z, dup).reshape(batch, *self.out_shape)
 
     def _grouped(self, h: torch.Tensor, dup: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
