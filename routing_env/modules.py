@@ -211,6 +211,7 @@ class _PerSampleConv3x3(torch.autograd.Function):
         h, weight = ctx.saved_tensors
         batch, _, height, width = h.shape
         grad = grad.reshape(batch, -1, height * width)  # (B, C_out, H * W)
+        h, weight = h.to(grad.dtype), weight.to(grad.dtype)  # the forward's product dtype (autocast's)
         grad_h = grad_weight = grad_bias = None
         if ctx.needs_input_grad[1]:
             grad_weight = torch.bmm(grad, F.unfold(h, 3, padding=1).transpose(1, 2))  # (B, C_out, C_in * 9)

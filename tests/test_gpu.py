@@ -8,12 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import train
 from agents.config import RouterConfig
 from agents.policy import RouterPolicy
 from routing_env import RoutingConfig, RoutingSB3VecEnv, make_engine
-from routing_env.network import SYNC_FREE_MODES
+from routing_env.modules import ModulePool, TensorType, lrn_pool_specs
+from routing_env.network import SYNC_FREE_MODES, RoutePlan, run_routes
+from routing_env.rules import RouteRules
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -58,6 +61,45 @@ def test_graphed_pool_step_matches_eager(
     # moves a weight by up to ~lr: compare weights to a few lr.
     for a, b in zip(engines[0].pool.parameters(), engines[1].pool.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=5e-3)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_dispatch_modes_agree_on_the_gpu(precision: str) -> None:
+    """cuDNN's and cuBLAS's kernels per mode compute one function: logits and pool gradients of every
+    sync-free mode against dense fp32 (bf16: within its rounding)."""
+    image = TensorType("image", (3, 12, 12))
+    pool = ModulePool(lrn_pool_specs((3, 12, 12), 5, 4, conv_channels=8, fc_width=32), image, seed=0).cuda()
+    with torch.no_grad():
+        for bank in pool.banks:
+            if bank.spec.norm is not None:
+                bank.norm_weight.uniform_(0.5, 1.5)
+    rules = RouteRules(pool, 6, torch.device("cuda"))
+    plan = RoutePlan(pool, rules.bank_steps)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    route = rules.random_routes(64, gen)
+    images = torch.randint(0, 256, (64, 3, 12, 12), dtype=torch.uint8, device="cuda", generator=gen)
+    weights = torch.randn(64, 5, device="cuda", generator=gen)
+
+    def run(mode: str, bf16: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        pool.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            logits = run_routes(plan, rules.logits_type, images, route, mode).float()
+        (logits * weights).sum().backward()
+        return logits.detach(), [p.grad.clone() for p in pool.parameters()]
+
+    reference, ref_grads = run("dense", False)
+    bf16 = precision == "bf16"
+    for mode in SYNC_FREE_MODES:
+        logits, grads = run(mode, bf16)
+        torch.testing.assert_close(
+            logits, reference, rtol=5e-2 if bf16 else 1e-4, atol=5e-2 if bf16 else 1e-5
+        )
+        for name, grad, ref in zip(dict(pool.named_parameters()), grads, ref_grads, strict=True):
+            if not bf16:
+                torch.testing.assert_close(grad, ref, rtol=1e-4, atol=1e-5, msg=f"{mode} {name}")
+            elif ref.norm() > 1e-3:  # bf16 rounding: the same direction (a conv bias before a norm gets ~0)
+                cosine = F.cosine_similarity(grad.flatten(), ref.flatten(), dim=0)
+                assert cosine > 0.95, f"{mode} {name}: cosine {float(cosine):.4f}"
 
 
 READINGS = {"decoder_queries": "valid", "normalize_instance": True, "critic_encoder": "separate"}
