@@ -12,10 +12,10 @@ How a bank runs on a batch where each sample picked one duplicate (or none):
   host-device synchronisation (measured on an H200: 5.4 s against 20 s per MNIST-MTL epoch for one
   launch per chosen module).
 * ``gathered``: convolutions run each sample through its own duplicate's weights, gathered per sample,
-  as one grouped convolution (``groups=B``): no wasted arithmetic and no host sync. cuDNN runs it as one
-  small fp32 kernel per sample, not on tensor cores.
-* ``gathered_nhwc``: the same grouped convolution in channels-last layout, where cuDNN has grouped
-  kernels for tensor cores (bf16 especially).
+  as one grouped convolution (``groups=B``): no wasted arithmetic and no host sync. In fp32 cuDNN runs
+  it as one small kernel per sample, not on tensor cores (the H100 profile in ``results/bench/``).
+* ``gathered_nhwc``: the same grouped convolution in channels-last layout, for which cuDNN may choose
+  other kernels (``scripts/benchmark.py --banks`` measures whether they are faster).
 * ``patches``: convolutions as one batched matrix product per bank over the unfolded 3x3 patches, each
   sample with its own duplicate's weight matrix: tensor cores (TF32, or bf16 under autocast), and the
   patches (9x the input) are rebuilt in the backward pass rather than kept.
