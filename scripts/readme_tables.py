@@ -248,7 +248,8 @@ def bench_table(results: Path) -> str:
     ]
     for spec, key, label, fmt in memory_rows:
         cells = [
-            fmt.format(r["memory"][spec][key]) if spec in r.get("memory", {}) else "-" for _, r in columns
+            fmt.format(r["memory"][spec][key]) if key in r.get("memory", {}).get(spec, {}) else "-"
+            for _, r in columns
         ]
         if any(c != "-" for c in cells):
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
