@@ -93,7 +93,7 @@ class RoutingEngine:
         self.batch_size = int(batch_size or config.batch_size)
         self.max_depth = int(config.max_depth)
         self.update_every = int(update_every or self.batch_size)
-        self.dispatch = resolve_dispatch(config.dispatch, self.device)
+        self.dispatch = resolve_dispatch(config.dispatch, self.device, config.precision)
         self.rules = RouteRules(self.pool, self.max_depth, self.device)
         self.pad_action = pool.n_actions  # fills the unfilled part of a route
         graphed = (

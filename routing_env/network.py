@@ -18,17 +18,24 @@ from routing_env.modules import ModulePool
 
 # Dispatch modes with fixed shapes and no host sync: a training step in them can be one CUDA graph.
 SYNC_FREE_MODES = ("dense", "gathered", "gathered_nhwc", "patches")
-# What ``dispatch="auto"`` runs, per device type; ``scripts/benchmark.py --banks`` measures the choices.
-# Measured before the stage plan and the newer modes: gathered beat dense on an H100 (MNIST-MTL env epoch
-# 10.4 s against 15.2 s, MIN-MTL 4 GB less memory); compact is ~2.5x faster than grouped on a 2-core CPU.
-AUTO_DISPATCH = {"cuda": "gathered", "cpu": "compact"}
+# What ``dispatch="auto"`` runs, per (device type, precision); ``scripts/benchmark.py --banks`` measures
+# the choices. Measured before the stage plan and the newer modes: gathered beat dense on an H100
+# (MNIST-MTL env epoch 10.4 s against 15.2 s, MIN-MTL 4 GB less memory); compact is ~2.5x faster than
+# grouped on a 2-core CPU. Any other device: compact.
+AUTO_DISPATCH = {
+    ("cuda", "fp32"): "gathered",
+    ("cuda", "bf16"): "gathered",
+    ("cpu", "fp32"): "compact",
+    ("cpu", "bf16"): "compact",  # bf16 autocast is CUDA's only
+}
 
 
-def resolve_dispatch(dispatch: str, device: torch.device) -> str:
-    """The dispatch mode to run on ``device``: ``dispatch`` itself, or for ``"auto"`` the device's default."""
+def resolve_dispatch(dispatch: str, device: torch.device, precision: str = "fp32") -> str:
+    """The dispatch mode to run: ``dispatch`` itself, or for ``"auto"`` the default of ``device`` and
+    ``precision``."""
     if dispatch not in DISPATCH_MODES:
         raise ValueError(f"dispatch must be one of {DISPATCH_MODES}, got {dispatch!r}")
-    return AUTO_DISPATCH.get(device.type, "compact") if dispatch == "auto" else dispatch
+    return AUTO_DISPATCH.get((device.type, precision), "compact") if dispatch == "auto" else dispatch
 
 
 class RoutePlan:
