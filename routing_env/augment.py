@@ -24,11 +24,11 @@ def random_crop_flip(images: torch.Tensor, generator: torch.Generator, flip: boo
     dev = images.device
     padded = F.pad(images, (PAD, PAD, PAD, PAD))
     dy, dx = torch.randint(0, 2 * PAD + 1, (2, batch, 1), device=dev, generator=generator)
-    rows = torch.arange(height, device=dev)[None, :] + dy  # (B, H)
-    cols = torch.arange(width, device=dev)[None, :] + dx  # (B, W)
-    out = padded[torch.arange(batch, device=dev)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
-    out = out.permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
-    if flip:
+    grid = torch.arange(max(height, width), device=dev)
+    rows = grid[:height] + dy  # (B, H)
+    cols = grid[:width] + dx  # (B, W)
+    if flip:  # a mirrored crop reads its columns right to left: the flip costs no pass over the images
         mirror = torch.rand(batch, device=dev, generator=generator) < 0.5
-        out = torch.where(mirror[:, None, None, None], out.flip(-1), out)
-    return out.contiguous()
+        cols = torch.where(mirror[:, None], cols.flip(-1), cols)
+    out = padded[torch.arange(batch, device=dev)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2).contiguous()  # (B, H, W, C) -> (B, C, H, W)

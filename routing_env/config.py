@@ -17,9 +17,11 @@ PRECISIONS = ("fp32", "bf16")
 BONUS_SCOPES = ("pool", "task", "kind")  # the collapse bonus's counts (routing_env/rewards.py)
 POOLS = ("lrn", "static", "routing_network")
 # How the chosen modules run (routing_env/modules.py): "dense" (every duplicate of a bank on every sample,
-# as one wide layer), "gathered" (convs through per-sample weights, linears dense), "grouped" (one call
-# per chosen duplicate, a host sync per bank), "compact" (each bank on only its sub-batch, one host sync).
-DISPATCH_MODES = ("auto", "dense", "gathered", "grouped", "compact")
+# as one wide layer), "gathered" / "gathered_nhwc" (convs as one grouped conv through per-sample weights,
+# linears dense), "patches" (convs as one batched matrix product over unfolded patches, linears dense),
+# "grouped" (one call per chosen duplicate, a host sync per bank), "compact" (each bank on only its
+# sub-batch, one host sync). "auto": routing_env/network.py's AUTO_DISPATCH.
+DISPATCH_MODES = ("auto", "dense", "gathered", "gathered_nhwc", "patches", "grouped", "compact")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -57,15 +59,16 @@ class RoutingConfig:
         train_modules: train the pool; default True for ``split="train"``, False for ``"test"``.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         seed: seeds the pool's initial weights and the order episodes walk the data.
-        dispatch: how the chosen modules run: ``"auto"`` (gathered on CUDA, compact on CPU), ``"dense"``,
-            ``"gathered"``, ``"compact"`` or ``"grouped"`` (see ``routing_env/modules.py``).
+        dispatch: how the chosen modules run: ``"auto"`` (the device's default), ``"dense"``,
+            ``"gathered"``, ``"gathered_nhwc"``, ``"patches"``, ``"compact"`` or ``"grouped"`` (see
+            ``routing_env/modules.py``).
         pool: ``"lrn"`` (the paper's pool), ``"static"`` (one fixed network with a head per task, routed
             by ``max_depth=5``; the static baseline) or ``"routing_network"`` (Rosenbaum et al. 2017: a
             fixed conv trunk, then 3 routed FC depths of ``duplicates`` modules each; ``max_depth=5``).
         freeze_unused: keep the weights and Adam state of a module no episode of an update used (the
             paper's rule; each module is its own Adam); False: one Adam over the pool, which moves unused
             modules through their moments.
-        cuda_graph: run the pool's training step as one CUDA graph on a GPU (dense or gathered dispatch).
+        cuda_graph: run the pool's training step as one CUDA graph on a GPU (a sync-free dispatch mode).
         precision: the pool's arithmetic on a GPU: ``"fp32"`` or ``"bf16"`` (autocast; weights, Adam
             and the loss stay fp32).
         augment: not in the paper: random crops (4-pixel padding) of training images, and horizontal flips

@@ -55,6 +55,8 @@ class DataWalk:
             passes.append(torch.full_like(take, self.epoch))
             self.cursor += take.shape[0]
             n -= take.shape[0]
+        if len(parts) == 1:  # within one pass: a view of the order, which is replaced, never written
+            return parts[0], passes[0]
         return torch.cat(parts), torch.cat(passes)
 
     def state_dict(self) -> dict[str, Any]:

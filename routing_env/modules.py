@@ -5,18 +5,29 @@ are stored as one batched parameter tensor, so a step can run a whole bank in on
 carries typed input and output shapes; which module may follow which, and at which step, is derived
 from those types alone (see :class:`ModulePool`), so a new kind of module needs no change to the env.
 
-Two ways to run a bank on a batch where each sample picked one duplicate (or none):
+How a bank runs on a batch where each sample picked one duplicate (or none):
 
 * ``dense``: every duplicate runs on every sample as one wide layer, then each sample keeps its own
   duplicate's slice. ``duplicates`` times the arithmetic, but a fixed handful of kernels and no
-  host-device synchronisation: fastest on a GPU, where this work is launch-bound (measured on an
-  H200: 5.4 s against 20 s per MNIST-MTL epoch for one launch per chosen module).
+  host-device synchronisation (measured on an H200: 5.4 s against 20 s per MNIST-MTL epoch for one
+  launch per chosen module).
 * ``gathered``: convolutions run each sample through its own duplicate's weights, gathered per sample,
-  as one grouped convolution (``groups=B``): no wasted arithmetic or memory and no host sync (a conv
-  bank's dense output is ``duplicates`` times larger: 1.2 GB per step for MIN-MTL at B=128). Linear
-  banks run dense (a gathered weight would be ``B`` copies of the layer).
+  as one grouped convolution (``groups=B``): no wasted arithmetic and no host sync. In fp32 cuDNN runs
+  it as one small kernel per sample, not on tensor cores (the H100 profile in ``results/bench/``).
+* ``gathered_nhwc``: the same grouped convolution in channels-last layout, for which cuDNN may choose
+  other kernels (``scripts/benchmark.py --banks`` measures whether they are faster).
+* ``patches``: convolutions as one batched matrix product per bank over the unfolded 3x3 patches, each
+  sample with its own duplicate's weight matrix: tensor cores (TF32, or bf16 under autocast), and the
+  patches (9x the input) are rebuilt in the backward pass rather than kept.
 * ``grouped``: one call per duplicate that was picked, on its sub-batch. No wasted arithmetic but a
   host sync per bank: fastest on a CPU.
+
+Linear banks run dense in every mode but ``grouped``: at a batch of 128 a linear bank is bound by
+reading its weights, which every mode reads once per call (a per-sample gathered weight would be ``B``
+copies of the layer). What makes them cheap is running each such bank once per batch
+(:class:`routing_env.network.RoutePlan`). Outputs are normalised after each sample has kept its own
+duplicate's output, so the norms do ``1 / duplicates`` of the dense layer's work. A bank of one
+duplicate (the static network's) runs as a plain layer in every mode but ``grouped``.
 
 All compute the same function; ``tests/test_modules.py`` checks outputs and gradients agree.
 """
@@ -26,12 +37,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-BANK_MODES = ("dense", "gathered", "grouped")  # how a bank runs; the engine adds "compact" on top
+BANK_MODES = ("dense", "gathered", "gathered_nhwc", "patches", "grouped")  # the network adds "compact"
 
 
 @dataclass(frozen=True)
@@ -175,15 +187,54 @@ def _uniform_(tensor: torch.Tensor, fan_in: int, generator: torch.Generator | No
         tensor.uniform_(-bound, bound, generator=generator)
 
 
+class _PerSampleConv3x3(torch.autograd.Function):
+    """A 3x3 convolution (stride 1, padding 1) of each sample with its own weights, as one batched matrix
+    product over the unfolded patches. The patches (9x the input) are rebuilt in the backward pass rather
+    than kept between the passes: the same memory as a convolution keeps.
+
+    ``h`` ``(B, C_in, H, W)``, ``weight`` ``(B, C_out, C_in * 9)``, ``bias`` ``(B, C_out)`` ->
+    ``(B, C_out, H, W)``. Under autocast the products run in its dtype (the backward too).
+    """
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(ctx: Any, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        batch, _, height, width = h.shape
+        patches = F.unfold(h, 3, padding=1)  # (B, C_in * 9, H * W)
+        out = torch.baddbmm(bias.unsqueeze(2), weight, patches)  # (B, C_out, H * W)
+        ctx.save_for_backward(h, weight)
+        return out.view(batch, -1, height, width)
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        h, weight = ctx.saved_tensors
+        batch, _, height, width = h.shape
+        grad = grad.reshape(batch, -1, height * width)  # (B, C_out, H * W)
+        h, weight = h.to(grad.dtype), weight.to(grad.dtype)  # the forward's product dtype (autocast's)
+        grad_h = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.bmm(grad, F.unfold(h, 3, padding=1).transpose(1, 2))  # (B, C_out, C_in * 9)
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(2)
+        if ctx.needs_input_grad[0]:
+            grad_h = F.fold(torch.bmm(weight.transpose(1, 2), grad), (height, width), 3, padding=1)
+        return grad_h, grad_weight, grad_bias
+
+
 class ModuleBank(nn.Module):
     """The ``duplicates`` copies of one kind of module, as batched parameters."""
 
     def __init__(self, spec: BankSpec, generator: torch.Generator | None = None) -> None:
         super().__init__()
-        if spec.layer not in ("conv", "linear"):
+        norms = {"conv": (None, "instance"), "linear": (None, "layer")}
+        if spec.layer not in norms:
             raise ValueError(f"unknown layer {spec.layer!r} in bank {spec.name!r}")
-        if spec.norm not in (None, "instance", "layer"):
-            raise ValueError(f"unknown norm {spec.norm!r} in bank {spec.name!r}")
+        if spec.norm not in norms[spec.layer]:
+            raise ValueError(
+                f"unknown norm {spec.norm!r} for a {spec.layer} layer in bank {spec.name!r}; "
+                f"expected one of {norms[spec.layer]}"
+            )
         self.spec = spec
         d = spec.duplicates
         self.out_shape = spec.out_type.shape
@@ -209,47 +260,50 @@ class ModuleBank(nn.Module):
             h: inputs, ``(B, *in_shape)``.
             dup: the duplicate each sample picked, ``(B,)`` int64 (ignored where not ``active``).
             active: which samples picked this bank, ``(B,)`` bool.
-            mode: ``"dense"``, ``"gathered"`` or ``"grouped"`` (module docstring).
+            mode: one of :data:`BANK_MODES` (module docstring).
 
         Returns:
             ``(B, *out_shape)``; rows of inactive samples are finite but meaningless.
         """
+        if mode not in BANK_MODES:
+            raise ValueError(f"unknown dispatch mode {mode!r}; expected one of {BANK_MODES}")
         dup = dup.clamp(0, self.spec.duplicates - 1)
-        if mode == "dense" or (mode == "gathered" and self.spec.layer != "conv"):
-            return self._dense(h, dup)
-        if mode == "gathered":
-            return self._gathered_conv(h, dup)
         if mode == "grouped":
             return self._grouped(h, dup, active)
-        raise ValueError(f"unknown dispatch mode {mode!r}; expected one of {BANK_MODES}")
-
-    def _dense(self, h: torch.Tensor, dup: torch.Tensor) -> torch.Tensor:
-        batch, d = h.shape[0], self.spec.duplicates
-        rows = torch.arange(batch, device=h.device)
-        if self.spec.layer == "conv":
-            c_out = self.weight.shape[1]
-            z = F.conv2d(h, self.weight.flatten(0, 1), self.bias.flatten(), padding=1)  # (B, d*C, H, W)
-            if self.spec.norm == "instance":
-                z = F.instance_norm(z)  # per (sample, channel): the same as per duplicate
-            z = z.view(batch, d, c_out, *z.shape[2:])[rows, dup]  # (B, C, H, W)
+        if self.spec.layer == "linear":
+            return self._dense_linear(h, dup)
+        if mode == "dense" or self.spec.duplicates == 1:  # one duplicate: dense is a plain convolution
+            z = self._dense_conv(h, dup)
+        elif mode == "patches":
+            z = _PerSampleConv3x3.apply(h, self.weight.flatten(2)[dup], self.bias[dup])
         else:
-            z = F.linear(h.flatten(1), self.weight.flatten(0, 1), self.bias.flatten())  # (B, d*O)
-            z = z.view(batch, d, -1)
-            if self.spec.norm == "layer":
-                z = F.layer_norm(z, z.shape[-1:])
-            z = z[rows, dup]  # (B, O)
-        return self._affine_relu(z, dup).reshape(batch, *self.out_shape)
+            z = self._gathered_conv(h, dup, channels_last=mode == "gathered_nhwc")
+        return self._conv_norm_relu(z, dup)
 
-    def _gathered_conv(self, h: torch.Tensor, dup: torch.Tensor) -> torch.Tensor:
+    def _dense_conv(self, h: torch.Tensor, dup: torch.Tensor) -> torch.Tensor:
+        batch, d = h.shape[0], self.spec.duplicates
+        z = F.conv2d(h, self.weight.flatten(0, 1), self.bias.flatten(), padding=1)  # (B, d*C, H, W)
+        if d == 1:
+            return z
+        rows = torch.arange(batch, device=h.device)
+        return z.view(batch, d, -1, *z.shape[2:])[rows, dup]  # (B, C, H, W)
+
+    def _gathered_conv(self, h: torch.Tensor, dup: torch.Tensor, channels_last: bool) -> torch.Tensor:
         batch = h.shape[0]
         weight = self.weight[dup].flatten(0, 1)  # (B*C_out, C_in, 3, 3): each sample's own duplicate
-        z = F.conv2d(
-            h.reshape(1, -1, *h.shape[2:]), weight, self.bias[dup].flatten(), padding=1, groups=batch
-        )
-        z = z.view(batch, -1, *z.shape[2:])  # (B, C_out, H, W)
-        if self.spec.norm == "instance":
-            z = F.instance_norm(z)
-        return self._affine_relu(z, dup).reshape(batch, *self.out_shape)
+        x = h.reshape(1, -1, *h.shape[2:])  # (1, B*C_in, H, W)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+            weight = weight.contiguous(memory_format=torch.channels_last)
+        z = F.conv2d(x, weight, self.bias[dup].flatten(), padding=1, groups=batch)
+        return z.contiguous().view(batch, -1, *z.shape[2:])  # (B, C_out, H, W)
+
+    def _dense_linear(self, h: torch.Tensor, dup: torch.Tensor) -> torch.Tensor:
+        batch, d = h.shape[0], self.spec.duplicates
+        z = F.linear(h.flatten(1), self.weight.flatten(0, 1), self.bias.flatten())  # (B, d*O)
+        if d > 1:
+            z = z.view(batch, d, -1)[torch.arange(batch, device=h.device), dup]  # (B, O)
+        return self._layer_norm_relu(z, dup).reshape(batch, *self.out_shape)
 
     def _grouped(self, h: torch.Tensor, dup: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         out = h.new_zeros((h.shape[0], *self.out_shape))
@@ -260,25 +314,31 @@ class ModuleBank(nn.Module):
             idx = (chosen == j).nonzero(as_tuple=True)[0]
             x = h[idx]
             if self.spec.layer == "conv":
-                z = F.conv2d(x, self.weight[j], self.bias[j], padding=1)
-                if self.spec.norm == "instance":
-                    z = F.instance_norm(z)
+                z = self._conv_norm_relu(F.conv2d(x, self.weight[j], self.bias[j], padding=1), dup[idx])
             else:
-                z = F.linear(x.flatten(1), self.weight[j], self.bias[j])
-                if self.spec.norm == "layer":
-                    z = F.layer_norm(z, z.shape[-1:])
-            z = self._affine_relu(z, dup[idx])
+                z = self._layer_norm_relu(F.linear(x.flatten(1), self.weight[j], self.bias[j]), dup[idx])
             out = out.index_put((idx,), z.reshape(idx.shape[0], *self.out_shape))
         return out
 
-    def _affine_relu(self, z: torch.Tensor, dup: torch.Tensor) -> torch.Tensor:
+    def _conv_norm_relu(self, z: torch.Tensor, dup: torch.Tensor) -> torch.Tensor:
+        """Instance norm with each sample's duplicate's affine parameters, then ReLU: ``z`` ``(n, C, H,
+        W)``. One norm over ``(1, n*C, H, W)`` with per-(sample, channel) weights is exactly that."""
         if self.spec.norm is None:
             return z
-        # z: (n, C, H, W) or (n, O); the norm's affine parameters of each sample's duplicate.
-        extra = (1,) * (z.dim() - 2)
-        weight = self.norm_weight[dup].view(*self.norm_weight[dup].shape, *extra)
-        bias = self.norm_bias[dup].view(*self.norm_bias[dup].shape, *extra)
-        return F.relu(z * weight + bias)
+        n, c = z.shape[:2]
+        z = F.instance_norm(
+            z.reshape(1, n * c, *z.shape[2:]),
+            weight=self.norm_weight[dup].flatten(),
+            bias=self.norm_bias[dup].flatten(),
+        )
+        return F.relu(z).view(n, c, *z.shape[2:])
+
+    def _layer_norm_relu(self, z: torch.Tensor, dup: torch.Tensor) -> torch.Tensor:
+        """Layer norm, each sample's duplicate's affine parameters, ReLU: ``z`` ``(n, O)``."""
+        if self.spec.norm is None:
+            return z
+        z = F.layer_norm(z, z.shape[-1:])
+        return F.relu(torch.addcmul(self.norm_bias[dup], z, self.norm_weight[dup]))
 
 
 class ModulePool(nn.Module):

@@ -23,7 +23,6 @@ from routing_env.modules import ModulePool
 from routing_env.rewards import module_usage_counts
 
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults
-ROW_CHUNK_ELEMENTS = 1 << 20  # update modules this large one at a time
 
 
 class PerModuleAdam:
@@ -50,50 +49,41 @@ class PerModuleAdam:
 
     @torch.no_grad()
     def step(self, used: torch.Tensor) -> None:
-        """One update of the modules ``used`` (``(n_modules,)`` bool) from their ``.grad``."""
-        beta1, beta2 = BETAS
+        """One update of the modules ``used`` (``(n_modules,)`` bool) from their ``.grad``.
+
+        Each module's rows of its bank's parameters take one fused Adam step (torch's own kernel, as
+        ``torch.optim.Adam(fused=True)``: one pass over the weights and their moments), at the module's own
+        step count; the step's ``found_inf`` flag, set for the modules no route used, makes the kernel
+        leave their weights and moments as they are."""
+        update = torch._fused_adamw_ if self.weight_decay else torch._fused_adam_
         for b, (offset, params) in enumerate(self.banks):
             d = params[0].shape[0]
             mask = used[offset : offset + d].to(params[0].dtype)  # (d,)
             steps = self.state[f"{b}.steps"]
             steps.add_(mask)
-            # Bias corrections of each module's own step count (1 where never stepped: no update there).
-            safe = steps.clamp(min=1)
-            correction1 = 1 - beta1**safe
-            correction2_sqrt = (1 - beta2**safe).sqrt()
-            for i, p in enumerate(params):
-                if p.grad is None:
-                    continue
-                exp_avg, exp_avg_sq = self.state[f"{b}.{i}.exp_avg"], self.state[f"{b}.{i}.exp_avg_sq"]
-                # Row by row for large parameters: the temporaries stay one module's size (MIN-MTL's
-                # fc_from_conv bank is 2.3 GB).
-                rows = range(d) if p[0].numel() >= ROW_CHUNK_ELEMENTS else [slice(None)]
-                for r in rows:
-                    self._update(
-                        p[r],
-                        p.grad[r],
-                        exp_avg[r],
-                        exp_avg_sq[r],
-                        mask[r],
-                        correction1[r],
-                        correction2_sqrt[r],
-                    )
-
-    def _update(self, p, grad, exp_avg, exp_avg_sq, mask, correction1, correction2_sqrt) -> None:
-        """Adam on ``p`` (a module or a bank), where ``mask`` (1: used, 0: not) says; shapes broadcast."""
-        beta1, beta2 = BETAS
-        shape = mask.shape + (1,) * (p.dim() - mask.dim())
-        mask, correction1, correction2_sqrt = (
-            mask.view(shape),
-            correction1.view(shape),
-            correction2_sqrt.view(shape),
-        )
-        if self.weight_decay:
-            p.mul_(1 - mask * (self.lr * self.weight_decay))
-        exp_avg.lerp_(grad, mask * (1 - beta1))  # m += used * (1 - beta1) * (g - m)
-        exp_avg_sq.lerp_(grad * grad, mask * (1 - beta2))
-        denom = exp_avg_sq.sqrt().div_(correction2_sqrt).add_(EPS)
-        p.addcdiv_(exp_avg * (mask * self.lr / correction1).neg_(), denom)
+            skip = 1 - mask  # (d,) 1: the kernel skips the module
+            with_grad = [(i, p) for i, p in enumerate(params) if p.grad is not None]
+            if not with_grad:
+                continue
+            exp_avgs = [self.state[f"{b}.{i}.exp_avg"] for i, _ in with_grad]
+            exp_avg_sqs = [self.state[f"{b}.{i}.exp_avg_sq"] for i, _ in with_grad]
+            for r in range(d):
+                update(
+                    [p[r] for _, p in with_grad],
+                    [p.grad[r] for _, p in with_grad],
+                    [m[r] for m in exp_avgs],
+                    [v[r] for v in exp_avg_sqs],
+                    [],
+                    [steps[r]] * len(with_grad),
+                    lr=self.lr,
+                    beta1=BETAS[0],
+                    beta2=BETAS[1],
+                    weight_decay=self.weight_decay,
+                    eps=EPS,
+                    amsgrad=False,
+                    maximize=False,
+                    found_inf=skip[r],
+                )
 
     def state_dict(self) -> dict[str, Any]:
         return {k: v.detach().cpu().clone() for k, v in self.state.items()}

@@ -2,9 +2,9 @@
 backpropagate and update the pool. Eagerly, or on a GPU as one CUDA graph.
 
 A lockstep batch has fixed shapes (images, routes and labels of ``batch_size`` episodes), and in the
-sync-free dispatch modes (``dense``, ``gathered``) the whole step is a fixed sequence of kernels. Captured
-once, it replays as one launch: the engine's share of an LRN epoch is then bound by arithmetic rather than
-by launching a few thousand small kernels per batch from Python.
+sync-free dispatch modes (:data:`routing_env.network.SYNC_FREE_MODES`) the whole step is a fixed sequence
+of kernels. Captured once, it replays as one launch: the engine's share of an LRN epoch is then bound by
+arithmetic rather than by launching a few thousand small kernels per batch from Python.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from routing_env.modules import ModulePool
-from routing_env.network import run_routes
+from routing_env.network import SYNC_FREE_MODES, RoutePlan, run_routes
 from routing_env.pool_optimizer import PoolOptimizer
 
 WARMUP_STEPS = 2  # eager steps (on a side stream) before the capture, as torch.cuda.graph requires
@@ -78,12 +78,11 @@ class PoolStep:
         self.pool, self.bank_steps, self.logits_type = pool, bank_steps, logits_type
         self.dispatch, self.optimizer, self.cuda_graph = dispatch, optimizer, cuda_graph
         self.bf16, self.module_dropout = bf16, module_dropout
-        if cuda_graph and (
-            optimizer is None or not optimizer.capturable or dispatch not in ("dense", "gathered")
-        ):
+        if cuda_graph and (optimizer is None or not optimizer.capturable or dispatch not in SYNC_FREE_MODES):
             raise ValueError(
-                "a CUDA-graph pool step needs a capturable optimizer and dense or gathered dispatch"
+                f"a CUDA-graph pool step needs a capturable optimizer and a dispatch of {SYNC_FREE_MODES}"
             )
+        self.plan = RoutePlan(pool, bank_steps)
         self.reset_graph()
 
     def reset_graph(self) -> None:
@@ -95,9 +94,7 @@ class PoolStep:
     def logits(self, images: torch.Tensor, route: torch.Tensor, training: bool = False) -> torch.Tensor:
         dropout = self.module_dropout if training else 0.0
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
-            logits = run_routes(
-                self.pool, self.bank_steps, self.logits_type, images, route, self.dispatch, dropout
-            )
+            logits = run_routes(self.plan, self.logits_type, images, route, self.dispatch, dropout)
         return logits.float()
 
     def __call__(

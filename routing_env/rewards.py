@@ -35,12 +35,10 @@ def module_usage_counts(routes: torch.Tensor, n_modules: int) -> torch.Tensor:
     Returns:
         ``(n_modules,)`` float counts.
     """
-    ids = routes.flatten().clamp(max=n_modules)  # PASS and padding go to a dropped bin
-    # scatter_add, not bincount: bincount reads its input's maximum back to the host on a GPU.
-    counts = torch.zeros(n_modules + 1, device=routes.device).scatter_add_(
-        0, ids, torch.ones_like(ids, dtype=torch.float)
-    )
-    return counts[:n_modules]
+    # A comparison with every module id (PASS and padding match none), not bincount: bincount reads its
+    # input's maximum back to the host on a GPU.
+    modules = torch.arange(n_modules, device=routes.device)
+    return (routes.reshape(-1, 1) == modules).sum(0, dtype=torch.float)
 
 
 def collapse_bonus(counts: torch.Tensor, kinds: torch.Tensor | None = None) -> torch.Tensor:
@@ -68,7 +66,7 @@ def collapse_bonus(counts: torch.Tensor, kinds: torch.Tensor | None = None) -> t
         c_min = torch.where(same, rows, torch.inf).amin(-1)  # (..., M)
         c_max = torch.where(same, rows, -torch.inf).amax(-1)
     spread = c_max - c_min
-    return torch.where(spread > 0, 1.0 - (counts - c_min) / spread.clamp_min(1e-12), 0.0)
+    return (1.0 - (counts - c_min) / spread.clamp_min(1e-12)) * (spread > 0)
 
 
 def task_usage_counts(
@@ -150,6 +148,10 @@ class UsageWindow:
     def push(self, routes: torch.Tensor, tasks: torch.Tensor) -> None:
         """Remember ``routes`` ``(B, T)`` of tasks ``(B,)``, forgetting the oldest."""
         size, b = self.routes.shape[0], routes.shape[0]
+        if b == size and self.position == 0:  # the whole window (a vector env's batch): one copy each
+            self.routes.copy_(routes)
+            self.tasks.copy_(tasks)
+            return
         idx = (self.position + torch.arange(b, device=self.routes.device)) % size
         self.routes[idx] = routes
         self.tasks[idx] = tasks

@@ -37,6 +37,20 @@ class RouteRules:
             raise ValueError(
                 f"the module pool admits no complete network in max_depth={self.max_depth} steps"
             )
+        n_types = len(pool.types)
+        types = torch.arange(n_types, device=device)
+        # The type after each action from each type (PASS keeps it), and which actions fit each type.
+        self.next_type = torch.cat(  # (n_types, A)
+            [pool.module_out_type.to(device)[None, :].expand(n_types, -1), types[:, None]], dim=1
+        )
+        reads = pool.module_in_type.to(device)[None, :] == types[:, None]  # (n_types, M)
+        fits = torch.cat([reads, reads.new_ones(n_types, 1)], dim=1)  # (n_types, A): PASS fits any type
+        # (D, n_types, A): every rule but module reuse, for each step and type held.
+        self.valid = fits[None] & self.step_allowed[:, None, :] & self.completable[:, self.next_type]
+        # For an invalid action: PASS where valid, else the lowest valid module (the highest preference).
+        n_actions = pool.n_actions
+        self.preference = torch.arange(n_actions, 0, -1, device=device)  # (A,) module m: A - m
+        self.preference[pool.pass_action] = n_actions + 1
 
     def _completable(self) -> torch.Tensor:
         """``(max_depth, n_types)`` bool: a network holding type ``t`` after step ``k`` can still end in a
@@ -57,13 +71,31 @@ class RouteRules:
     def mask(self, step: int, cur_type: torch.Tensor, used: torch.Tensor) -> torch.Tensor:
         """``(B, n_actions)`` bool: the valid actions at ``step`` of networks holding ``cur_type`` ``(B,)``
         and using the actions ``used`` ``(B, n_actions)``."""
-        batch = cur_type.shape[0]
         if step >= self.max_depth:
-            return torch.zeros(batch, self.pool.n_actions, dtype=torch.bool, device=cur_type.device)
-        fits = self.pool.module_in_type[None, :] == cur_type[:, None]  # (B, M)
-        fits = torch.cat([fits, fits.new_ones(batch, 1)], dim=1)  # PASS fits any type
-        out_type = torch.cat(  # PASS keeps the current type
-            [self.pool.module_out_type[None, :].expand(batch, -1), cur_type[:, None]], dim=1
-        )
-        finishes = self.completable[step][out_type]  # (B, A)
-        return fits & self.step_allowed[step][None, :] & ~used & finishes
+            return cur_type.new_zeros(cur_type.shape[0], self.pool.n_actions, dtype=torch.bool)
+        return self.valid[step][cur_type] & ~used
+
+    def substitute(self, mask: torch.Tensor) -> torch.Tensor:
+        """``(B,)``: what replaces an invalid action under ``mask`` ``(B, n_actions)``: PASS where it is
+        valid, else the lowest valid module."""
+        return (mask * self.preference).argmax(dim=1)
+
+    def advance(self, cur_type: torch.Tensor, used: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Take valid ``actions`` ``(B,)``: marks them in ``used`` ``(B, n_actions)`` (in place; PASS may
+        repeat, so it is never marked) and returns the type each network holds after them ``(B,)``."""
+        used.scatter_(1, actions[:, None], True)
+        used[:, self.pool.pass_action] = False
+        return self.next_type[cur_type, actions]
+
+    def random_routes(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``(batch, max_depth)`` valid routes, each step uniform over the valid actions (benchmarks and
+        tests; ``generator`` on the rules' device)."""
+        device = self.valid.device
+        cur_type = torch.zeros(batch, dtype=torch.long, device=device)
+        used = torch.zeros(batch, self.pool.n_actions, dtype=torch.bool, device=device)
+        route = torch.empty(batch, self.max_depth, dtype=torch.long, device=device)
+        for k in range(self.max_depth):
+            mask = self.mask(k, cur_type, used)
+            route[:, k] = torch.multinomial(mask.float(), 1, generator=generator).squeeze(1)
+            cur_type = self.advance(cur_type, used, route[:, k])
+        return route

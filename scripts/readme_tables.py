@@ -248,18 +248,29 @@ def bench_table(results: Path) -> str:
     ]
     for spec, key, label, fmt in memory_rows:
         cells = [
-            fmt.format(r["memory"][spec][key]) if spec in r.get("memory", {}) else "-" for _, r in columns
-        ]
-        if any(c != "-" for c in cells):
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    for n in ("1", "2", "4", "8"):
-        cells = [
-            f"{r['parallel'][n]['total_episodes_per_second']:.0f}" if n in r.get("parallel", {}) else "-"
+            fmt.format(r["memory"][spec][key]) if key in r.get("memory", {}).get(spec, {}) else "-"
             for _, r in columns
         ]
         if any(c != "-" for c in cells):
-            lines.append(f"| {n} LRN trainings at once, total episodes/s | " + " | ".join(cells) + " |")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for bench in ("mnist", "min"):
+        for n in ("1", "2", "4", "8"):
+            cells = []
+            for _, r in columns:
+                run = _parallel(r).get(bench, {}).get(n, {})
+                cells.append(
+                    f"{run['total_episodes_per_second']:.0f}" if "total_episodes_per_second" in run else "-"
+                )
+            if any(c != "-" for c in cells):
+                label = f"{n} {BENCHMARK_NAMES[bench]} LRN trainings at once, total episodes/s"
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _parallel(report: dict) -> dict[str, dict]:
+    """A benchmark report's ``parallel`` section by benchmark; reports before it had one were MNIST's."""
+    parallel = report.get("parallel", {})
+    return {"mnist": parallel} if all(k.isdigit() for k in parallel) else parallel
 
 
 # The study (issue 12): each row is the run folders of one setting (one per seed), MIN-MTL d10 L6 unless

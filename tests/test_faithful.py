@@ -113,6 +113,35 @@ def test_per_module_adam_is_adam_where_every_module_is_used() -> None:
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
+def test_per_module_adamw_decays_only_the_modules_it_steps() -> None:
+    """With weight decay, each module is AdamW at its own step count; a module not used is not decayed."""
+    pool, reference = _pool(), _pool()
+    adam = PerModuleAdam(pool, lr=1e-2, weight_decay=0.5)
+    torch_adam = torch.optim.AdamW(reference.parameters(), lr=1e-2, weight_decay=0.5)
+    unused = torch.zeros(pool.n_modules, dtype=torch.bool)
+    unused[torch.tensor(pool.bank_offsets) + 2] = True  # duplicate 2 of every bank sits out the first step
+    # Duplicate 2 alone, from its initial weights: its one step must be AdamW's first.
+    late = [p.detach()[2].clone().requires_grad_(True) for p in pool.parameters()]
+    late_adam = torch.optim.AdamW(late, lr=1e-2, weight_decay=0.5)
+    gen = torch.Generator().manual_seed(0)
+    for used in (~unused, torch.ones_like(unused)):
+        for p, q in zip(pool.parameters(), reference.parameters(), strict=True):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        before = [p.detach().clone() for p in pool.parameters()]
+        adam.step(used)
+        if not used.all():
+            for p, b in zip(pool.parameters(), before, strict=True):
+                assert torch.equal(p[2], b[2]) and not torch.equal(p[0], b[0])
+        torch_adam.step()
+    for x, p in zip(late, pool.parameters(), strict=True):
+        x.grad = p.grad[2].clone()
+    late_adam.step()
+    for p, q, x in zip(pool.parameters(), reference.parameters(), late, strict=True):
+        torch.testing.assert_close(p[:2], q[:2], rtol=1e-5, atol=1e-6)  # two AdamW steps, as torch's
+        torch.testing.assert_close(p[2], x, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("freeze_unused", [True, False])
 def test_modules_a_batch_did_not_use_keep_weights_and_moments(freeze_unused: bool) -> None:
     """Batch 1 uses every module; batch 2 only the first duplicate of each bank. With the paper's rule the

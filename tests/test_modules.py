@@ -17,13 +17,15 @@ from routing_env.modules import (
     lrn_pool_specs,
     static_pool_specs,
 )
+from routing_env.network import RoutePlan, run_routes
 from routing_env.rewards import collapse_bonus, final_reward, module_usage_counts, route_bonus
+from routing_env.rules import RouteRules
 
 # Many small ops: one intra-op thread is faster on a small shared CPU (fixture in conftest.py).
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-# --- bank dispatch: dense and grouped compute the same function ----------------------------------------
+# --- bank dispatch: every mode computes the same function ---------------------------------------------
 
 IMG = TensorType("image", (3, 6, 5))
 CONV = TensorType("conv", (4, 6, 5))
@@ -84,12 +86,16 @@ def test_dense_and_grouped_agree(case: str, trial: int) -> None:
     assert set(g_d) == set(g_g) == {n for n, _ in bank.named_parameters()}
     for name in g_d:
         torch.testing.assert_close(g_d[name], g_g[name], rtol=1e-4, atol=1e-5, msg=f"grad of {name}")
-    # gathered: convolutions through per-sample weights (one grouped conv), linears dense
-    out_a, gx_a, g_a = _run_bank(bank, h, dup, active, "gathered", seed=trial)
-    torch.testing.assert_close(out_a[active], out_g[active], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(gx_a, gx_g, rtol=1e-4, atol=1e-5)
-    for name in g_a:
-        torch.testing.assert_close(g_a[name], g_g[name], rtol=1e-4, atol=1e-5, msg=f"gathered grad of {name}")
+    # convolutions through per-sample weights (one grouped conv; one batched product over patches)
+    for mode in ("gathered", "gathered_nhwc", "patches"):
+        out_a, gx_a, g_a = _run_bank(bank, h, dup, active, mode, seed=trial)
+        torch.testing.assert_close(out_a[active], out_g[active], rtol=1e-5, atol=1e-5, msg=mode)
+        torch.testing.assert_close(gx_a, gx_g, rtol=1e-4, atol=1e-5, msg=mode)
+        assert not gx_a[~active].any(), mode
+        for name in g_a:
+            torch.testing.assert_close(
+                g_a[name], g_g[name], rtol=1e-4, atol=1e-5, msg=f"{mode} grad of {name}"
+            )
     picked = set(dup[active].tolist())
     for j in range(d):
         for name, grads in (("dense", g_d), ("grouped", g_g)):
@@ -125,6 +131,8 @@ def test_bank_rejects_bad_mode_and_spec() -> None:
         ModuleBank(BankSpec("x", "lstm", VEC, VEC, 1))
     with pytest.raises(ValueError, match="unknown norm"):
         ModuleBank(BankSpec("x", "linear", VEC, VEC, 1, "batch"))
+    with pytest.raises(ValueError, match="unknown norm 'layer' for a conv layer"):
+        ModuleBank(BankSpec("x", "conv", CONV, CONV, 1, "layer"))
 
 
 def test_bank_init_is_seeded_and_pytorch_like() -> None:
@@ -274,6 +282,117 @@ def test_step_allowed_static_pool() -> None:
         [0, 0, 0, 1, 0, 0, 0, 1],
         [0, 0, 0, 0, 1, 1, 1, 0],
     ]
+
+
+# --- running a batch of routes: stage by stage, each network as if run on its own -----------------------
+
+
+def cyclic_pool() -> ModulePool:
+    """Conv banks between two feature types in both directions: a cycle, so a stage is a step."""
+    pic, a, b = TensorType("image", (1, 5, 5)), TensorType("a", (2, 5, 5)), TensorType("b", (3, 5, 5))
+    logits = TensorType("logits", (2,))
+    specs = [
+        BankSpec("stem", "conv", pic, a, 2, "instance"),
+        BankSpec("a_to_b", "conv", a, b, 2, "instance"),
+        BankSpec("b_to_a", "conv", b, a, 2, None),
+        BankSpec("head_a", "linear", a, logits, 2),
+        BankSpec("head_b", "linear", b, logits, 2),
+    ]
+    return ModulePool(specs, pic, seed=0)
+
+
+ROUTED_POOLS = {  # name: (pool, max_depth)
+    "lrn": lambda: (small_lrn_pool(3), 6),
+    "static": lambda: (
+        ModulePool(static_pool_specs((1, 6, 5), 3, 2, 4, 8), TensorType("image", (1, 6, 5))),
+        5,
+    ),
+    "cyclic": lambda: (cyclic_pool(), 5),
+}
+
+
+def each_network_alone(pool: ModulePool, images: torch.Tensor, route: torch.Tensor) -> torch.Tensor:
+    """The definition: each network on its own, module after module (PASS skipped)."""
+    rows = []
+    for i in range(route.shape[0]):
+        h = images[i : i + 1].float() / 255
+        for a in route[i].tolist():
+            if a < pool.n_modules:
+                bank = pool.banks[int(pool.action_bank[a])]
+                h = bank(h, pool.action_dup[a : a + 1], torch.ones(1, dtype=torch.bool), "grouped")
+        rows.append(h)
+    return torch.cat(rows)
+
+
+def _logits_and_grads(pool: ModulePool, run, weights: torch.Tensor):
+    pool.zero_grad(set_to_none=True)
+    logits = run()
+    (logits * weights).sum().backward()
+    return logits.detach(), {n: p.grad.clone() for n, p in pool.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("mode", ["dense", "gathered", "gathered_nhwc", "patches", "grouped", "compact"])
+@pytest.mark.parametrize("pool_name", list(ROUTED_POOLS))
+def test_run_routes_runs_each_network_as_if_alone(pool_name: str, mode: str) -> None:
+    pool, depth = ROUTED_POOLS[pool_name]()
+    with torch.no_grad():  # norms' affine parameters away from 1 / 0, so that a mix-up shows
+        for bank in pool.banks:
+            if bank.spec.norm is not None:
+                bank.norm_weight.uniform_(0.5, 1.5)
+                bank.norm_bias.uniform_(-0.5, 0.5)
+    rules = RouteRules(pool, depth, torch.device("cpu"))
+    plan = RoutePlan(pool, rules.bank_steps)
+    assert plan.staged == (pool_name != "cyclic")
+    gen = torch.Generator().manual_seed(7)
+    route = rules.random_routes(24, gen)
+    images = torch.randint(0, 256, (24, *pool.image_type.shape), dtype=torch.uint8, generator=gen)
+    weights = torch.randn(24, pool.specs[-1].out_type.shape[0], generator=gen)
+    logits, grads = _logits_and_grads(
+        pool, lambda: run_routes(plan, rules.logits_type, images, route, mode), weights
+    )
+    reference, ref_grads = _logits_and_grads(pool, lambda: each_network_alone(pool, images, route), weights)
+    torch.testing.assert_close(logits, reference, rtol=1e-5, atol=1e-5)
+    for name, grad in grads.items():  # a bank no network used may get zeros in the batched modes
+        torch.testing.assert_close(grad, ref_grads.get(name, torch.zeros_like(grad)), rtol=1e-4, atol=1e-5)
+    assert set(ref_grads) <= set(grads)
+
+
+def test_random_routes_are_valid_networks() -> None:
+    pool = small_lrn_pool(3)
+    route = RouteRules(pool, 6, torch.device("cpu")).random_routes(64, torch.Generator().manual_seed(0))
+    in_types, out_types = pool.module_in_type.tolist(), pool.module_out_type.tolist()
+    for actions in route.tolist():
+        modules = [a for a in actions if a != pool.pass_action]
+        assert len(set(modules)) == len(modules) and actions[0] != pool.pass_action
+        held = 0  # the image
+        for a in modules:
+            assert in_types[a] == held
+            held = out_types[a]
+        assert pool.types[held].name == "logits"
+    assert len(set(route[:, 1].tolist())) > 5  # spread over the valid actions
+
+
+def test_route_plan_runs_each_type_changing_bank_once() -> None:
+    """LRN banks: 0 input conv, 1 hidden conv, 2 fc_from_conv, 3 hidden fc, 4 head_from_conv, 5 head_from_fc.
+    Stages: the input conv; up to 4 hidden convs; what leaves conv features (once); up to 3 hidden FCs (the
+    first FC step is 2); the FC head. A type keeps at most as many modules as its banks have duplicates."""
+    expected = {
+        4: [[0], [1], [1], [1], [1], [2, 4], [3], [3], [3], [5]],
+        2: [[0], [1], [1], [2, 4], [3], [3], [5]],
+    }
+    for d, stages in expected.items():
+        assert RoutePlan(small_lrn_pool(d), small_lrn_pool(d).bank_steps(6)).stage_banks == stages
+    pool = small_lrn_pool(3)  # ids: input 0-2, hidden conv 3-5, fc_from_conv 6-8, hidden fc 9-11, heads 12-17
+    plan = RoutePlan(pool, pool.bank_steps(6))
+    assert plan.stage_banks == [[0], [1], [1], [1], [2, 4], [3], [3], [3], [5]]
+    route = torch.tensor([[0, 6, 9, 10, 18, 15], [1, 3, 4, 18, 7, 16], [0, 3, 4, 5, 18, 12]])  # PASS 18
+    bank_at, dup_at = plan.stages(route)
+    assert bank_at.tolist() == [  # PASS takes no stage
+        [0, -1, -1, -1, 2, 3, 3, -1, 5],
+        [0, 1, 1, -1, 2, -1, -1, -1, 5],
+        [0, 1, 1, 1, 4, -1, -1, -1, -1],
+    ]
+    assert dup_at[0, 5:7].tolist() == [0, 1] and dup_at[1, :3].tolist() == [1, 0, 1]
 
 
 # --- rewards -----------------------------------------------------------------------------------------
