@@ -226,14 +226,14 @@ def test_a_rerun_of_a_finished_sweep_skips_its_runs_before_ray(
         "variants: {a: {}, b: {}}\n"
     )
     trials = sweep.load_sweep(path).trials
-    for t in trials:
-        fake_run(t.out, t.config().to_dict(), last_epoch=1)
+    for t, last_epoch in zip(trials, (1, 3)):  # b ran more epochs than the file asks now
+        fake_run(t.out, {**t.config().to_dict(), "epochs": last_epoch + 1}, last_epoch=last_epoch)
     before = {t.out: (t.out / "config.json").read_bytes() for t in trials}
     assert sweep.main([str(path), "--address", "local"]) == 0
     out = capsys.readouterr().out
-    for t in trials:
-        assert f"{t.out}: finished (2 epochs): skipped" in out
-        assert f"done    {t.out}: finished before, epoch 1, test accuracy 50.00%" in out
+    for t, last_epoch in zip(trials, (1, 3)):
+        assert f"{t.out}: finished ({last_epoch + 1} epochs): skipped" in out
+        assert f"done    {t.out}: finished before, epoch {last_epoch}, test accuracy 50.00%" in out
         assert (t.out / "config.json").read_bytes() == before[t.out]
     assert not (tmp_path / "results" / "ray_tune").exists()
     assert "ray" not in sys.modules or not __import__("ray").is_initialized()

@@ -266,14 +266,18 @@ def _trial(name: str, label: str, varied: dict, values: dict, out: Path) -> Tria
 
 def plan_trial(trial: Trial) -> RunPlan:
     """The trial's run as ``train.py --resume`` plans it: it continues its folder's run (with the trial's
-    settings, where a resume may change them), starts over one stopped before its first checkpoint, or
-    starts one in an empty folder.
+    settings, where a resume may change them; a run past the trial's epochs is finished), starts over one
+    stopped before its first checkpoint, or starts one in an empty folder.
 
     Raises:
         ValueError: the folder holds a run the trial cannot continue (one line).
     """
-    folder = RunFolder(trial.out)
-    return plan_run(trial.config(), trial.settings, resume=folder.has_config() or folder.has_checkpoint())
+    folder, settings = RunFolder(trial.out), trial.settings
+    epoch = folder.checkpoint.epoch()
+    if epoch is not None and epoch + 1 > trial.config().epochs:
+        settings = {**settings, "run.epochs": epoch + 1}  # it ran more epochs than the file asks now: done
+    cfg = RunConfig.from_settings(settings)
+    return plan_run(cfg, settings, resume=folder.has_config() or folder.has_checkpoint())
 
 
 def check_run_folders(sweep: Sweep) -> dict[Path, RunPlan]:
