@@ -154,8 +154,8 @@ class RunConfig:
         """
         unknown = [k for k in settings if k.partition(".")[0] not in SECTIONS or "." not in k]
         if unknown:
-            raise SettingError(f"unknown setting {unknown[0]!r}; settings are 'section.field', sections "
-                               f"{', '.join(SECTIONS)}")  # fmt: skip
+            sections = ", ".join(SECTIONS)
+            raise SettingError(f"unknown setting {unknown[0]!r}; settings are 'section.field' of {sections}")
         preset = settings.get("run.preset", DEFAULT_PRESET)
         if preset is not None and preset not in PRESETS:
             raise SettingError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")

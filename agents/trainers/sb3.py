@@ -83,10 +83,11 @@ class SB3Trainer:
         algo_class: type[BaseAlgorithm],
         env: RoutingSB3VecEnv,
         kwargs: dict[str, Any],
-        seed: int = 0,
-        lr: float = 1e-4,
-        lr_decay: float = 1.0,
-        reward_timing: RewardTiming = "per_step",
+        *,
+        seed: int,
+        lr: float,
+        lr_decay: float,
+        reward_timing: RewardTiming,
     ) -> None:
         self.algo_class, self.env = algo_class, env
         self.lr, self.lr_decay = lr, lr_decay
@@ -155,7 +156,15 @@ def _trainer(
 ) -> SB3Trainer:
     """The agent learns at ``agent.router_lr`` (default the pool's lr), decayed as the pool's per epoch."""
     lr = env.config.lr if agent.router_lr is None else agent.router_lr
-    return SB3Trainer(algo_class, env, kwargs, seed, lr, env.config.lr_decay, agent.reward_timing)
+    return SB3Trainer(
+        algo_class,
+        env,
+        kwargs,
+        seed=seed,
+        lr=lr,
+        lr_decay=env.config.lr_decay,
+        reward_timing=agent.reward_timing,
+    )
 
 
 def rollout_kwargs(env: RoutingSB3VecEnv, agent: AgentConfig, router: RouterConfig) -> dict[str, Any]:
