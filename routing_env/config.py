@@ -7,21 +7,26 @@ dataclasses before anything heavy loads.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
+import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-SPLITS = ("train", "val", "test")
-PRECISIONS = ("fp32", "bf16")
-BONUS_SCOPES = ("pool", "task", "kind")  # the collapse bonus's counts (routing_env/rewards.py)
-POOLS = ("lrn", "static", "routing_network")
+Split = Literal["train", "val", "test"]
+Precision = Literal["fp32", "bf16"]
+BonusScope = Literal["pool", "task", "kind"]  # the collapse bonus's counts (routing_env/rewards.py)
+Pool = Literal["lrn", "static", "routing_network"]
 # How the chosen modules run (routing_env/modules.py): "dense" (every duplicate of a bank on every sample,
 # as one wide layer), "gathered" / "gathered_nhwc" (convs as one grouped conv through per-sample weights,
 # linears dense), "patches" (convs as one batched matrix product over unfolded patches, linears dense),
 # "grouped" (one call per chosen duplicate, a host sync per bank), "compact" (each bank on only its
 # sub-batch, one host sync). "auto": routing_env/network.py's AUTO_DISPATCH.
-DISPATCH_MODES = ("auto", "dense", "gathered", "gathered_nhwc", "patches", "grouped", "compact")
+Dispatch = Literal["auto", "dense", "gathered", "gathered_nhwc", "patches", "grouped", "compact"]
+SPLITS, PRECISIONS, BONUS_SCOPES, POOLS, DISPATCH_MODES = (
+    typing.get_args(t) for t in (Split, Precision, BonusScope, Pool, Dispatch)
+)
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -83,7 +88,7 @@ class RoutingConfig:
     data_root: str | os.PathLike | None = None
     download: bool = True
     data_seed: int = 0
-    split: str = "train"
+    split: Split = "train"
     val_fraction: float = 0.0
     max_pairs: int | None = None
     duplicates: int = 10
@@ -91,18 +96,18 @@ class RoutingConfig:
     batch_size: int = 128
     bonus_weight: float = 1.0
     bonus_warmup: int = 0
-    bonus_scope: str = "pool"
+    bonus_scope: BonusScope = "pool"
     invalid_action_penalty: float = 1.0
     lr: float = 1e-4
     lr_decay: float = 0.97
     train_modules: bool | None = None
     device: str = "auto"
     seed: int | None = None
-    dispatch: str = "auto"
-    pool: str = "lrn"
+    dispatch: Dispatch = "auto"
+    pool: Pool = "lrn"
     freeze_unused: bool = True
     cuda_graph: bool = True
-    precision: str = "fp32"
+    precision: Precision = "fp32"
     augment: bool = False
     weight_decay: float = 0.0
     module_dropout: float = 0.0
@@ -118,11 +123,7 @@ class RoutingConfig:
                 raise ValueError(
                     f"benchmark_kwargs must be a dict with str keys, got {self.benchmark_kwargs!r}"
                 )
-        _one_of("split", self.split, SPLITS)
-        _one_of("pool", self.pool, POOLS)
-        _one_of("dispatch", self.dispatch, DISPATCH_MODES)
-        _one_of("precision", self.precision, PRECISIONS)
-        _one_of("bonus_scope", self.bonus_scope, BONUS_SCOPES)
+        check_choices(self)
         if not 0 <= self.val_fraction < 1 or not 0 <= self.module_dropout < 1 or not self.weight_decay >= 0:
             raise ValueError(
                 "need 0 <= val_fraction < 1, 0 <= module_dropout < 1 and weight_decay >= 0, got "
@@ -188,9 +189,32 @@ def resolve_device(device: str) -> Any:
     return dev
 
 
-def _one_of(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+def literal_choices(annotation: Any) -> tuple[Any, ...] | None:
+    """The values a ``Literal[...]`` annotation allows (with None for ``Literal[...] | None``); None for
+    any other annotation."""
+    if typing.get_origin(annotation) is Literal:
+        return typing.get_args(annotation)
+    args = typing.get_args(annotation)
+    for arg in args:
+        if typing.get_origin(arg) is Literal:
+            return (*typing.get_args(arg), *((None,) if type(None) in args else ()))
+    return None
+
+
+@functools.cache
+def _choice_fields(cls: type) -> dict[str, tuple[Any, ...]]:
+    hints = typing.get_type_hints(cls)
+    choices = {f.name: literal_choices(hints[f.name]) for f in dataclasses.fields(cls)}
+    return {name: values for name, values in choices.items() if values is not None}
+
+
+def check_choices(instance: Any) -> None:
+    """One error for a dataclass field typed ``Literal[...]`` that holds another value."""
+    for name, choices in _choice_fields(type(instance)).items():
+        value = getattr(instance, name)
+        if value not in choices:
+            allowed = tuple(c for c in choices if c is not None)
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
 def _at_least(name: str, value: Any, low: int) -> None:

@@ -69,13 +69,16 @@ def benchmark_of(env_id: str) -> str:
     """The benchmark an env id (or a benchmark name) stands for; one clear error otherwise."""
     if registry.is_registered(env_id):
         return env_id
+    known = f"registered routing env ids: {', '.join(routing_env_ids())} (or 'module:Id' of your own)"
     try:
         spec = env_spec(env_id)
+    except gym.error.UnregisteredEnv as e:
+        raise ValueError(f"unknown env id {env_id!r}; {known}") from e  # not Gymnasium's guess at a name
     except gym.error.Error as e:
-        raise ValueError(f"unknown env id {env_id!r} ({e}); routing env ids: {routing_env_ids()}") from e
+        raise ValueError(f"unknown env id {env_id!r} ({e}); {known}") from e
     benchmark = spec.kwargs.get("benchmark")
     if spec.entry_point != ENTRY_POINT or benchmark is None:
-        raise ValueError(f"{env_id!r} is not a routing env id; routing env ids: {routing_env_ids()}")
+        raise ValueError(f"{env_id!r} is not a routing env id; {known}")
     return benchmark
 
 

@@ -9,7 +9,7 @@
 Prints a table and writes results/bench/<device-name>.json (with ``--skip-default``:
 results/bench/<sections>/<device-name>.json, so that it is not taken for a full measurement). Per-epoch
 numbers are measured on --batches batches (after warm-up) and scaled to one pass over the training pairs
-(medians of --repeats). Every measurement uses train.py's own code: ``agents.training``'s trainer for LRN
+(medians of --repeats). Every measurement uses train.py's own code: ``--algo maskable_ppo``'s trainer for LRN
 (MaskablePPO, the router, the pool), the static trainer, the evaluation, with the configuration
 dataclasses' defaults (the paper's readings; no ``--preset`` is applied). ``--variant NAME key=value ...``
 repeats the LRN, env and static measurements with env settings changed (e.g. ``cuda_graph=false``,
@@ -55,17 +55,17 @@ from typing import Any
 import torch
 
 from agents.algorithms import ALGORITHMS
-from agents.config import RunConfig
 from agents.evaluation import evaluate
-from agents.run_folder import Checkpoint
 from agents.trainers.static import StaticTrainer
-from agents.training import device_name
 from routing_env import RoutingConfig, RoutingSB3VecEnv, make_engine
 from routing_env.benchmarks import MTLBenchmark, MTLSplit, mini_imagenet, mnist
 from routing_env.build import build_pool
 from routing_env.config import DISPATCH_MODES, PRECISIONS, resolve_device
 from routing_env.engine import RoutingEngine
 from routing_env.network import SYNC_FREE_MODES
+from training_run.folder import RunFolder
+from training_run.loop import rng_state
+from training_run.machine import device_name
 
 
 def sync(device: torch.device) -> None:
@@ -101,7 +101,7 @@ def env_config(args: argparse.Namespace, benchmark: str, **overrides: Any) -> Ro
 def lrn_trainer(config: RoutingConfig):
     """train.py's default trainer (MaskablePPO + router) on a fresh training env of ``config``."""
     env = RoutingSB3VecEnv.from_config(config)
-    return ALGORITHMS["maskable_ppo"].build(env, RunConfig(env_id=config.benchmark, env=config)), env
+    return ALGORITHMS["maskable_ppo"].build(env), env
 
 
 def env_only(engine, n_batches: int, labelled: bool = False) -> None:
@@ -144,7 +144,7 @@ def measure(args: argparse.Namespace, overrides: dict[str, Any], device: torch.d
         lambda: evaluate(trainer.act, test_engine, bench.n_tasks, bench.n_classes), device, args.repeats
     )
     with tempfile.TemporaryDirectory() as tmp:
-        Checkpoint(Path(tmp)).save(0, trainer, env.state_dict(), {})
+        RunFolder(tmp).checkpoint.save(0, trainer, env.state_dict(), rng_state(), {})
         rows["checkpoint_mb"] = sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file()) / 1e6
     trainer = env = test_engine = None
 

@@ -16,7 +16,7 @@ from sb3_contrib import MaskablePPO
 from stable_baselines3 import A2C, PPO
 
 from agents.algorithms import ALGORITHMS
-from agents.config import AgentConfig, RouterConfig, RunConfig
+from agents.config import AgentConfig, RouterConfig
 from agents.evaluation import balanced_accuracy, evaluate
 from agents.policy import RouterPolicy
 from agents.route_stats import ROUTE_STAT_KEYS, route_statistics
@@ -47,24 +47,11 @@ def make_model(algo_class, env: RoutingSB3VecEnv, seed: int = 0, **policy_kwargs
     )
 
 
-def run_config(
-    env: RoutingSB3VecEnv, algo: str, seed: int = 0, router: dict | None = None, **agent
-) -> RunConfig:
-    """The run configuration train.py would build for ``env`` (a smaller router by default)."""
-    router = RouterConfig(**(SMALL_ROUTER if router is None else router))
-    return RunConfig(
-        env_id=env.config.benchmark,
-        algo=algo,
-        seed=seed,
-        env=env.config,
-        agent=AgentConfig(**agent),
-        router=router,
-    )
-
-
 def small_trainer(algo: str, env: RoutingSB3VecEnv, seed: int = 0, router: dict | None = None, **agent):
-    """train.py's trainer of ``algo`` (same algorithm kwargs), with a smaller router to save CPU time."""
-    return ALGORITHMS[algo].build(env, run_config(env, algo, seed, router, **agent))
+    """train.py's trainer of ``algo`` (same builder, same algorithm kwargs), with a smaller router to save
+    CPU time."""
+    router_config = RouterConfig(**(SMALL_ROUTER if router is None else router))
+    return ALGORITHMS[algo].build(env, seed=seed, agent=AgentConfig(**agent), router=router_config)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """Every SB3 and sb3-contrib algorithm that takes the env's spaces runs on it with the policy README's
-table names (``agents.compatibility.SETUPS``), and VecNormalize works or fails clearly.
+table names (``agents.algorithms.SB3_SETUPS``), and VecNormalize works or fails clearly.
 
 Fake MNIST, a tiny router (d_model 32) and pool, a few steps each, CPU.
 """
@@ -17,7 +17,8 @@ from sb3_contrib import MaskablePPO
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import VecNormalize
 
-from agents.compatibility import SETUPS, AlgorithmSetup, load
+from agents.algorithms import ALGORITHMS, SB3_SETUPS, SB3Setup, load
+from agents.config import AgentConfig, RouterConfig
 from agents.policy import RouterPolicy
 from routing_env import RoutingSB3VecEnv
 
@@ -51,7 +52,7 @@ def kw(fake_data_root: Path) -> dict[str, Any]:
     )
 
 
-def build(setup: AlgorithmSetup, kw: dict[str, Any]):
+def build(setup: SB3Setup, kw: dict[str, Any]):
     """The algorithm on its env, as the table says, with a tiny router."""
     policy_kwargs = setup.resolved_policy_kwargs()
     if setup.policy.endswith("RouterPolicy"):
@@ -72,7 +73,7 @@ def test_the_table_names_every_discrete_dict_algorithm() -> None:
     import sb3_contrib
     import stable_baselines3
 
-    names = {s.name for s in SETUPS}
+    names = {s.name for s in SB3_SETUPS}
     assert names == set(SMALL)
     discrete = {"PPO", "A2C", "DQN"}  # SAC, TD3, DDPG need Box actions; HER a goal env
     contrib = {"ARS", "MaskablePPO", "QRDQN", "RecurrentPPO", "TRPO"}  # TQC, CrossQ need Box actions
@@ -80,8 +81,25 @@ def test_the_table_names_every_discrete_dict_algorithm() -> None:
     assert names == discrete | contrib
 
 
-@pytest.mark.parametrize("setup", SETUPS, ids=[s.name for s in SETUPS])
-def test_algorithm_trains_on_the_env(setup: AlgorithmSetup, kw: dict[str, Any]) -> None:
+def test_each_algo_trains_the_algorithm_its_table_row_names(kw: dict[str, Any]) -> None:
+    """One registry: an ``--algo`` entry's SB3 row (README's table) is the algorithm and policy its trainer
+    builds, and its builder takes the run's settings as flat arguments."""
+    env = RoutingSB3VecEnv("RoutingMNIST-v0", num_envs=N_ENVS, **kw)
+    with_rows = [a for a in ALGORITHMS.values() if a.sb3 is not None]
+    assert [a.name for a in with_rows] == ["maskable_ppo", "ppo", "a2c", "dqn"]
+    for algorithm in with_rows:
+        trainer = algorithm.build(
+            env, seed=3, agent=AgentConfig(minibatch=8, router_lr=1e-3), router=RouterConfig(**ROUTER)
+        )
+        assert isinstance(trainer.model, load(algorithm.sb3.algo_class)), algorithm.name
+        assert isinstance(trainer.model.policy, RouterPolicy) == algorithm.router_policy, algorithm.name
+        assert trainer.model.seed == 3 and trainer.router_lr(0) == 1e-3
+    with pytest.raises(TypeError, match="unknown builder arguments"):
+        ALGORITHMS["ppo"].build(env, cfg=None)
+
+
+@pytest.mark.parametrize("setup", SB3_SETUPS, ids=[s.name for s in SB3_SETUPS])
+def test_algorithm_trains_on_the_env(setup: SB3Setup, kw: dict[str, Any]) -> None:
     model = build(setup, kw)
     engine = model.get_env().get_attr("engine")[0]
     pool_before = {k: v.clone() for k, v in engine.pool.state_dict().items()}

@@ -1,23 +1,21 @@
-"""scripts/readme_tables.py: README's tables come from results/ files and the config dataclasses, seeds
-are aggregated right."""
+"""README's tables (``python scripts/readme_tables.py``, :mod:`training_run.report.tables`) come from
+results/ files and the config dataclasses, seeds are aggregated right."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+
+from training_run.report import tables
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def results_table():
-    spec = importlib.util.spec_from_file_location("readme_tables", ROOT / "scripts" / "readme_tables.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return tables
 
 
 def _write_run(

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agents.compatibility import SETUPS
+from agents.algorithms import SB3_SETUPS
 
 pytest.importorskip("rl_zoo3")
 REPO = Path(__file__).resolve().parents[1]
-ZOO_ALGOS = [s.zoo for s in SETUPS if s.zoo]
+ZOO_ALGOS = [s.zoo for s in SB3_SETUPS if s.zoo]
 ENV_IDS = ["RoutingMNIST-v0", "RoutingCIFAR-v0", "RoutingMIN-v0"]
 # The zoo's --env-kwargs / -params take key:python-literal pairs.
 TINY_ENV = ["download:False", "device:'cpu'", "duplicates:1", "max_depth:3", "max_pairs:32", "batch_size:4"]

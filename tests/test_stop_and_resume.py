@@ -23,9 +23,9 @@ import pytest
 import torch
 from datagen import requires_real_data
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_train import REPO, SMALL_RUN, deterministic_part, fails, read_metrics, run_main, snapshot, train_cmd
+from test_train import REPO, deterministic_part, fails, read_metrics, run_main, small_run, snapshot, train_cmd
 
-from agents import training
+from training_run import guards, loop, machine
 
 
 def strict_json(line: str) -> dict:
@@ -157,7 +157,15 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over_with_resume(
             proc.kill()
             proc.wait(timeout=60)
     assert not (out / "checkpoint").exists(), "the first epoch ended before the kill"
-    capsys.readouterr()
+    assert not (out / "metrics.jsonl").exists() and (out / "config.json").exists()
+    # A plain start, even with other settings, must not overwrite it: one line says how to go on.
+    before = snapshot(out)
+    line = fails([*resume_argv, "--duplicates", 3, "--epochs", 1, "--out", out], capsys)
+    assert line == (
+        f"error: {out} holds a run stopped before its first checkpoint; pass --resume to start it over or "
+        "choose another --out"
+    )
+    assert snapshot(out) == before
     assert run_main([*resume_argv, "--epochs", 3, "--out", out, "--resume"]) == 0
     assert f"{out} has no checkpoint (the run stopped before its first one): starting it over" in (
         capsys.readouterr().out
@@ -313,7 +321,7 @@ def test_first_minutes_then_a_stop_signal_then_resume(
     err = stderr.read_text()
     assert "Traceback" not in err
     state = checkpoint_state(out)
-    position = training.checkpoint_position(state, 6)
+    position = loop.checkpoint_position(state, 6)
     resume = f"python train.py --out {out} --resume"
     stopped = f"stopped by {name}: {out} has a checkpoint {position}; continue with: {resume}"
     assert err.strip().splitlines()[-1] == stopped
@@ -365,7 +373,19 @@ def test_a_diverging_run_stops_in_one_line_and_writes_nothing_of_the_epoch(
     flags: list, lrs: str, fake_data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     out = tmp_path / "run"
-    argv = [*flags, *SMALL_RUN, "--epochs", 2, "--threads", 1, "--data-root", fake_data_root, "--out", out]
+    algo = flags[flags.index("--algo") + 1] if "--algo" in flags else "maskable_ppo"
+    argv = [
+        *flags,
+        *small_run(algo),
+        "--epochs",
+        2,
+        "--threads",
+        1,
+        "--data-root",
+        fake_data_root,
+        "--out",
+        out,
+    ]
     line = fails(argv, capsys)
     assert len(line.splitlines()) == 1, line
     assert re.match(r"error: training diverged in epoch 0, batch [1-4] of 4: .*(nan|inf)", line), line
@@ -396,7 +416,7 @@ def test_metrics_hold_null_where_a_value_is_undefined(fake_data_root: Path, tmp_
         (["--out", "/proc/lrn-run"], "error: --out /proc/lrn-run cannot hold a run: "),
         (["--out", "{file}"], "error: --out {file} is a file, not a folder"),
         (["--out", "{file}/run"], "error: --out {file}/run: {file} is a file, not a folder"),
-        (["--epochs", "-1"], "train.py: error: --epochs must be >= 0, got -1"),
+        (["--epochs", "-1"], "error: --epochs must be >= 0, got -1 (see: python train.py --help)"),
     ],
 )
 def test_bad_out_and_bad_flags_fail_before_torch_loads(argv: list, message: str, tmp_path: Path) -> None:
@@ -429,14 +449,14 @@ def test_threads_are_capped_to_the_cores_the_process_may_use(
     before = torch.get_num_threads()
     try:
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
-        assert training.usable_cores() == 1
-        assert training.set_threads(None) == 1 == torch.get_num_threads()
-        assert training.set_threads(3) == 3  # --threads overrides
+        assert machine.usable_cores() == 1
+        assert machine.set_threads(None) == 1 == torch.get_num_threads()
+        assert machine.set_threads(3) == 3  # --threads overrides
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
         quota = tmp_path / "cpu.max"
         quota.write_text("150000 100000\n")  # a cgroup quota of 1.5 cores
-        monkeypatch.setattr(training, "_cgroup_cpu_max_files", lambda: [quota])
-        assert training.usable_cores() == 2
+        monkeypatch.setattr(machine, "_cgroup_cpu_max_files", lambda: [quota])
+        assert machine.usable_cores() == 2
     finally:
         torch.set_num_threads(before)
 
@@ -449,8 +469,8 @@ def test_the_real_data_skip_message_points_into_the_repo() -> None:
 def test_time_estimate_line(monkeypatch: pytest.MonkeyPatch) -> None:
     """The arithmetic behind the line the long run above prints: 16 s per batch, 78,200 batches."""
     clock = iter([0.0, 16.0, 32.0])
-    monkeypatch.setattr(training.time, "perf_counter", lambda: next(clock))
-    estimate = training.TimeEstimate(torch.device("cpu"), batch_size=128)
+    monkeypatch.setattr(guards.time, "perf_counter", lambda: next(clock))
+    estimate = guards.TimeEstimate(torch.device("cpu"), batch_size=128)
     assert estimate.batch_done(78_202) is None and estimate.batch_done(78_201) is None
     line = estimate.batch_done(78_200)
     assert line.startswith("time: 16.00 s per batch here, so the 78,200 batches left take about 348 h")

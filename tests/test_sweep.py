@@ -1,12 +1,14 @@
-"""Sweeps on Ray Tune (``python -m agents.sweep``): bad sweep files fail before Ray starts, the repo's
-sweep files hold valid trials, and a 2-trial sweep of tiny runs on a local Ray writes two train.py run
-folders, reports their epochs to Tune, resumes a killed trial from its checkpoint and leaves no process.
+"""Sweeps on Ray Tune (``python -m training_run.sweep``): bad sweep files fail before Ray starts, the
+repo's sweep files hold valid trials, a rerun skips finished runs before Ray starts, and a 2-trial sweep of
+tiny runs on a local Ray writes two train.py run folders, reports their epochs to Tune, resumes a killed
+trial from its checkpoint and leaves no process.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -15,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from agents import sweep
-from agents.cli import config_from_flags
+from training_run import sweep
+from training_run.cli import parse_command_line
 
 REPO = Path(__file__).resolve().parents[1]
 if os.environ.get("CI") != "true":  # CI installs the sweep extra: there a missing Ray fails the tests
@@ -62,10 +64,15 @@ BAD_FILES = [
         "unknown flag 'dupliates' (train.py has no --dupliates); did you mean duplicates?",
     ),
     ("name: x\ngrid: {max_depth: [1, 4]}", "trial x-L1: --max-depth must be >= 2"),
-    ("name: x\nflags: {epochs: many}", "argument --epochs: invalid int value: 'many'"),
-    ("name: x\nflags: {algo: ppp}", "argument --algo: invalid choice: 'ppp'"),
+    ("name: x\nflags: {epochs: many}", "trial x: --epochs: invalid int value: 'many'"),
+    ("name: x\nflags: {algo: ppp}", "trial x: --algo: invalid choice: 'ppp'"),
+    ("name: x\nflags: {dispatch: fast}", "trial x: --dispatch: invalid choice: 'fast'"),
     ("name: x\nflags: {no_bonus: 1}", "no_bonus is a switch: true or false, got 1"),
     ("name: x\nflags: {duplicates: [1, 5]}", "several values go in `grid`"),
+    (
+        "name: x\nflags: {bonus_weight: 0.1}\nvariants: {n: {no_bonus: true}}",
+        "trial x-n: --no-bonus sets --bonus-weight 0.0: leave out --bonus-weight 0.1",
+    ),
     ("name: x\ngrid: {duplicates: 5}", "grid: duplicates needs a non-empty list of values"),
     ("name: x\nflags: {out: runs/x}", "out is not set in a sweep file"),
     ("name: x\nflags: {resume: true}", "resume is not set in a sweep file"),
@@ -73,6 +80,10 @@ BAD_FILES = [
     (
         "name: x\nvariants: {static: {algo: static, task_prior_std: 3}}",
         "trial x-static: --task-prior-std is a RouterPolicy option",
+    ),
+    (
+        "name: x\nflags: {max_depth: 4}\nvariants: {lrn: {}, static: {algo: static}}",
+        "trial x-static: --algo static fixes --max-depth 5: leave out --max-depth 4",
     ),
     ("name: x\nresources: {gpus: 1}", "`resources` takes cpu, gpu, memory_gb"),
     ("name: x\nresources: {gpu: -1}", "resources: gpu needs a number >= 0"),
@@ -103,30 +114,35 @@ def test_a_missing_sweep_file(tmp_path: Path) -> None:
     assert "cannot read the sweep file" in str(info.value.code)
 
 
-def test_grid_and_variants_give_every_combination_with_train_py_flags(
+def test_grid_and_variants_give_every_combination_as_train_py_settings(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "s.yaml"
     path.write_text(
         "name: g\nout: res\nflags: {env: RoutingMIN-v0, task-prior-std: 3}\n"
-        "grid: {duplicates: [1, 5], max_depth: [4, 6], bonus_weight: [0.1]}\n"
+        "grid: {duplicates: [1, 5], max_depth: [4, 6]}\n"
         "variants: {lrn: {}, nobonus: {no_bonus: true}}\nresources: {cpu: 2, gpu: 0.25, memory_gb: 1}\n"
     )
     monkeypatch.chdir(tmp_path)  # a relative out is relative to where the sweep starts
     s = sweep.load_sweep(path)
     assert [t.key for t in s.trials] == [
-        f"min/g-{label}_d{d}_L{depth}_bonus0.1"
-        for label in ("lrn", "nobonus")
-        for d in (1, 5)
-        for depth in (4, 6)
+        f"min/g-{label}_d{d}_L{depth}" for label in ("lrn", "nobonus") for d in (1, 5) for depth in (4, 6)
     ]
     first = s.trials[0]
-    assert first.out == tmp_path / "res" / "min" / "g-lrn_d1_L4_bonus0.1"
-    assert list(first.flags) == [
-        "--env", "RoutingMIN-v0", "--task-prior-std", "3", "--duplicates", "1", "--max-depth", "4",
-        "--bonus-weight", "0.1", "--out", str(first.out),
-    ]  # fmt: skip
-    assert "--no-bonus" in s.trials[-1].flags
+    assert first.out == tmp_path / "res" / "min" / "g-lrn_d1_L4"
+    assert first.settings == {
+        "run.progress": False,  # trials share a terminal
+        "run.env_id": "RoutingMIN-v0",
+        "router.task_prior_std": 3.0,
+        "env.duplicates": 1,
+        "env.max_depth": 4,
+        "run.out": str(first.out),
+    }
+    assert s.trials[-1].settings["env.bonus_weight"] == 0.0  # no_bonus
+    # The trial's train.py command gives the configuration the trial trains.
+    command = shlex.split(first.command())
+    assert command[:2] == ["python", "train.py"]
+    assert parse_command_line(command[2:])[0] == first.config()
     assert s.resources == {"cpu": 2.0, "gpu": 0.25, "memory": 2.0**30}
     assert s.storage == tmp_path / "res" / "ray_tune"
 
@@ -136,9 +152,9 @@ def test_an_on_off_setting_turned_off_reaches_the_run(tmp_path: Path) -> None:
     path = tmp_path / "s.yaml"
     path.write_text("name: f\nvariants: {moving: {freeze_unused: false}, frozen: {freeze_unused: true}}\n")
     off, on = sweep.load_sweep(path).trials  # moving, frozen
-    assert "--no-freeze-unused" in off.flags and "--freeze-unused" in on.flags
-    assert config_from_flags(list(off.flags)).env.freeze_unused is False
-    assert config_from_flags(list(on.flags)).env.freeze_unused is True
+    assert off.settings["env.freeze_unused"] is False and on.settings["env.freeze_unused"] is True
+    assert off.config().env.freeze_unused is False and on.config().env.freeze_unused is True
+    assert "--no-freeze-unused" in off.command() and "--freeze-unused" in on.command()
 
 
 def fake_run(out: Path, config: dict, last_epoch: int, checkpoint: bool = True) -> None:
@@ -146,7 +162,7 @@ def fake_run(out: Path, config: dict, last_epoch: int, checkpoint: bool = True) 
     out.mkdir(parents=True)
     (out / "config.json").write_text(json.dumps(config))
     (out / "metrics.jsonl").write_text(
-        "".join(json.dumps({"epoch": e}) + "\n" for e in range(last_epoch + 1))
+        "".join(json.dumps({"epoch": e, "test_accuracy": 0.5}) + "\n" for e in range(last_epoch + 1))
     )
     if checkpoint:
         (out / "checkpoint").mkdir()
@@ -160,22 +176,27 @@ def test_a_rerun_continues_run_folders_and_refuses_those_it_cannot(tmp_path: Pat
         "variants: {done: {}, half: {}, new: {}, nockpt: {}, other: {}}\n"
     )
     done, half, new, nockpt, other = sweep.load_sweep(path).trials
-    config = config_from_flags(list(done.flags)).to_dict()
+    config = done.config().to_dict()
     fake_run(done.out, config, last_epoch=2)
     fake_run(half.out, {**config, "epochs": 100, "env": {**config["env"], "device": "cuda"}}, last_epoch=0)
-    assert sweep.check_run_folders(sweep.load_sweep(path)) == {
-        done.out: "finished (3 epochs): reports them, trains nothing",
+    plans = sweep.check_run_folders(sweep.load_sweep(path))
+    assert {out: sweep.describe_plan(plan) for out, plan in plans.items()} == {
+        done.out: "finished (3 epochs): skipped",
         half.out: "resumes after epoch 0",  # epochs and device may change between runs
     }
     fake_run(nockpt.out, config, last_epoch=1, checkpoint=False)
     fake_run(other.out, {**config, "env": {**config["env"], "duplicates": 5}}, last_epoch=1)
     with pytest.raises(SystemExit) as info:
         sweep.main([str(path), "--address", "local"])
-    assert str(info.value.code) == (
-        "error: move these run folders or rename the sweep:\n"
-        f"  {nockpt.out}: holds a run without a checkpoint\n"
-        f"  {other.out}: holds a run of other settings (--duplicates: 5 there, 2 here)"
+    lines = str(info.value.code).splitlines()
+    assert lines[:2] == [
+        "error: move these run folders or rename the sweep:",
+        f"  {nockpt.out}: holds a run without a checkpoint",
+    ]
+    assert lines[2].startswith(
+        f"  {other.out}: {other.out} was started with other settings: --duplicates 2 (the run has 5); "
     )
+    assert len(lines) == 3
     assert not new.out.exists() and not (tmp_path / "results" / "ray_tune").exists()
     assert not __import__("ray").is_initialized()
 
@@ -186,11 +207,36 @@ def test_a_rerun_continues_what_train_py_resume_would(tmp_path: Path) -> None:
     path = tmp_path / "s.yaml"
     path.write_text(f"name: r\nout: {tmp_path / 'results'}\nflags: {{duplicates: 2, epochs: 3}}\n")
     (trial,) = sweep.load_sweep(path).trials
-    config = config_from_flags(list(trial.flags)).to_dict()
+    config = trial.config().to_dict()
     config.update(threads=7, checkpoint_every_minutes=1.0)
     del config["preset"]  # a run folder written before the flag existed
     fake_run(trial.out, config, last_epoch=0)
-    assert sweep.check_run_folders(sweep.load_sweep(path)) == {trial.out: "resumes after epoch 0"}
+    (plan,) = sweep.check_run_folders(sweep.load_sweep(path)).values()
+    assert sweep.describe_plan(plan) == "resumes after epoch 0"
+
+
+def test_a_rerun_of_a_finished_sweep_skips_its_runs_before_ray(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Finished runs get no trial: Ray does not even start, and nothing is written into their folders
+    (no ``resumed`` entry in config.json)."""
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        f"name: f\nout: {tmp_path / 'results'}\nflags: {{duplicates: 2, epochs: 2}}\n"
+        "variants: {a: {}, b: {}}\n"
+    )
+    trials = sweep.load_sweep(path).trials
+    for t, last_epoch in zip(trials, (1, 3)):  # b ran more epochs than the file asks now
+        fake_run(t.out, {**t.config().to_dict(), "epochs": last_epoch + 1}, last_epoch=last_epoch)
+    before = {t.out: (t.out / "config.json").read_bytes() for t in trials}
+    assert sweep.main([str(path), "--address", "local"]) == 0
+    out = capsys.readouterr().out
+    for t, last_epoch in zip(trials, (1, 3)):
+        assert f"{t.out}: finished ({last_epoch + 1} epochs): skipped" in out
+        assert f"done    {t.out}: finished before, epoch {last_epoch}, test accuracy 50.00%" in out
+        assert (t.out / "config.json").read_bytes() == before[t.out]
+    assert not (tmp_path / "results" / "ray_tune").exists()
+    assert "ray" not in sys.modules or not __import__("ray").is_initialized()
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
@@ -251,7 +297,7 @@ def test_a_sweep_writes_run_folders_and_resumes_a_killed_trial(fake_data_root: P
         "variants: {a: {}, b: {}}\nresources: {cpu: 1, gpu: 0.5}\nmax_concurrent: 2\nmax_failures: 1\n"
     )
     a, b = results / "mnist" / "tiny-a", results / "mnist" / "tiny-b"
-    cmd = [sys.executable, "-m", "agents.sweep", str(path), "--address", "local", "--num-cpus", "2"]
+    cmd = [sys.executable, "-m", "training_run.sweep", str(path), "--address", "local", "--num-cpus", "2"]
     seen: set[int] = set()
     with open(tmp_path / "log.txt", "wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
@@ -306,12 +352,17 @@ def test_a_sweep_writes_run_folders_and_resumes_a_killed_trial(fake_data_root: P
         assert [{k: t[k] for k in r} for t, r in zip(tune_records, records, strict=True)] == records
 
     # The results script reads sweep run folders as it reads train.py's.
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import readme_tables
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
-    assert [row[1] for row in readme_tables.rows(results)] == ["`tiny-a`", "`tiny-b`"]
+    from training_run.report import tables
+
+    assert [row[1] for row in tables.rows(results)] == ["`tiny-a`", "`tiny-b`"]
+
+    # A rerun of the finished sweep starts no trial and writes nothing into the run folders.
+    configs = {run: (run / "config.json").read_bytes() for run in (a, b)}
+    rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"{b}: finished (6 epochs): skipped" in rerun.stdout
+    assert {run: (run / "config.json").read_bytes() for run in (a, b)} == configs
+    assert len(list((results / "ray_tune").glob("tiny_*"))) == 1  # no second Tune experiment
 
     # Ray is shut down: no process the sweep started is left.
     deadline = time.monotonic() + 30

@@ -1,7 +1,8 @@
 """train.py end to end: what a run writes, resuming after a kill, bad input, every algorithm, plots.
 
 Runs on the CPU with tiny settings. ``train.main`` runs in-process where it can (no import cost), in
-a subprocess where the test needs a real process (kill -9, exit status, ``python -m agents.plot``).
+a subprocess where the test needs a real process (kill -9, exit status, ``python -m
+training_run.report.plots``).
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -22,8 +22,8 @@ import torchvision.datasets.mnist
 from sb3_contrib import MaskablePPO
 
 import train
-from agents.plot import PLOT_FILES
 from agents.route_stats import ROUTE_STAT_KEYS
+from training_run.folder import PLOT_FILES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,6 +33,16 @@ SMALL_RUN = [
     "--limit-train", 64, "--limit-test", 60, "--batch-size", 16, "--max-depth", 3, "--eval-batch-size", 64,
     "--minibatch", 8, "--epochs", 1, *TINY,
 ]  # fmt: skip
+
+
+def small_run(algo: str = "maskable_ppo") -> list:
+    """SMALL_RUN for ``algo``, without the depth where the algorithm fixes its own (5 layers)."""
+    if algo not in ("static", "routing_network"):
+        return list(SMALL_RUN)
+    i = SMALL_RUN.index("--max-depth")
+    return SMALL_RUN[:i] + SMALL_RUN[i + 2 :]
+
+
 RECORD_KEYS = {
     "epoch",
     "wall_clock_s",
@@ -133,7 +143,7 @@ def test_run_writes_metrics_config_plots_tensorboard_and_checkpoint(two_epoch_ru
     )
     assert config["train_pairs"] == 256 and config["test_pairs"] == 200 and config["epochs"] == 2
 
-    for png in PLOT_FILES:
+    for png in PLOT_FILES.values():
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     assert list((out / "tb").glob("events.out.tfevents.*"))
     checkpoint = out / "checkpoint"
@@ -148,7 +158,15 @@ def test_plot_cli_draws_several_runs(two_epoch_run: Path, tmp_path: Path) -> Non
     halved = [{**r, "test_accuracy": r["test_accuracy"] / 2} for r in read_metrics(two_epoch_run)]
     (other / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in halved))
     fig = tmp_path / "fig.png"
-    cmd = [sys.executable, "-m", "agents.plot", str(two_epoch_run), str(other), "--out", str(fig)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "training_run.report.plots",
+        str(two_epoch_run),
+        str(other),
+        "--out",
+        str(fig),
+    ]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and fig.stat().st_size > 5_000
@@ -241,8 +259,8 @@ def test_a_killed_checkpoint_write_falls_back_to_the_previous_one(
 
 
 def fails(argv: list, capsys: pytest.CaptureFixture) -> str:
-    """Run train.main expecting an exit with a non-zero status and one error message (argparse's usage
-    lines aside, no traceback); return the message, from its ``error:`` on."""
+    """Run train.main expecting an exit with a non-zero status and one line on stderr, ``error: ...`` (no
+    usage, no traceback); return it."""
     with pytest.raises(SystemExit) as info:
         run_main(argv)
     code, err = info.value.code, capsys.readouterr().err
@@ -251,19 +269,57 @@ def fails(argv: list, capsys: pytest.CaptureFixture) -> str:
     else:
         status, message = code, err
     assert status not in (0, None)
-    assert "Traceback" not in message
-    starts = [i for i, line in enumerate(message.splitlines()) if re.match(r"(\S+: )?error: ", line)]
-    assert len(starts) == 1, message
-    return "\n".join(message.splitlines()[starts[0] :])
+    lines = message.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), message
+    return lines[0]
 
 
 def test_unknown_env(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "run"
-    assert "unknown env id 'RoutingImageNet-v0'" in fails(
-        ["--env", "RoutingImageNet-v0", "--out", out], capsys
-    )
+    known = "registered routing env ids: RoutingCIFAR-v0, RoutingMIN-v0, RoutingMNIST-v0"
+    for env_id in ("RoutingImageNet-v0", "Nope-v0"):
+        line = fails(["--env", env_id, "--out", out], capsys)
+        assert f"unknown env id {env_id!r}; {known}" in line
+        assert "Did you mean" not in line  # Gymnasium's guess (Nope-v0: "Hopper") is no help here
     assert "not a routing env id" in fails(["--env", "CartPole-v1", "--out", out], capsys)
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--epochs", "many"], "argument --epochs: invalid int value: 'many'"),
+        (["--dispatch", "fast"], "argument --dispatch: invalid choice: 'fast'"),
+        (["--preset"], "argument --preset: expected one argument"),
+        (
+            ["--algo", "static", "--max-depth", "6"],
+            "--algo static fixes --max-depth 5: leave out --max-depth 6",
+        ),
+        (["--algo", "routing_network", "--bonus-weight", "0.5"], "leave out --bonus-weight 0.5"),
+        (["--no-bonus", "--bonus-weight", "0.5"], "--no-bonus sets --bonus-weight 0.0: leave out"),
+    ],
+)
+def test_a_bad_flag_is_one_line_with_a_pointer_to_help(
+    argv: list, message: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Not argparse's usage (~40 lines) first: one line saying what is wrong, and where the flags are."""
+    line = fails([*argv, "--out", tmp_path / "run"], capsys)
+    assert line.startswith("error: ") and message in line, line
+    assert line.endswith("(see: python train.py --help)")
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_algorithm_takes_the_settings_it_fixes_when_they_agree() -> None:
+    """--algo static fixes its depth and pool (5 layers); giving the same value is no conflict."""
+    cfg = train.parse_command_line(["--algo", "static", "--max-depth", "5"])[0]
+    assert cfg.env.max_depth == 5 and cfg.env.pool == "static"
+    cfg = train.parse_command_line(["--algo", "routing_network", "--no-bonus"])[0]
+    assert cfg.env.bonus_weight == 0.0 and cfg.env.pool == "routing_network"
+    # The preset's bonus gives way to the routing network's (no explicit flag contradicts it).
+    assert (
+        train.parse_command_line(["--algo", "routing_network", "--preset", "best"])[0].env.bonus_weight == 0
+    )
 
 
 @pytest.mark.parametrize(
@@ -348,7 +404,7 @@ def test_error_exit_of_the_script(two_epoch_run: Path) -> None:
 @pytest.mark.parametrize("algo", ["ppo", "a2c", "dqn", "static"])
 def test_each_algorithm_runs_an_epoch(algo: str, fake_data_root: Path, tmp_path: Path) -> None:
     out = tmp_path / algo
-    argv = ["--algo", algo, *SMALL_RUN, "--data-root", fake_data_root]
+    argv = ["--algo", algo, *small_run(algo), "--data-root", fake_data_root]
     assert run_main([*argv, "--out", out]) == 0
     (record,) = read_metrics(out)
     assert record["epoch"] == 0 and record["train_episodes"] == 64 and record["test_pairs"] == 60
@@ -378,8 +434,8 @@ def test_task_prior_flag_reaches_config_and_checkpoint(fake_data_root: Path, tmp
     policy = MaskablePPO.load(out / "checkpoint" / "agent.zip", device="cpu").policy
     assert policy.router_config.task_prior_std == 3.0
     assert policy.router.task_prior.weight.shape == (10, int(policy.action_space.n))
-    assert train.parse_run_config(["--preset", "paper"])[0].router.task_prior_std == 0.0  # the paper's router
-    assert train.parse_run_config([])[0].router.task_prior_std == 3.0  # the default preset "best" has it
+    assert train.parse_command_line(["--preset", "paper"])[0].router.task_prior_std == 0.0  # the paper's
+    assert train.parse_command_line([])[0].router.task_prior_std == 3.0  # the default preset "best" has it
 
 
 def test_cifar_format_runs_end_to_end(fake_data_root: Path, tmp_path: Path) -> None:

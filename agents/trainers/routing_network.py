@@ -74,6 +74,7 @@ from typing import Any
 
 import torch
 
+from agents.config import RoutingNetworkConfig
 from agents.trainers.base import BatchCallback, parameter_norm
 from routing_env.engine import RoutingEngine
 
@@ -316,8 +317,10 @@ class RoutingNetworkTrainer:
         self.load_state_dict(torch.load(Path(folder) / TABLES_FILE, weights_only=False))
 
 
-def build(env: Any, cfg: Any) -> RoutingNetworkTrainer:
-    """The trainer of ``--algo routing_network`` from a run's configuration."""
-    rn = cfg.routing_network
+def build(
+    env: Any, seed: int = 0, routing_network: RoutingNetworkConfig | None = None
+) -> RoutingNetworkTrainer:
+    """The trainer of ``--algo routing_network`` on the training env."""
+    rn = routing_network or RoutingNetworkConfig()
     n_tasks = int(env.observation_space["task"].n)
-    return RoutingNetworkTrainer(env.engine, n_tasks, rn.learner, rn.lr, rn.rho, seed=cfg.seed)
+    return RoutingNetworkTrainer(env.engine, n_tasks, rn.learner, rn.lr, rn.rho, seed=seed)

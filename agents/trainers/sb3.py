@@ -17,7 +17,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
-from agents.config import RunConfig
+from agents.config import AgentConfig, RewardTiming, RouterConfig
 from agents.policy import RouterFeaturesExtractor, RouterPolicy
 from agents.rollout import LRNA2C, LRNPPO, LRNMaskablePPO
 from agents.trainers.base import BatchCallback, parameter_norm
@@ -70,30 +70,38 @@ class SB3Trainer:
 
     Args:
         algo_class: the SB3 algorithm.
-        env: the training env.
-        cfg: the run's configuration (seed, router lr and its decay).
+        env: the training env (its engine's device is the agent's).
         kwargs: the algorithm's constructor arguments (policy, hyper-parameters).
+        seed: seeds the agent.
+        lr: the agent's learning rate in epoch 0.
+        lr_decay: factor on it after every epoch.
+        reward_timing: how an episode's reward reaches an on-policy algorithm's GAE (see
+            :class:`agents.config.AgentConfig`).
     """
 
     def __init__(
         self,
         algo_class: type[BaseAlgorithm],
         env: RoutingSB3VecEnv,
-        cfg: RunConfig,
         kwargs: dict[str, Any],
+        *,
+        seed: int,
+        lr: float,
+        lr_decay: float,
+        reward_timing: RewardTiming,
     ) -> None:
         self.algo_class, self.env = algo_class, env
-        self.lr, self.lr_decay = cfg.router_lr, cfg.env.lr_decay
+        self.lr, self.lr_decay = lr, lr_decay
         self.device = str(env.engine.device)
         if issubclass(algo_class, OnPolicyAlgorithm):
-            kwargs = {**kwargs, "reward_timing": cfg.agent.reward_timing}
+            kwargs = {**kwargs, "reward_timing": reward_timing}
             if env.engine.device.type == "cuda":  # one fused kernel per router update
                 kwargs["policy_kwargs"] = {**kwargs["policy_kwargs"], "optimizer_kwargs": {"fused": True}}
         # torch.distributions checks every sample's support with a host sync; our masks already
         # guarantee it, and the syncs cost several ms per batch on a GPU.
         torch.distributions.Distribution.set_default_validate_args(False)
         self.model: BaseAlgorithm = algo_class(
-            env=env, seed=cfg.seed, device=self.device, verbose=0, learning_rate=Constant(self.lr), **kwargs
+            env=env, seed=seed, device=self.device, verbose=0, learning_rate=Constant(self.lr), **kwargs
         )
 
     def router_lr(self, epoch: int) -> float:
@@ -140,63 +148,96 @@ class SB3Trainer:
         self.env._reset_seeds()
 
 
-def router_policy(env: RoutingSB3VecEnv, cfg: RunConfig) -> dict[str, Any]:
+def _trainer(
+    algo_class: type[BaseAlgorithm],
+    env: RoutingSB3VecEnv,
+    kwargs: dict[str, Any],
+    seed: int,
+    agent: AgentConfig,
+) -> SB3Trainer:
+    """The agent learns at ``agent.router_lr`` (default the pool's lr), decayed as the pool's per epoch."""
+    lr = env.config.lr if agent.router_lr is None else agent.router_lr
+    return SB3Trainer(
+        algo_class,
+        env,
+        kwargs,
+        seed=seed,
+        lr=lr,
+        lr_decay=env.config.lr_decay,
+        reward_timing=agent.reward_timing,
+    )
+
+
+def router_policy(env: RoutingSB3VecEnv, router: RouterConfig) -> dict[str, Any]:
     """The policy arguments of every algorithm that trains :class:`RouterPolicy`; with ``static_start``,
     the static network's route through ``env``'s pool."""
-    policy_kwargs = dataclasses.asdict(cfg.router)
-    if cfg.router.static_start > 0:
+    policy_kwargs = dataclasses.asdict(router)
+    if router.static_start > 0:
         n_tasks = int(env.observation_space["task"].n)
         route = static_network_route(env.engine.pool, n_tasks, env.engine.max_depth)
         policy_kwargs["static_route"] = route.tolist()
     return dict(policy=RouterPolicy, policy_kwargs=policy_kwargs)
 
 
-def rollout_kwargs(env: RoutingSB3VecEnv, cfg: RunConfig) -> dict[str, Any]:
-    """On-policy arguments shared by PPO and A2C: one rollout = one batch of ``num_envs`` whole episodes."""
-    a = cfg.agent
+def rollout_kwargs(env: RoutingSB3VecEnv, agent: AgentConfig, router: RouterConfig) -> dict[str, Any]:
+    """On-policy arguments shared by PPO and A2C: RouterPolicy, and one rollout = one batch of
+    ``num_envs`` whole episodes."""
     return dict(
-        **router_policy(env, cfg),
+        **router_policy(env, router),
         n_steps=env.engine.max_depth,
-        gamma=a.gamma,
-        gae_lambda=a.gae_lambda,
-        ent_coef=a.ent_coef,
-        vf_coef=a.vf_coef,
-        max_grad_norm=a.max_grad_norm,
+        gamma=agent.gamma,
+        gae_lambda=agent.gae_lambda,
+        ent_coef=agent.ent_coef,
+        vf_coef=agent.vf_coef,
+        max_grad_norm=agent.max_grad_norm,
     )
 
 
-def ppo_kwargs(env: RoutingSB3VecEnv, cfg: RunConfig) -> dict[str, Any]:
-    a = cfg.agent
-    minibatch = a.minibatch * (env.engine.max_depth if a.minibatch_unit == "episodes" else 1)
+def ppo_kwargs(env: RoutingSB3VecEnv, agent: AgentConfig, router: RouterConfig) -> dict[str, Any]:
+    minibatch = agent.minibatch * (env.engine.max_depth if agent.minibatch_unit == "episodes" else 1)
     return dict(
-        **rollout_kwargs(env, cfg), batch_size=minibatch, n_epochs=a.ppo_epochs, clip_range=a.clip_range
+        **rollout_kwargs(env, agent, router),
+        batch_size=minibatch,
+        n_epochs=agent.ppo_epochs,
+        clip_range=agent.clip_range,
     )
 
 
-def maskable_ppo(env: RoutingSB3VecEnv, cfg: RunConfig) -> SB3Trainer:
-    return SB3Trainer(LRNMaskablePPO, env, cfg, ppo_kwargs(env, cfg))
+def maskable_ppo(
+    env: RoutingSB3VecEnv, seed: int = 0, agent: AgentConfig | None = None, router: RouterConfig | None = None
+) -> SB3Trainer:
+    agent, router = agent or AgentConfig(), router or RouterConfig()
+    return _trainer(LRNMaskablePPO, env, ppo_kwargs(env, agent, router), seed, agent)
 
 
-def ppo(env: RoutingSB3VecEnv, cfg: RunConfig) -> SB3Trainer:
-    return SB3Trainer(LRNPPO, env, cfg, ppo_kwargs(env, cfg))
+def ppo(
+    env: RoutingSB3VecEnv, seed: int = 0, agent: AgentConfig | None = None, router: RouterConfig | None = None
+) -> SB3Trainer:
+    agent, router = agent or AgentConfig(), router or RouterConfig()
+    return _trainer(LRNPPO, env, ppo_kwargs(env, agent, router), seed, agent)
 
 
-def a2c(env: RoutingSB3VecEnv, cfg: RunConfig) -> SB3Trainer:
-    return SB3Trainer(LRNA2C, env, cfg, rollout_kwargs(env, cfg))
+def a2c(
+    env: RoutingSB3VecEnv, seed: int = 0, agent: AgentConfig | None = None, router: RouterConfig | None = None
+) -> SB3Trainer:
+    agent, router = agent or AgentConfig(), router or RouterConfig()
+    return _trainer(LRNA2C, env, rollout_kwargs(env, agent, router), seed, agent)
 
 
-def dqn(env: RoutingSB3VecEnv, cfg: RunConfig) -> SB3Trainer:
+def dqn(env: RoutingSB3VecEnv, seed: int = 0, agent: AgentConfig | None = None) -> SB3Trainer:
+    """SB3's DQN over the router's encoder (with its default architecture)."""
     from stable_baselines3 import DQN
 
+    agent = agent or AgentConfig()
     kwargs = dict(
         policy="MultiInputPolicy",
         buffer_size=100_000,
         learning_starts=env.num_envs * env.engine.max_depth,
-        batch_size=cfg.agent.minibatch,
-        gamma=cfg.agent.gamma,
+        batch_size=agent.minibatch,
+        gamma=agent.gamma,
         train_freq=(1, "step"),
         gradient_steps=1,
         exploration_fraction=0.1,
         policy_kwargs=dict(features_extractor_class=RouterFeaturesExtractor),
     )
-    return SB3Trainer(DQN, env, cfg, kwargs)
+    return _trainer(DQN, env, kwargs, seed, agent)

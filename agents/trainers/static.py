@@ -19,10 +19,9 @@ class StaticTrainer:
 
     Args:
         env: the training env (its engine is driven directly).
-        cfg: the run's configuration (unused: the static network has no settings of its own).
     """
 
-    def __init__(self, env: Any, cfg: Any = None) -> None:
+    def __init__(self, env: Any) -> None:
         self.engine = env.engine
         if self.engine.max_depth != 5:
             raise ValueError("the static network has 5 layers: build its engine with max_depth=5")
@@ -60,3 +59,8 @@ class StaticTrainer:
 
     def load(self, folder: Path) -> None:
         pass
+
+
+def build(env: Any) -> StaticTrainer:
+    """The trainer of ``--algo static`` (the static network has no settings of its own)."""
+    return StaticTrainer(env)

@@ -1,7 +1,8 @@
-"""Sweeps on Ray Tune: every combination a sweep file lists runs as a trial of ``agents.training.train``.
+"""Sweeps on Ray Tune: every combination a sweep file lists runs as a trial of
+:func:`training_run.loop.train`.
 
-    python -m agents.sweep sweeps/min_grid.yaml                 # local Ray, or $RAY_ADDRESS's cluster
-    python -m agents.sweep sweeps/min_grid.yaml --dry-run       # list the trials; Ray not needed
+    python -m training_run.sweep sweeps/min_grid.yaml             # local Ray, or $RAY_ADDRESS's cluster
+    python -m training_run.sweep sweeps/min_grid.yaml --dry-run   # list the trials; Ray not needed
 
 A sweep file (YAML) names train.py's flags without their dashes (``max_depth`` or ``max-depth``)::
 
@@ -19,12 +20,15 @@ A sweep file (YAML) names train.py's flags without their dashes (``max_depth`` o
     max_failures: 3                 # retries of a failed trial, each from its last checkpoint
     storage: results/ray_tune       # Tune's own state (default <out>/ray_tune)
 
-Each trial parses its flags with train.py's parser and writes the run folder train.py would
-(``config.json``, ``metrics.jsonl``, ``tb/``, plots, ``checkpoint/``); Tune gets each epoch's metrics
-record as it is written. The run folder's checkpoint is the trial's state: Tune keeps only a small
-checkpoint that names the run folder and the epoch, and a restarted trial (a failure, a lost node) or a
-rerun of the sweep continues every run from its run-folder checkpoint. ``gpu`` is ignored on a Ray
-cluster without GPUs, so one file runs on a laptop, a GPU machine and a cluster.
+Each trial's keys become settings (``{"section.field": value}``, checked as train.py checks its flags)
+and a :class:`~training_run.settings.RunConfig`, all before Ray starts; the trial plans its run as
+``train.py --resume`` does (:func:`~training_run.resume.plan_run`) and writes the run folder train.py
+would (``config.json``, ``metrics.jsonl``, ``tb/``, plots, ``checkpoint/``); Tune gets each epoch's
+metrics record as it is written. The run folder's checkpoint is the trial's state: Tune keeps only a
+small checkpoint that names the run folder and the epoch, and a restarted trial (a failure, a lost node)
+or a rerun of the sweep continues every run from its run-folder checkpoint; a rerun skips the runs that
+are finished before Ray starts. ``gpu`` is ignored on a Ray cluster without GPUs, so one file runs on a
+laptop, a GPU machine and a cluster.
 """
 
 from __future__ import annotations
@@ -42,13 +46,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agents.cli import SettingError, build_parser, config_from_flags
+from training_run.cli import OneLineParser, command_line, names, settings_from_names
+from training_run.folder import RunFolder
+from training_run.resume import RunPlan, plan_run
+from training_run.settings import RunConfig, SettingError
 
 KEYS = ("name", "out", "flags", "grid", "variants", "resources", "max_concurrent", "max_failures", "storage")
 RESOURCES = ("cpu", "gpu", "memory_gb")
 SWEEP_MANAGED = {
-    "--out": "the sweep names each run folder (set `out` and `name`)",
-    "--resume": "a trial resumes by itself",
+    "out": "the sweep names each run folder (set `out` and `name`)",
+    "resume": "a trial resumes by itself",
 }
 # Short names for a run folder's settings, as in our earlier runs (``lrn_d5_L4_s0``).
 SHORT = {"duplicates": "d", "max_depth": "L", "seed": "s", "task_prior_std": "p", "bonus_weight": "bonus"}
@@ -69,13 +76,21 @@ class Trial:
 
     Attributes:
         key: ``<benchmark>/<run name>``, the run folder under the sweep's ``out`` (Tune's trial name).
-        flags: train.py's flags of the run, ``--out`` included.
+        settings: the run's settings (``{"section.field": value}``, ``run.out`` included): what it gives
+            explicitly; the rest is the preset's and the defaults.
         out: the run folder.
     """
 
     key: str
-    flags: tuple[str, ...]
+    settings: dict[str, Any]
     out: Path
+
+    def config(self) -> RunConfig:
+        return RunConfig.from_settings(self.settings)
+
+    def command(self) -> str:
+        """The train.py command that runs this trial alone."""
+        return " ".join(["python train.py", *command_line(self.settings)])
 
 
 @dataclass
@@ -100,8 +115,8 @@ class Sweep:
 
 
 def load_sweep(path: str | Path) -> Sweep:
-    """Read and check a sweep file: every trial's flags go through train.py's parser and config checks
-    here, so a bad file fails at once with one :class:`SweepError`, before Ray starts."""
+    """Read and check a sweep file: every trial's settings go through train.py's checks here, so a bad
+    file fails at once with one :class:`SweepError`, before Ray starts."""
     path = Path(path)
     try:
         import yaml
@@ -140,22 +155,20 @@ def _parse(spec: Any, base: Path) -> Sweep:
     for label, variant in variants.items():
         if not isinstance(variant, dict) and variant is not None:
             raise SweepError(f"variants: {label} needs a mapping of flags, got {variant!r}")
-
-    actions = _flag_actions()
     for where, keys in [
         ("flags", flags),
         ("grid", grid),
         *((f"variants: {v}", d or {}) for v, d in variants.items()),
     ]:
         for key in keys:
-            _flag(key, actions, where)
+            _check_name(key, where)
     trials = []
     for label, variant in variants.items():
         variant = variant or {}
         for point in itertools.product(*grid.values()):
             varied = dict(zip(grid, point))
-            settings = _merge(flags, variant, varied, label)
-            trials.append(_trial(name, label, varied, settings, actions, out))
+            values = _merge(flags, variant, varied, label)
+            trials.append(_trial(name, label, varied, values, out))
     seen: dict[Path, str] = {}
     for t in trials:
         if t.out in seen:
@@ -197,55 +210,26 @@ def _resources(value: Any) -> dict[str, float]:
     return resources
 
 
-def _flag_actions() -> dict[str, argparse.Action]:
-    """train.py's options by flag string (argparse keeps no public map of them)."""
-    return {s: a for a in build_parser()._actions for s in a.option_strings if s.startswith("--")}
-
-
-def _flag(key: Any, actions: dict[str, argparse.Action], where: str) -> str:
-    """The option string of a sweep file's key (``max_depth`` -> ``--max-depth``)."""
-    flag = "--" + str(key).replace("_", "-")
-    if flag in SWEEP_MANAGED:
-        raise SweepError(f"{where}: {key} is not set in a sweep file: {SWEEP_MANAGED[flag]}")
-    if flag not in actions or flag == "--help":
-        close = difflib.get_close_matches(flag, list(actions), n=1)
-        hint = f"; did you mean {close[0][2:]}?" if close else ""
-        raise SweepError(f"{where}: unknown flag {key!r} (train.py has no {flag}){hint}")
-    return flag
+def _check_name(key: Any, where: str) -> None:
+    """One error for a sweep file's key that is no flag of train.py (``max_depth`` or ``max-depth``)."""
+    name = str(key).replace("-", "_")
+    if name in SWEEP_MANAGED:
+        raise SweepError(f"{where}: {key} is not set in a sweep file: {SWEEP_MANAGED[name]}")
+    if name not in names():
+        close = difflib.get_close_matches(name, names(), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise SweepError(f"{where}: unknown flag {key!r} (train.py has no --{name.replace('_', '-')}){hint}")
 
 
 def _merge(flags: dict, variant: dict, varied: dict, label: str) -> dict[str, Any]:
-    settings: dict[str, Any] = {}
+    values: dict[str, Any] = {}
     for where, part in (("flags", flags), (f"variant {label}", variant), ("grid", varied)):
         for key, value in part.items():
             norm = str(key).replace("-", "_")
-            if norm in settings:
-                raise SweepError(f"{key} is set twice (in {settings[norm][0]} and {where}): set it once")
-            settings[norm] = (where, value)
-    return {k: v for k, (_, v) in settings.items()}
-
-
-def _argv(settings: dict[str, Any], actions: dict[str, argparse.Action]) -> list[str]:
-    argv: list[str] = []
-    for key, value in settings.items():
-        flag = "--" + key.replace("_", "-")
-        action = actions[flag]
-        if action.nargs == 0:  # a switch (--no-bonus) or an on/off pair (--freeze-unused/--no-freeze-unused)
-            if not isinstance(value, bool):
-                raise SweepError(f"{key} is a switch: true or false, got {value!r}")
-            if isinstance(action, argparse.BooleanOptionalAction):
-                argv.append(flag if value else "--no-" + flag[2:])
-            elif value:
-                argv.append(flag)
-        elif action.nargs == 2:
-            if not isinstance(value, list) or len(value) != 2:
-                raise SweepError(f"{key} takes a pair [a, b], got {value!r}")
-            argv += [flag, *map(str, value)]
-        elif isinstance(value, (list, dict)):
-            raise SweepError(f"{key} takes one value, got {value!r} (several values go in `grid`)")
-        elif value is not None:  # null: train.py's default
-            argv += [flag, str(value)]
-    return argv
+            if norm in values:
+                raise SweepError(f"{key} is set twice (in {values[norm][0]} and {where}): set it once")
+            values[norm] = (where, value)
+    return {k: v for k, (_, v) in values.items()}
 
 
 def _run_name(name: str, label: str, varied: dict[str, Any]) -> str:
@@ -264,70 +248,89 @@ def _run_name(name: str, label: str, varied: dict[str, Any]) -> str:
     return "-".join([name, "_".join(parts)]) if parts else name
 
 
-def _trial(name: str, label: str, varied: dict, settings: dict, actions: dict, out: Path) -> Trial:
+def _trial(name: str, label: str, varied: dict, values: dict, out: Path) -> Trial:
     run = _run_name(name, label, varied)
     try:
-        argv = _argv(settings, actions)
-        cfg = config_from_flags(argv)
-    except (SweepError, SettingError) as e:
+        settings = settings_from_names(values)
+        cfg = RunConfig.from_settings(settings)
+    except SettingError as e:
         raise SweepError(f"trial {run}: {e}") from e
     key = f"{cfg.env.benchmark}/{run}"
-    return Trial(key=key, flags=(*argv, "--out", str(out / key)), out=out / key)
+    # Trials share one terminal, where Tune shows their progress: no progress bar unless asked for.
+    settings = {"run.progress": False, **settings, "run.out": str(out / key)}
+    return Trial(key=key, settings=settings, out=out / key)
 
 
 # --- running on Ray Tune ------------------------------------------------------------------------------
 
 
-def check_run_folders(sweep: Sweep) -> dict[Path, str]:
-    """What each run folder that already holds a run will do (``"resumes after epoch 3"``); one
-    :class:`SweepError` for folders a trial cannot continue: a run without a checkpoint (a rerun would
-    mix two runs in one folder) or a run of other settings."""
-    from agents.run_folder import Checkpoint
-    from agents.run_plan import refused_flags
+def plan_trial(trial: Trial) -> RunPlan:
+    """The trial's run as ``train.py --resume`` plans it: it continues its folder's run (with the trial's
+    settings, where a resume may change them; a run past the trial's epochs is finished), starts over one
+    stopped before its first checkpoint, or starts one in an empty folder.
 
+    Raises:
+        ValueError: the folder holds a run the trial cannot continue (one line).
+    """
+    folder, settings = RunFolder(trial.out), trial.settings
+    epoch = folder.checkpoint.epoch()
+    if epoch is not None and epoch + 1 > trial.config().epochs:
+        settings = {**settings, "run.epochs": epoch + 1}  # it ran more epochs than the file asks now: done
+    cfg = RunConfig.from_settings(settings)
+    return plan_run(cfg, settings, resume=folder.has_config() or folder.has_checkpoint())
+
+
+def check_run_folders(sweep: Sweep) -> dict[Path, RunPlan]:
+    """The plan of each trial whose run folder already holds a run; one :class:`SweepError` for folders a
+    trial cannot continue: a run without a checkpoint (a rerun would mix two runs in one folder) or a run
+    of other settings."""
     plans, problems = {}, []
     for t in sweep.trials:
-        if not (t.out / "metrics.jsonl").exists() and not Checkpoint(t.out).resumable():
+        folder = RunFolder(t.out)
+        if not (folder.has_config() or folder.has_checkpoint()):
             continue
-        epoch = Checkpoint(t.out).epoch()
-        cfg = config_from_flags(list(t.flags))
-        saved = t.out / "config.json"
-        differ = refused_flags(json.loads(saved.read_text()), cfg) if saved.exists() else []
-        if epoch is None:
+        try:
+            plan = plan_trial(t)
+        except ValueError as e:
+            problems.append(f"{t.out}: {str(e).removeprefix('--resume: ')}")
+            continue
+        if plan.resume:
+            plans[t.out] = plan
+        elif folder.has_metrics():
             problems.append(f"{t.out}: holds a run without a checkpoint")
-        elif differ:
-            problems.append(f"{t.out}: holds a run of other settings ({'; '.join(differ[:3])})")
-        elif epoch + 1 >= cfg.epochs:
-            plans[t.out] = f"finished ({epoch + 1} epochs): reports them, trains nothing"
-        else:
-            plans[t.out] = f"resumes after epoch {epoch}"
     if problems:
         listed = "\n  ".join(problems)
         raise SweepError(f"move these run folders or rename the sweep:\n  {listed}")
     return plans
 
 
-def run_trial(config: dict[str, Any], flags: dict[str, list[str]]) -> None:
-    """A Tune trial: ``train`` on the trial's flags, resuming the run folder's checkpoint if there is one,
+def describe_plan(plan: RunPlan) -> str:
+    """What a trial does with its run folder (``"resumes after epoch 3"``)."""
+    if plan.finished:
+        return f"finished ({plan.done_epochs} epochs): skipped"
+    return f"resumes after epoch {plan.done_epochs - 1}"
+
+
+def run_trial(config: dict[str, Any], trials: dict[str, Trial]) -> None:
+    """A Tune trial: ``train`` the trial's plan (continuing the run folder's checkpoint if there is one),
     reporting every epoch's record (those already in the run folder first) to Tune."""
     from ray import tune
 
-    from agents.run_folder import Checkpoint, MetricsLog
-    from agents.training import train
+    from training_run.loop import train
 
-    cfg = config_from_flags(flags[config["run"]])
-    cfg.progress = False  # trials share one terminal; Tune shows their progress
-    report = _reporter(cfg.out, with_checkpoint=cfg.checkpoint)
-    done = Checkpoint(cfg.out).epoch()
-    if done is not None:  # train() starts a run without a checkpoint again, clearing its folder
-        log = MetricsLog(cfg.out, tensorboard=False)
+    trial = trials[config["run"]]
+    plan = plan_trial(trial)
+    report = _reporter(trial.out, with_checkpoint=plan.config.checkpoint)
+    if plan.note:
+        print(plan.note)
+    if plan.resume:
         reported = _restored_epoch(tune.get_checkpoint())
         if reported >= 0:
-            print(f"{cfg.out}: Tune restarts it after epoch {reported}")
-        for record in log.read():
-            if reported < record["epoch"] <= done:
+            print(f"{trial.out}: Tune restarts it after epoch {reported}")
+        for record in plan.folder.read_metrics():
+            if reported < record["epoch"] < plan.done_epochs:
                 report(record)
-    train(cfg, resume=done is not None, on_epoch=report)
+    train(plan, on_epoch=report)
 
 
 def _restored_epoch(checkpoint: Any) -> int:
@@ -360,7 +363,9 @@ def _reporter(out: Path, with_checkpoint: bool) -> Callable[[dict[str, Any]], No
 def run_sweep(
     sweep: Sweep, address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None
 ) -> int:
-    """Run every trial of ``sweep`` on Ray Tune; 0 when all finished, 1 when one failed for good.
+    """Run every trial of ``sweep`` that is not finished on Ray Tune; 0 when all finished, 1 when one
+    failed for good. Finished runs (a rerun of the sweep) are skipped before Ray starts: no trial, no
+    write into their folder.
 
     Args:
         sweep: the checked sweep.
@@ -373,8 +378,12 @@ def run_sweep(
         from ray import tune
     except ImportError as e:
         raise SweepError(INSTALL_HINT) from e
-    for out, plan in check_run_folders(sweep).items():
-        print(f"{out}: {plan}")
+    plans = check_run_folders(sweep)
+    for out, plan in plans.items():
+        print(f"{out}: {describe_plan(plan)}")
+    todo = [t for t in sweep.trials if not (t.out in plans and plans[t.out].finished)]
+    if not todo:
+        return _summary(sweep, [])
     # Workers of a cluster started by `ray start` have that shell's environment, not this one's.
     forwarded = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     if 0 < sweep.resources.get("gpu", 0) < 1:
@@ -398,11 +407,11 @@ def run_sweep(
             )
             resources["gpu"] = 0
         trainable = tune.with_resources(
-            tune.with_parameters(run_trial, flags={t.key: list(t.flags) for t in sweep.trials}), resources
+            tune.with_parameters(run_trial, trials={t.key: t for t in todo}), resources
         )
         tuner = tune.Tuner(
             trainable,
-            param_space={"run": tune.grid_search([t.key for t in sweep.trials])},
+            param_space={"run": tune.grid_search([t.key for t in todo])},
             tune_config=tune.TuneConfig(
                 metric="test_accuracy",
                 mode="max",
@@ -418,7 +427,7 @@ def run_sweep(
             ),
         )
         results = tuner.fit()
-        return _summary(sweep, results)
+        return _summary(sweep, list(results))
     finally:
         ray.shutdown()
 
@@ -431,34 +440,43 @@ def _trial_dirname(trial: Any) -> str:
     return trial.config["run"].replace("/", "-")
 
 
-def _summary(sweep: Sweep, results: Any) -> int:
-    """Print one line per trial (its run folder, epochs, last test accuracy); 1 if any failed."""
+def _summary(sweep: Sweep, results: list[Any]) -> int:
+    """Print one line per trial (its run folder, epochs, last test accuracy); 1 if any failed. A trial
+    without a Tune result was finished before the sweep started (or did not run)."""
     by_key = {r.config["run"]: r for r in results}
     failed = 0
     print(f"\nsweep {sweep.name}: {len(sweep.trials)} trials")
     for t in sweep.trials:
         result = by_key.get(t.key)
-        metrics = result.metrics if result is not None else {}
-        if result is None or result.error is not None:
+        if result is None:
+            records = RunFolder(t.out).read_metrics()
+            if records and records[-1]["epoch"] + 1 >= t.config().epochs:
+                epoch, accuracy = records[-1]["epoch"], 100 * records[-1]["test_accuracy"]
+                print(f"  done    {t.out}: finished before, epoch {epoch}, test accuracy {accuracy:.2f}%")
+                continue
             failed += 1
-            why = str(result.error).strip().splitlines()[-1] if result is not None else "did not run"
-            where = f" (Tune's log: {result.path})" if result is not None else ""
-            print(f"  FAILED  {t.out}: {why}{where}")
-        elif "epoch" in metrics:
-            accuracy = 100 * metrics["test_accuracy"]
-            print(f"  done    {t.out}: epoch {metrics['epoch']}, test accuracy {accuracy:.2f}%")
+            print(f"  FAILED  {t.out}: did not run")
+        elif result.error is not None:
+            failed += 1
+            why = str(result.error).strip().splitlines()[-1]
+            print(f"  FAILED  {t.out}: {why} (Tune's log: {result.path})")
+        elif "epoch" in result.metrics:
+            accuracy = 100 * result.metrics["test_accuracy"]
+            print(f"  done    {t.out}: epoch {result.metrics['epoch']}, test accuracy {accuracy:.2f}%")
         else:
             print(f"  done    {t.out}: no epoch to run")
     return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = OneLineParser(
+        prog="-m training_run.sweep",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("file", type=Path, help="the sweep file (YAML)")
     parser.add_argument(
-        "--dry-run", action="store_true", help="list the trials' run folders and flags, run nothing"
+        "--dry-run", action="store_true", help="list the trials' run folders and commands, run nothing"
     )
     parser.add_argument("--address", help="a Ray cluster's address (default: $RAY_ADDRESS, else local)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of a new local Ray (default: all)")
@@ -468,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         sweep = load_sweep(args.file)
         if args.dry_run:
             for t in sweep.trials:
-                print(f"{t.out}: {' '.join(t.flags[:-2])}")
+                print(f"{t.out}: {t.command()}")
             print(f"{len(sweep.trials)} trials, each {sweep.resources}")
             return 0
         return run_sweep(sweep, args.address, args.num_cpus, args.num_gpus)

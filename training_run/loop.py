@@ -12,35 +12,32 @@ that batch exactly as if the run had not stopped.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
-import os
-import platform
+import random
 import signal
-import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from agents.algorithms import ALGORITHMS
-from agents.config import RunConfig
 from agents.evaluation import evaluate
-from agents.plot import plot_run
-from agents.run_folder import Checkpoint, MetricsLog, atomic_write, clear_run, set_rng_state
-from agents.run_plan import CONFIG_FILE, checkpoint_state, read_config, resume_changes, resume_command
-from agents.trainers.base import Trainer, parameter_norm
+from agents.trainers.base import Trainer
 from routing_env.benchmarks import MTLBenchmark, resolve_data_root
 from routing_env.build import make_engine
-from routing_env.config import resolve_device
 from routing_env.engine import RoutingEngine
 from routing_env.sb3_vec_env import RoutingSB3VecEnv
+from training_run.folder import CONFIG_FILE, MetricsLog, RunFolder
+from training_run.guards import DivergenceGuard, StopRequests, TimeEstimate
+from training_run.machine import device_name, run_device, set_threads, use_tf32
+from training_run.resume import RunPlan
+from training_run.settings import RunConfig
 
 EpochReport = Callable[[dict[str, Any]], None]  # called with each epoch's metrics record
 
@@ -92,174 +89,6 @@ def batches_before(epoch: int, n_pairs: int, batch_size: int) -> int:
     return math.ceil(epoch * n_pairs / batch_size)
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    threads = torch.get_num_threads()
-    return f"cpu ({platform.processor() or platform.machine()}, {threads} thread{'s' * (threads != 1)})"
-
-
-def usable_cores() -> int:
-    """The CPU cores this process may use: its affinity mask, capped by its cgroup's CPU quota."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    for quota_file in _cgroup_cpu_max_files():
-        try:
-            quota, period = quota_file.read_text().split()
-            if quota != "max":
-                cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
-        except (OSError, ValueError):
-            continue
-    return cores
-
-
-def _cgroup_cpu_max_files() -> list[Path]:
-    root = Path("/sys/fs/cgroup")
-    files = [root / "cpu.max"]
-    try:
-        for line in Path("/proc/self/cgroup").read_text().splitlines():
-            if line.startswith("0::"):  # cgroup v2: this process's group
-                files.append(root / line[3:].lstrip("/") / "cpu.max")
-    except OSError:
-        pass
-    return files
-
-
-def set_threads(threads: int | None) -> int:
-    """Use ``threads`` CPU threads, by default the usable cores (never more than torch's own default, so
-    ``OMP_NUM_THREADS`` still lowers it). Unbounded, a 2-core share of a big machine runs many threads
-    that fight for it, and epoch times swing with the machine's load."""
-    torch.set_num_threads(int(threads) if threads else min(torch.get_num_threads(), usable_cores()))
-    return torch.get_num_threads()
-
-
-class StopRequests:
-    """Ctrl-C (SIGINT) or SIGTERM asks the loop to stop at the next batch boundary; a second one acts at
-    once (KeyboardInterrupt, or the default SIGTERM death). Installed only in the main thread (signal
-    handlers live there), and only when there will be a checkpoint to stop at."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
-        self.signum: int | None = None
-        self.previous: dict[int, Any] = {}
-
-    @property
-    def requested(self) -> bool:
-        return self.signum is not None
-
-    def __enter__(self) -> StopRequests:
-        if self.enabled:
-            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        self.signum = signum
-        signal.signal(signum, self.previous[signum])  # the next one acts at once
-        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        sys.stderr.write(
-            f"\n{name}: stopping after this batch to write a checkpoint ({name} again stops at once, "
-            "losing the batches since the last checkpoint)\n"
-        )
-
-
-class DivergenceGuard:
-    """Finds a training that has gone non-finite, before it writes anything.
-
-    After every batch it reads the engine's running means (train loss and reward; one device read of
-    six numbers) and the trainer's :meth:`Trainer.health` (losses SB3 read anyway, the router's parameter
-    norm: one device read). A NaN or infinite loss, reward or gradient shows there within a batch: a
-    non-finite gradient makes the parameters it updates non-finite, and non-finite pool parameters make
-    the next batch's losses non-finite. Two reads per batch, against a batch's many kernel launches, cost
-    no measurable time on a GPU. Before a checkpoint it
-    also checks the pool's parameters (one read; a checkpoint never holds a diverged pool), and after
-    evaluation the record's losses.
-    """
-
-    def __init__(self, trainer: Trainer, engine: RoutingEngine) -> None:
-        self.trainer, self.engine = trainer, engine
-
-    def problem(self) -> str | None:
-        stats = self.engine.stats()
-        values = {"train loss": stats["train_loss"], "train reward": stats["train_reward"]}
-        return non_finite({**values, **self.trainer.health()})
-
-    def pool_problem(self) -> str | None:
-        return non_finite({"module parameter norm": parameter_norm(self.engine.pool.parameters())})
-
-    def record_problem(self, record: dict[str, Any]) -> str | None:
-        keys = ("train_loss", "train_reward", "test_loss")
-        return non_finite({k.replace("_", " "): record[k] for k in keys})
-
-    def error_problem(self, error: RuntimeError) -> str | None:
-        """What a RuntimeError of the agent says about divergence: torch's sampling fails on non-finite
-        probabilities ("probability tensor contains either inf, nan or element < 0")."""
-        message = str(error).splitlines()[0] if str(error) else ""
-        if "nan" in message and "inf" in message:
-            return self.problem() or f"the router's action probabilities are not finite ({message})"
-        return self.problem()
-
-
-def non_finite(values: dict[str, float]) -> str | None:
-    """``"name value, ..."`` for the values that are NaN or infinite, None when all are finite."""
-    bad = [f"{name} {value}" for name, value in values.items() if not math.isfinite(value)]
-    return ", ".join(bad) or None
-
-
-class TimeEstimate:
-    """After the first batches, one line: the time per batch here and what the rest of the run takes;
-    on the CPU, when that is over an hour, flags for a quick first run. The first batch of an epoch is
-    not timed (allocations, CUDA start-up)."""
-
-    LINE_FROM_S = 600  # say nothing about shorter runs
-    QUICK_EPOCHS, QUICK_TEST_PAIRS, QUICK_TARGET_S = 3, 500, 600
-
-    def __init__(self, device: torch.device, batch_size: int) -> None:
-        self.device, self.batch_size = device, batch_size
-        self.done = False
-        self.timed: list[float] = []
-
-    def epoch_started(self) -> None:
-        self.timed = []  # evaluation time must not count as batch time
-
-    def batch_done(self, batches_left: int) -> str | None:
-        if self.done:
-            return None
-        self.timed.append(time.perf_counter())
-        if len(self.timed) < 3:
-            return None
-        self.done = True
-        per_batch = (self.timed[2] - self.timed[0]) / 2
-        total = per_batch * batches_left
-        if total < self.LINE_FROM_S:
-            return None
-        line = (
-            f"time: {per_batch:.2f} s per batch here, so the {batches_left:,} batches left take about "
-            f"{duration(total)} (evaluation not counted)"
-        )
-        if self.device.type == "cpu" and total > 3600:
-            batches = max(1, int(self.QUICK_TARGET_S / (self.QUICK_EPOCHS * per_batch)))
-            line += (
-                f". These are the paper's GPU settings; for a first look on this CPU add --limit-train "
-                f"{batches * self.batch_size} --limit-test {self.QUICK_TEST_PAIRS} --epochs "
-                f"{self.QUICK_EPOCHS} (about {duration(batches * self.QUICK_EPOCHS * per_batch)} of training)"
-            )
-        return line
-
-
-def duration(seconds: float) -> str:
-    if seconds >= 2 * 3600:
-        return f"{seconds / 3600:.0f} h"
-    return f"{max(1, round(seconds / 60))} min"
-
-
 @dataclass
 class Position:
     """Where a run stands: ``epoch`` is the next epoch to train, ``batch`` the batches of it already
@@ -278,6 +107,7 @@ class EpochLoop:
     def __init__(
         self,
         cfg: RunConfig,
+        folder: RunFolder,
         trainer: Trainer,
         train_env: RoutingSB3VecEnv,
         test_engine: RoutingEngine,
@@ -286,12 +116,13 @@ class EpochLoop:
         metrics: MetricsLog,
         on_epoch: EpochReport | None,
     ) -> None:
-        self.cfg, self.trainer, self.train_env, self.test_engine = cfg, trainer, train_env, test_engine
+        self.cfg, self.folder, self.trainer = cfg, folder, trainer
+        self.train_env, self.test_engine = train_env, test_engine
         self.val_engine = val_engine
         self.engine = train_env.engine
         self.n_tasks, self.n_classes = bench.n_tasks, bench.n_classes
         self.metrics, self.on_epoch = metrics, on_epoch
-        self.checkpoint = Checkpoint(cfg.out)
+        self.checkpoint = folder.checkpoint
         self.n_pairs = len(self.engine.data)
         self.batches_per_epoch = math.ceil(self.n_pairs / self.engine.batch_size)  # the most an epoch has
         self.guard = DivergenceGuard(trainer, self.engine)
@@ -360,7 +191,7 @@ class EpochLoop:
         self.metrics.append(record)
         if self.cfg.checkpoint:
             self.save_checkpoint(next_batch=0, complete=epoch)
-        plot_run(self.cfg.out, self.train_env.action_names)
+        plot_epoch(self.folder, self.train_env.action_names)
         self.report(epoch, record, epoch_seconds)
         return record
 
@@ -406,7 +237,7 @@ class EpochLoop:
             "wall_clock_s": self.position.wall,
             "partial_epoch_s": self.position.partial if next_batch else 0.0,
         }
-        self.checkpoint.save(complete, self.trainer, self.train_env.state_dict(), state)
+        self.checkpoint.save(complete, self.trainer, self.train_env.state_dict(), rng_state(), state)
         self.last_checkpoint = time.monotonic()
 
     def report(self, epoch: int, record: dict[str, Any], epoch_seconds: float) -> None:
@@ -431,9 +262,10 @@ class EpochLoop:
         return f"epoch {self.position.epoch}, batch {batch} of {self.epoch_batches(self.position.epoch)}"
 
     def kept(self) -> str:
-        if not self.checkpoint.resumable():
+        state = self.checkpoint.state()
+        if state is None:
             return "no checkpoint"
-        return f"a checkpoint {checkpoint_position(checkpoint_state(self.cfg.out), self.batches_per_epoch)}"
+        return f"a checkpoint {checkpoint_position(state, self.batches_per_epoch)}"
 
     def refuse_divergence(self, problem: str | None) -> None:
         if problem is not None:
@@ -447,16 +279,36 @@ class EpochLoop:
         flags = "--lr" if router_lr is None else "--lr or --router-lr"
         return (
             f"training diverged in {self.where(in_batch)}: {problem} ({lrs}); nothing of this epoch was "
-            f"written and {self.cfg.out} has {self.kept()}; a lower {flags} may help"
+            f"written and {self.folder.path} has {self.kept()}; a lower {flags} may help"
         )
 
     def interrupted(self) -> TrainingInterrupted:
-        signum = self.stop.signum or signal.SIGINT
-        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        out = self.cfg.out
-        return TrainingInterrupted(
-            f"stopped by {name}: {out} has {self.kept()}; continue with: {resume_command(out)}", signum
-        )
+        out, how = self.folder.path, self.folder.resume_command()
+        message = f"stopped by {self.stop.name}: {out} has {self.kept()}; continue with: {how}"
+        return TrainingInterrupted(message, self.stop.signum or signal.SIGINT)
+
+
+def plot_epoch(folder: RunFolder, action_names: list[str]) -> None:
+    """The run folder's plots, redrawn after every epoch (matplotlib loads on the first)."""
+    from training_run.report.plots import plot_run
+
+    plot_run(folder, action_names)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator's state (a checkpoint's ``rng.pt``)."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def checkpoint_position(state: dict[str, Any], batches_per_epoch: int) -> str:
@@ -475,18 +327,18 @@ def announce(cfg: RunConfig, device: torch.device) -> None:
 
 
 def restore(
-    cfg: RunConfig, trainer: Trainer, train_env: RoutingSB3VecEnv, batches_per_epoch: int
+    folder: RunFolder, trainer: Trainer, train_env: RoutingSB3VecEnv, batches_per_epoch: int
 ) -> tuple[Position, dict[str, Any]]:
-    """Load the checkpoint of ``cfg.out`` into the trainer and the env; return where it stands and
+    """Load the folder's checkpoint into the trainer and the env; return where it stands and
     ``state.json``."""
     try:
-        state, env_state, rng = Checkpoint(cfg.out).load(trainer)
+        state, env_state, rng = folder.checkpoint.load(trainer)
         saved_batches = int(state.get("batches_per_epoch", batches_per_epoch))
         if saved_batches == batches_per_epoch:
             train_env.load_state_dict(env_state)
     except Exception as e:  # a damaged file: one line naming it, not the unpickler's traceback
         raise ValueError(
-            f"--resume: the checkpoint in {cfg.out} cannot be loaded ({type(e).__name__}: {e})"
+            f"--resume: the checkpoint in {folder.path} cannot be loaded ({type(e).__name__}: {e})"
         ) from e
     if saved_batches != batches_per_epoch:
         raise ValueError(
@@ -500,44 +352,40 @@ def restore(
         wall=float(state["wall_clock_s"]),
         partial=float(state.get("partial_epoch_s", 0.0)),
     )
-    print(f"resumed {cfg.out} {checkpoint_position(state, batches_per_epoch)}")
+    print(f"resumed {folder.path} {checkpoint_position(state, batches_per_epoch)}")
     return position, state
 
 
-def train(cfg: RunConfig, resume: bool = False, on_epoch: EpochReport | None = None) -> list[dict[str, Any]]:
-    """Run (or, with ``resume``, continue) the training ``cfg`` describes in the folder ``cfg.out``.
+def train(plan: RunPlan, on_epoch: EpochReport | None = None) -> list[dict[str, Any]]:
+    """Train the run ``plan`` settled (:func:`training_run.resume.plan_run`): continue from its folder's
+    checkpoint, or start it there (removing what an earlier run left). A plan is trained once.
 
     Args:
-        cfg: the run's configuration.
-        resume: continue from the checkpoint in ``cfg.out`` (only the settings
-            :data:`agents.run_plan.ALLOWED_ON_RESUME` lists may differ from its ``config.json``); else
-            start the run, removing what an earlier run left in ``cfg.out``.
+        plan: the run, its folder and whether it continues.
         on_epoch: called with every epoch's metrics record after it is written (e.g. Ray Tune's report).
 
     Returns:
         the metrics records of the epochs this call ran.
 
     Raises:
+        ValueError: the device is not here, or the checkpoint cannot be loaded.
         TrainingDiverged: a loss, reward or parameter became non-finite.
         TrainingInterrupted: Ctrl-C or SIGTERM stopped the run (after a checkpoint).
     """
+    plan.take()
     threads = torch.get_num_threads()
     try:
-        return _train(cfg, resume, on_epoch)
+        return _train(plan, on_epoch)
     finally:
         torch.set_num_threads(threads)  # a caller's process keeps its own setting
 
 
-def _train(cfg: RunConfig, resume: bool, on_epoch: EpochReport | None) -> list[dict[str, Any]]:
-    out = cfg.out
-    set_threads(cfg.threads)
-    device = resolve_device(cfg.env.device)  # resolved once; everything below gets the concrete device
-    cfg.env = cfg.env.replace(device=str(device))
-    saved = read_config(out) if resume else {}
-    changes = resume_changes(saved, cfg) if resume else {}  # before any data loads
-    if device.type == "cuda" and cfg.tf32:
-        torch.set_float32_matmul_precision("high")  # TF32 matmuls and convs: ~2x on Hopper
-        torch.backends.cudnn.allow_tf32 = True
+def _train(plan: RunPlan, on_epoch: EpochReport | None) -> list[dict[str, Any]]:
+    folder = plan.folder
+    set_threads(plan.config.threads)
+    device = run_device(plan.config.env.device)  # resolved once: everything below gets the concrete device
+    cfg = dataclasses.replace(plan.config, env=plan.config.env.replace(device=str(device)))
+    use_tf32(device, cfg.tf32)
     announce(cfg, device)
     train_env = RoutingSB3VecEnv.from_config(cfg.env)
     engine = train_env.engine
@@ -548,9 +396,10 @@ def _train(cfg: RunConfig, resume: bool, on_epoch: EpochReport | None) -> list[d
     )
     val_engine = None
     if cfg.env.val_fraction > 0:
-        val_config = cfg.env.replace(split="val", max_pairs=cfg.limit_test)
-        val_engine, _ = make_engine(val_config, cfg.eval_batch_size, engine.pool)
-    trainer = ALGORITHMS[cfg.algo].build(train_env, cfg)
+        val_engine, _ = make_engine(cfg.val_env, cfg.eval_batch_size, engine.pool)
+    trainer = ALGORITHMS[cfg.algo].build(
+        train_env, seed=cfg.seed, agent=cfg.agent, router=cfg.router, routing_network=cfg.routing_network
+    )
     batches_per_epoch = math.ceil(len(engine.data) / engine.batch_size)
     config = {
         **cfg.to_dict(),
@@ -562,25 +411,24 @@ def _train(cfg: RunConfig, resume: bool, on_epoch: EpochReport | None) -> list[d
         "torch": torch.__version__,
     }
     start = Position()
-    if resume:
-        start, state = restore(cfg, trainer, train_env, batches_per_epoch)
+    if plan.resume:
+        start, state = restore(folder, trainer, train_env, batches_per_epoch)
         config["resumed"] = [
-            *saved.get("resumed", []),
+            *plan.saved.get("resumed", []),
             {
                 "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "from": checkpoint_position(state, batches_per_epoch),
-                "changed": changes,
+                "changed": plan.changes,
             },
         ]
     else:
-        clear_run(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / CONFIG_FILE, json.dumps(config, indent=2, default=str))  # after a successful load
-    metrics = MetricsLog(out, purge_step=start.epoch if resume else None)
+        folder.clear()
+    folder.write_config(config)  # after a successful load
+    metrics = folder.metrics_log(purge_step=start.epoch if plan.resume else None)
     try:
-        if resume:
+        if plan.resume:
             metrics.truncate(start.epoch - 1)
-        loop = EpochLoop(cfg, trainer, train_env, test_engine, val_engine, bench, metrics, on_epoch)
+        loop = EpochLoop(cfg, folder, trainer, train_env, test_engine, val_engine, bench, metrics, on_epoch)
         return loop.run(start)
     finally:
         metrics.close()

@@ -1,0 +1,89 @@
+"""A run's setting in words, from its ``config.json`` (README's tables, the figures' legends)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from training_run.folder import RunFolder
+from training_run.settings import settings_of_dict
+
+# What runs made before a setting existed did: the behaviour of the code that made them.
+BEFORE_OPTIONS = {
+    "agent.reward_timing": "terminal",
+    "env.freeze_unused": False,
+    "router.decoder_queries": "all",
+    "router.normalize_instance": False,
+    "router.critic_encoder": "shared",
+    "router.task_prior_std": 0.0,
+    "router.task_prior_steps": "all",
+    "router.static_start": 0.0,
+    "env.bonus_scope": "pool",
+    "env.val_fraction": 0.0,
+    "env.augment": False,
+    "env.weight_decay": 0.0,
+    "env.module_dropout": 0.0,
+    "env.bonus_warmup": 0,
+    "routing_network.learner": "wpl",
+}
+
+
+def run_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's ``{"section.field": value}`` from its config.json (either layout); a setting the run's code
+    did not have yet reads as what that code did (:data:`BEFORE_OPTIONS`)."""
+    return {**BEFORE_OPTIONS, **settings_of_dict(config)}
+
+
+def describe(config: dict[str, Any]) -> str:
+    """A run's setting in words, from its config.json."""
+    s = run_settings(config)
+    algo = s.get("run.algo")
+    beyond = [
+        text
+        for text, on in (
+            ("augmentation", s["env.augment"]),
+            (f"weight decay {s['env.weight_decay']:g}", s["env.weight_decay"]),
+            (f"module dropout {s['env.module_dropout']:g}", s["env.module_dropout"]),
+        )
+        if on
+    ]
+    split = [f"val split {s['env.val_fraction']:g}"] if s.get("env.val_fraction") else []
+    if algo == "static":
+        return ", ".join(["static network", *split, *beyond])
+    if algo == "routing_network":
+        name = f"routing network ({s['routing_network.learner']}, {s.get('env.duplicates')} modules/depth)"
+        return ", ".join([name, *split, *beyond])
+    bonus = s.get("env.bonus_weight", 1.0)
+    parts = [f"LRN ({algo})", f"d{s.get('env.duplicates')} L{s.get('env.max_depth')}"]
+    parts.append("no bonus" if bonus == 0 else f"bonus {bonus:g}")
+    if bonus > 0 and s["env.bonus_scope"] != "pool":
+        parts.append(f"bonus per {s['env.bonus_scope']}")
+    if s.get("env.bonus_warmup") and bonus > 0:
+        parts.append(f"bonus from epoch {s['env.bonus_warmup']}")
+    parts.append("per-step rewards" if s["agent.reward_timing"] == "per_step" else "terminal reward")
+    parts.append("unused modules frozen" if s["env.freeze_unused"] else "plain Adam")
+    if s["router.decoder_queries"] == "valid":
+        parts.append("valid-action queries")
+    if s["router.normalize_instance"]:
+        parts.append("normalised instance token")
+    if s["router.critic_encoder"] == "separate":
+        parts.append("separate critic")
+    if s.get("router.task_prior_std"):
+        head = " on the head" if s["router.task_prior_steps"] == "head" else ""
+        parts.append(f"task prior {s['router.task_prior_std']:g}{head}")
+    if s["router.static_start"]:
+        parts.append(f"static start {s['router.static_start']:g}")
+    if s.get("agent.ent_coef"):
+        parts.append(f"entropy {s['agent.ent_coef']:g}")
+    if s.get("agent.router_lr"):
+        parts.append(f"router lr {s['agent.router_lr']:g}")
+    if s.get("agent.minibatch_unit") == "transitions":
+        parts.append("minibatch 64 transitions")
+    return ", ".join(parts + split + beyond)
+
+
+def run_label(folder: RunFolder) -> str:
+    """A run's setting and seed (its folder's name without a config.json)."""
+    if not folder.has_config():
+        return folder.path.name
+    config = folder.read_config()
+    return f"{describe(config)}, seed {run_settings(config).get('run.seed')}"

@@ -1,0 +1,355 @@
+"""A training run's settings: :class:`RunConfig` (the one home of every default of a run) and its one
+settings form, ``{"section.field": value}``, which train.py's flags, a sweep file, a preset and a run
+folder's ``config.json`` all become.
+
+``RunConfig`` nests the env's :class:`routing_env.RoutingConfig` (section ``env``), the agent's
+:class:`agents.config.AgentConfig` (``agent``), the router's :class:`agents.config.RouterConfig`
+(``router``) and the routing network's :class:`agents.config.RoutingNetworkConfig`
+(``routing_network``); its own fields are section ``run``. :meth:`RunConfig.from_settings` applies a
+preset and the algorithm's fixed settings; :func:`settings_of_dict` reads ``config.json``, in today's
+nested layout or the flat one of runs made before it. Imports neither torch nor SB3, so train.py checks
+its settings in well under a second.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from agents.algorithms import ALGORITHMS, router_policy_algorithms
+from agents.config import AgentConfig, RouterConfig, RoutingNetworkConfig
+from routing_env.config import RoutingConfig, check_choices
+from routing_env.registration import benchmark_of
+
+Preset = Literal["best", "paper"]
+# The preset a run from the command line or a sweep starts from unless it names one.
+DEFAULT_PRESET: Preset = "best"
+# Named settings that a run starts from before its own (README "Presets"). The paper's explicit rules
+# (per-step rewards, eq. 7; unused modules not updated) are the env's and agent's defaults.
+PAPER_READINGS = {"router.decoder_queries": "valid"}  # the router's input holds the valid modules
+PRESETS: dict[Preset, dict[str, Any]] = {
+    # The best LRN this project measured (README "Results"): a per-task prior on the router's logits (not in
+    # the paper), a small bonus, and the reward at the last step with one Adam over the pool. The paper's
+    # per-step rewards and frozen unused modules did not beat it in the study.
+    "best": {
+        "env.bonus_weight": 0.1,
+        "router.task_prior_std": 3.0,
+        "agent.reward_timing": "terminal",
+        "env.freeze_unused": False,
+    },
+    "paper": {**PAPER_READINGS, "env.bonus_weight": 1.0, "router.task_prior_std": 0.0},
+}
+
+
+class SettingError(ValueError):
+    """A setting that cannot be: unknown, out of range, or against the algorithm; the message names
+    settings as train.py's flags (``--limit-train``, not ``max_pairs``)."""
+
+
+@dataclass
+class RunConfig:
+    """One training run: what train.py's flags set and what a sweep trial varies.
+
+    Attributes:
+        preset: the named settings (:data:`PRESETS`) the run started from before its own: ``"best"`` (the
+            best LRN this project measured, with a per-task prior, which is not in the paper; what a run
+            from the command line or a sweep starts from unless it names another) or ``"paper"`` (the
+            paper's setting, as README reads it); none for a configuration built directly.
+        env_id: a routing env id (``RoutingMNIST-v0``, ``RoutingCIFAR-v0``, ``RoutingMIN-v0``, or a
+            registered ``module:Id``).
+        algo: the algorithm (see ``agents.algorithms.ALGORITHMS``).
+        epochs: passes over the training pairs.
+        seed: seeds the pool's weights, the data order and the agent.
+        out: run folder; default ``runs/<env>-<algo>-s<seed>``.
+        limit_test: evaluate on only this many test pairs (and validation pairs, with ``val_fraction``).
+        eval_batch_size: episodes per evaluation batch.
+        checkpoint: write a checkpoint after every epoch (a MIN-MTL one is ~7 GB).
+        checkpoint_every_minutes: within an epoch, also write a checkpoint between two batches once
+            this many minutes have passed since the last one (0: after every batch), so that a stopped
+            run loses minutes, not its epoch.
+        progress: show a progress bar.
+        tf32: use TF32 matmuls and convolutions on CUDA (about 2x faster on Hopper).
+        threads: torch's CPU threads; default the cores this process may use (CPU affinity and cgroup
+            quota), at most torch's own default.
+        env: the training env's settings (``benchmark``, ``seed`` and ``split`` follow ``env_id``,
+            ``seed`` and training; the algorithm's fixed settings must hold).
+        agent: the SB3 agent's hyper-parameters.
+        router: the router's architecture.
+        routing_network: the original routing network's router.
+    """
+
+    preset: Preset | None = None
+    env_id: str = "RoutingMNIST-v0"
+    algo: str = "maskable_ppo"
+    epochs: int = 100
+    seed: int = 0
+    out: Path | None = None
+    limit_test: int | None = None
+    eval_batch_size: int = 512
+    checkpoint: bool = True
+    checkpoint_every_minutes: float = 10.0
+    progress: bool = True
+    tf32: bool = True
+    threads: int | None = None
+    env: RoutingConfig = field(default_factory=RoutingConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    router: RouterConfig = field(default_factory=RouterConfig)
+    routing_network: RoutingNetworkConfig = field(default_factory=RoutingNetworkConfig)
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        if self.algo not in ALGORITHMS:
+            raise ValueError(f"unknown algo {self.algo!r}; known: {', '.join(ALGORITHMS)}")
+        if int(self.epochs) < 0:
+            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
+        if int(self.eval_batch_size) < 1 or (self.limit_test is not None and int(self.limit_test) < 1):
+            raise ValueError("eval_batch_size and limit_test must be >= 1")
+        if not self.checkpoint_every_minutes >= 0:
+            raise ValueError(f"checkpoint_every_minutes must be >= 0, got {self.checkpoint_every_minutes}")
+        if self.threads is not None and int(self.threads) < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        for option in ("task_prior_std", "static_start"):
+            if getattr(self.router, option) > 0 and self.algo not in router_policy_algorithms():
+                raise ValueError(
+                    f"{option} is a RouterPolicy option: use algo {', '.join(router_policy_algorithms())}"
+                    f" (not {self.algo})"
+                )
+        if self.router.static_start > 0 and self.env.max_depth < 5:
+            raise ValueError(
+                f"static_start starts at the static network's 5 layers: it needs max_depth >= 5, got "
+                f"{self.env.max_depth}"
+            )
+        fixed = ALGORITHMS[self.algo].env_settings
+        wrong = {k: v for k, v in fixed.items() if changed(getattr(self.env, k), v)}
+        if wrong:
+            raise ValueError(
+                f"algo {self.algo} needs env settings {wrong}: build the configuration with "
+                "RunConfig.from_settings, which sets them"
+            )
+        self.env = self.env.replace(benchmark=benchmark_of(self.env_id), seed=self.seed, split="train")
+        if self.out is None:
+            self.out = Path("runs") / f"{self.env_id.rpartition(':')[2]}-{self.algo}-s{self.seed}"
+        self.out = Path(self.out)
+
+    @property
+    def test_env(self) -> RoutingConfig:
+        """The evaluation env: the test split, ``limit_test`` pairs, a frozen pool."""
+        return self.env.replace(split="test", max_pairs=self.limit_test)
+
+    @property
+    def val_env(self) -> RoutingConfig:
+        """The validation env: the held-out ``val_fraction`` of the training pairs, ``limit_test`` of them."""
+        return self.env.replace(split="val", max_pairs=self.limit_test)
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> RunConfig:
+        """The configuration of ``{"section.field": value}`` settings, over the preset ``run.preset``
+        names (default :data:`DEFAULT_PRESET`) and the dataclasses' defaults.
+
+        The algorithm's fixed env settings (``--algo static``: 5 layers) apply over the preset; a setting
+        that contradicts one is refused. A preset's router settings apply only to the algorithms whose
+        agent is the router.
+
+        Raises:
+            SettingError: one line naming the setting as train.py's flag.
+        """
+        unknown = [k for k in settings if k.partition(".")[0] not in SECTIONS or "." not in k]
+        if unknown:
+            sections = ", ".join(SECTIONS)
+            raise SettingError(f"unknown setting {unknown[0]!r}; settings are 'section.field' of {sections}")
+        preset = settings.get("run.preset", DEFAULT_PRESET)
+        if preset is not None and preset not in PRESETS:
+            raise SettingError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+        algo = settings.get("run.algo", cls.algo)
+        routed = algo in router_policy_algorithms()
+        base = {k: v for k, v in PRESETS.get(preset, {}).items() if routed or not k.startswith("router.")}
+        base["run.preset"] = preset
+        if algo in ALGORITHMS:
+            fixed = {f"env.{k}": v for k, v in ALGORITHMS[algo].env_settings.items()}
+            conflicts = {k: v for k, v in settings.items() if k in fixed and changed(v, fixed[k])}
+            if conflicts:
+                fixes = " and ".join(f"{flag_of(k)} {show(v)}" for k, v in fixed.items() if k in FLAG_NAMES)
+                given = ", ".join(f"{flag_of(k)} {show(v)}" for k, v in conflicts.items())
+                raise SettingError(f"--algo {algo} fixes {fixes}: leave out {given}")
+            base.update(fixed)
+        per_section: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
+        for key, value in {**base, **settings}.items():
+            section, _, name = key.partition(".")
+            per_section[section][name] = value
+        nested: dict[str, Any] = {}
+        for section, section_class in SECTIONS.items():
+            if section == "run":
+                continue
+            try:
+                nested[section] = section_class(**_known(section_class, per_section[section]))
+            except (ValueError, TypeError) as e:
+                raise SettingError(with_flags(str(e), [section])) from e
+        try:
+            return cls(**_known(cls, per_section["run"]), **nested)
+        except (ValueError, TypeError) as e:
+            raise SettingError(with_flags(str(e), ["run", "router"])) from e
+
+    def to_settings(self) -> dict[str, Any]:
+        """``{"section.field": value}`` of every field, as JSON values."""
+        nested = self.to_dict()
+        flat = {f"run.{k}": v for k, v in nested.items() if k not in SECTIONS}
+        for section in SECTIONS:
+            if section != "run":
+                flat.update({f"{section}.{k}": v for k, v in nested[section].items()})
+        return flat
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything as JSON-able values, nested by section (``config.json``'s layout)."""
+        return json_ready(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> RunConfig:
+        """The configuration a ``config.json`` records (either layout, see :func:`settings_of_dict`)."""
+        return cls.from_settings(settings_of_dict(config))
+
+
+# Every dataclass of a run's settings, by section.
+SECTIONS: dict[str, type] = {
+    "run": RunConfig,
+    "env": RoutingConfig,
+    "agent": AgentConfig,
+    "router": RouterConfig,
+    "routing_network": RoutingNetworkConfig,
+}
+# The env's fields a run sets (``benchmark``, ``seed`` and ``split`` follow the run; ``pool`` and
+# ``train_modules`` the algorithm and the split).
+ENV_SETTINGS = (
+    "duplicates", "max_depth", "batch_size", "bonus_weight", "bonus_warmup", "bonus_scope", "lr", "lr_decay",
+    "max_pairs", "data_seed", "data_root", "download", "device", "dispatch", "invalid_action_penalty",
+    "freeze_unused", "cuda_graph", "precision", "val_fraction", "augment", "weight_decay",
+    "module_dropout", "benchmark_kwargs",
+)  # fmt: skip
+# Settings whose flag (and sweep key) is not their field's name.
+RENAMED = {
+    "run.env_id": "env",
+    "env.max_pairs": "limit_train",
+    "routing_network.learner": "rn_learner",
+    "routing_network.lr": "rn_lr",
+    "routing_network.rho": "rn_rho",
+}
+
+
+def _user_settings() -> dict[str, str]:
+    names = {}
+    for section, section_class in SECTIONS.items():
+        fields = [f.name for f in dataclasses.fields(section_class) if f.name not in SECTIONS]
+        for name in ENV_SETTINGS if section == "env" else fields:
+            names[f"{section}.{name}"] = RENAMED.get(f"{section}.{name}", name)
+    return names
+
+
+# The settings a user sets, in train.py's flag order, with the name each goes by (``--limit-train``, a
+# sweep file's ``limit_train``).
+FLAG_NAMES: dict[str, str] = _user_settings()
+
+
+def flag_of(key: str) -> str:
+    """train.py's flag of a setting (``"env.max_pairs"`` -> ``--limit-train``); a setting without a flag
+    goes by its field's name."""
+    return "--" + FLAG_NAMES[key].replace("_", "-") if key in FLAG_NAMES else key.partition(".")[2]
+
+
+def default_of(key: str) -> Any:
+    """The default of a setting where a run does not give it (for ``run.preset``: :data:`DEFAULT_PRESET`)."""
+    if key == "run.preset":
+        return DEFAULT_PRESET
+    section, _, name = key.partition(".")
+    f = {f.name: f for f in dataclasses.fields(SECTIONS[section])}[name]
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def switch_of(key: str) -> str:
+    """The flag as a user types it: ``--no-progress`` for a setting that is on by default."""
+    flag = flag_of(key)
+    return "--no-" + flag[2:] if key in FLAG_NAMES and default_of(key) is True else flag
+
+
+def with_flags(message: str, sections: list[str]) -> str:
+    """``message`` with the field names of ``sections`` replaced by their flags."""
+    for key in FLAG_NAMES:
+        section, _, name = key.partition(".")
+        if section in sections:
+            message = re.sub(rf"(?<![\w-]){name}\b", flag_of(key), message)
+    return message
+
+
+def _known(section_class: type, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` for the fields ``section_class`` has; an unknown one is a :class:`SettingError`."""
+    names = {f.name for f in dataclasses.fields(section_class)} - set(SECTIONS)
+    unknown = sorted(set(values) - names)
+    if unknown:
+        section = next(s for s, c in SECTIONS.items() if c is section_class)
+        raise SettingError(
+            f"unknown setting {section}.{unknown[0]}; {section} has {', '.join(sorted(names))}"
+        )
+    return values
+
+
+# config.json of runs made before the nested layout: settings whose name there is not their field's.
+_LEGACY_NAMES = {
+    "run.env_id": "env", "run.checkpoint": "no_checkpoint", "run.progress": "no_progress",
+    "run.tf32": "no_tf32", "router.task_prior_std": "task_prior", "routing_network.learner": "rn_learner",
+    "routing_network.lr": "rn_lr", "routing_network.rho": "rn_rho",
+}  # fmt: skip
+_LEGACY_NEGATED = {"no_checkpoint", "no_progress", "no_tf32"}
+_LEGACY_SECTIONS = {"env": "env_config", "agent": "algo_config"}
+
+
+def settings_of_dict(config: dict[str, Any]) -> dict[str, Any]:
+    """``{"section.field": value}`` of every setting a ``config.json`` records, in the nested layout
+    (:meth:`RunConfig.to_dict`) or the flat one of runs made before it (``env_config``, ``algo_config``,
+    ``task_prior``, ``no_checkpoint``, settings at the top); fields this code no longer has are left out,
+    fields the run's code did not have yet are absent. The one reader of either layout."""
+    if "env_id" in config:
+        nested = {"run": config, **{s: config.get(s) or {} for s in SECTIONS if s != "run"}}
+    else:  # a field at the top, under its section's old key, or under its old name
+        nested = {s: {**config, **(config.get(_LEGACY_SECTIONS.get(s, "")) or {})} for s in SECTIONS}
+        nested["run"].pop("env", None)  # the env id there, not the env's settings
+        for key, old in _LEGACY_NAMES.items():
+            if old in config:
+                section, _, name = key.partition(".")
+                nested[section][name] = not config[old] if old in _LEGACY_NEGATED else config[old]
+    settings = {}
+    for section, section_class in SECTIONS.items():
+        names = {f.name for f in dataclasses.fields(section_class)} - set(SECTIONS)
+        settings.update({f"{section}.{k}": v for k, v in nested[section].items() if k in names})
+    return settings
+
+
+def changed(old: Any, new: Any) -> bool:
+    """Whether two values of a setting differ (paths compared normalised, numbers as floats)."""
+    return _canonical(old) != _canonical(new)
+
+
+def _canonical(value: Any) -> str:
+    if isinstance(value, (str, os.PathLike)) and str(value).startswith(("/", ".", "~")):
+        value = os.path.normpath(os.path.expanduser(str(value)))
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return json.dumps(value, default=str)
+    return repr(float(value))
+
+
+def show(value: Any) -> str:
+    """A setting's value as a message shows it."""
+    return "none" if value is None else json.dumps(value) if isinstance(value, list) else str(value)
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with paths as strings and tuples as lists (JSON's types)."""
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
