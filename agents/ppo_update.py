@@ -148,6 +148,9 @@ def _make_capturable(optimizer: torch.optim.Optimizer, device: torch.device) -> 
     for state in optimizer.state.values():
         if torch.is_tensor(state.get("step")) and state["step"].device != device:
             state["step"] = state["step"].to(device, torch.float32)
+    # torch warns once when a capturable optimizer steps outside a capture; the eager warm-up steps before
+    # each capture are meant to.
+    optimizer._warned_capturable_if_run_uncaptured = True
     return True
 
 

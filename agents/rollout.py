@@ -37,7 +37,35 @@ from agents.rollout_buffer import DeviceRolloutBuffer
 from routing_env.engine import EpisodeOutput, RoutingEngine
 from routing_env.sb3_vec_env import RoutingSB3VecEnv
 
-__all__ = ["LRNA2C", "LRNPPO", "DeviceRolloutBuffer", "DeviceRollouts", "EpisodeProgram", "LRNMaskablePPO"]
+__all__ = [
+    "LRNA2C",
+    "LRNPPO",
+    "DeviceRolloutBuffer",
+    "DeviceRollouts",
+    "EpisodeProgram",
+    "HostCopy",
+    "LRNMaskablePPO",
+]
+
+
+class HostCopy:
+    """A copy of a device tensor to the host that does not wait for the device; :meth:`read` waits for the
+    copy alone (long done when read a rollout later)."""
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.event: torch.cuda.Event | None = None
+        if tensor.is_cuda:
+            self.host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            self.host.copy_(tensor, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.host = tensor
+
+    def read(self) -> np.ndarray:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host.numpy()
 
 
 class EpisodeProgram:
@@ -138,11 +166,14 @@ class DeviceRollouts:
             returns = self._collect_steps(env, callback, rollout_buffer, n_rollout_steps)
         if returns is None:
             return False
-        # SB3's episode statistics, read from the device one rollout late: by then the GPU is done with
-        # them, so the read does not wait for this rollout's pool update.
-        for batch_returns in getattr(self, "_unread_returns", []):
-            self.ep_info_buffer.extend({"r": r, "l": engine.max_depth} for r in batch_returns.tolist())
-        self._unread_returns = returns
+        # SB3's episode statistics, copied to the host without waiting and read one rollout later, when
+        # the copy is long done: a read now would wait for the whole rollout's work on the device.
+        unread = getattr(self, "_unread_returns", None)
+        if unread is not None:
+            self.ep_info_buffer.extend(
+                {"r": r, "l": engine.max_depth} for r in unread.read().flatten().tolist()
+            )
+        self._unread_returns = HostCopy(torch.stack(returns)) if returns else None
         callback.on_rollout_end()
         return True
 

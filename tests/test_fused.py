@@ -170,7 +170,7 @@ def test_fused_rollout_stores_what_the_steps_give(fake_data_root: Path, reward_t
 
     twin.seed(0)  # as the model's seed made env's first reset
     twin.reset()
-    rewards = []
+    rewards, env_rewards = [], []
     for t in range(n_steps):
         obs = twin.tensor_observation()
         for key, value in obs.items():
@@ -182,6 +182,7 @@ def test_fused_rollout_stores_what_the_steps_give(fake_data_root: Path, reward_t
         torch.testing.assert_close(buffer.t_log_probs[t], log_prob, rtol=1e-5, atol=1e-6)
         _, reward, done, final = twin.step_tensors(actions)
         rewards.append(reward)
+        env_rewards.append(reward)
         if done and reward_timing == "per_step":
             rewards[-DEPTH:] = list(final["step_rewards"].t())
     assert torch.equal(buffer.t_rewards, torch.stack(rewards))
@@ -194,6 +195,13 @@ def test_fused_rollout_stores_what_the_steps_give(fake_data_root: Path, reward_t
     sb3.compute_returns_and_advantage(torch.zeros(N_ENVS), np.ones(N_ENVS))
     torch.testing.assert_close(buffer.t_advantages, torch.as_tensor(sb3.advantages), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(buffer.t_returns, torch.as_tensor(sb3.returns), rtol=1e-5, atol=1e-6)
+
+    # SB3's episode records (read a rollout late): each episode's return, its env rewards summed
+    assert not model.ep_info_buffer
+    assert model.collect_rollouts(env, callback, model.rollout_buffer, n_steps)
+    episode_returns = torch.stack(env_rewards).view(2, DEPTH, N_ENVS).sum(1).flatten()
+    assert [info["l"] for info in model.ep_info_buffer] == [DEPTH] * 2 * N_ENVS
+    torch.testing.assert_close(torch.tensor([info["r"] for info in model.ep_info_buffer]), episode_returns)
 
 
 @pytest.mark.parametrize("batched", [True, False], ids=["batched", "loop"])
