@@ -77,20 +77,11 @@ class DeviceRolloutBuffer(MaskableDictRolloutBuffer):
         self.pos += steps
         self.full = self.pos == self.buffer_size
 
-    def add_tensors(
-        self,
-        obs: dict[str, torch.Tensor],
-        actions: torch.Tensor,
-        rewards: torch.Tensor,
-        episode_starts: torch.Tensor,
-        values: torch.Tensor,
-        log_probs: torch.Tensor,
-    ) -> None:
-        """Store one step of every env: ``obs`` ``{key: (n_envs, ...)}``, the rest ``(n_envs,)``."""
-        row = lambda x: x.reshape(1, self.n_envs)  # noqa: E731
+    def add_tensors(self, obs: dict[str, torch.Tensor], *columns: torch.Tensor) -> None:
+        """Store one step of every env: ``obs`` ``{key: (n_envs, ...)}``, then the actions, rewards,
+        episode starts, values and log-probabilities, each ``(n_envs,)`` (as :meth:`add_steps`)."""
         self.add_steps(
-            {key: value[None] for key, value in obs.items()},
-            *(row(x) for x in (actions, rewards, episode_starts, values, log_probs)),
+            {key: value[None] for key, value in obs.items()}, *(c.reshape(1, self.n_envs) for c in columns)
         )
 
     def add(self, obs, action, reward, episode_start, value, log_prob, action_masks=None) -> None:  # type: ignore[override]
