@@ -114,7 +114,8 @@ class DeviceRollouts:
 
     A rollout of whole batches of episodes (``n_steps`` a multiple of ``max_depth``, the env at a batch's
     first step) runs batch by batch as :class:`EpisodeProgram`; the callbacks then hear ``on_step`` once per
-    step, with the step's ``actions``, ``values``, ``log_probs``, ``rewards`` and ``done``, after the batch.
+    step, with the step's ``actions``, ``values``, ``log_probs``, ``rewards``, ``done`` and ``dones`` in
+    their locals, after the batch.
     Other rollouts, or ``fused_rollout=False``, step the env one step at a time with SB3's policy call.
 
     :param reward_timing: ``"per_step"`` (paper eq. 7) or ``"terminal"`` (module docstring).
@@ -207,6 +208,7 @@ class DeviceRollouts:
                 self.num_timesteps += env.num_envs
                 actions, values, log_probs = program.actions[k], program.values[k], program.log_probs[k]
                 rewards, done = out.reward[k], k == depth - 1
+                dones = np.full(env.num_envs, done)  # SB3's name: StopTrainingOnMaxEpisodes counts them
                 callback.update_locals(locals())
                 if not callback.on_step():
                     return None
@@ -235,6 +237,7 @@ class DeviceRollouts:
                 actions, values, log_probs = self.policy(obs)
             next_obs, rewards, done, final = env.step_tensors(actions)
             self.num_timesteps += env.num_envs
+            dones = np.full(env.num_envs, done)
             callback.update_locals(locals())
             if not callback.on_step():
                 return None

@@ -136,7 +136,7 @@ def test_settings_the_fused_update_does_not_cover_take_sb3s_train(env: RoutingSB
 class _StepRecorder(BaseCallback):
     def __init__(self) -> None:
         super().__init__()
-        self.rollout_starts, self.timesteps, self.actions = 0, [], []
+        self.rollout_starts, self.timesteps, self.actions, self.dones = 0, [], [], []
 
     def _on_rollout_start(self) -> None:
         self.rollout_starts += 1
@@ -144,6 +144,7 @@ class _StepRecorder(BaseCallback):
     def _on_step(self) -> bool:
         self.timesteps.append(self.model.num_timesteps)
         self.actions.append(self.locals["actions"].clone())
+        self.dones.append(self.locals["dones"].tolist())
         return True
 
 
@@ -167,6 +168,7 @@ def test_fused_rollout_stores_what_the_steps_give(fake_data_root: Path, reward_t
     assert recorder.rollout_starts == 1
     assert recorder.timesteps == [N_ENVS * (t + 1) for t in range(n_steps)]
     assert torch.equal(torch.stack(recorder.actions), buffer.t_actions)
+    assert recorder.dones == [[t % DEPTH == DEPTH - 1] * N_ENVS for t in range(n_steps)]
 
     twin.seed(0)  # as the model's seed made env's first reset
     twin.reset()
