@@ -17,7 +17,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 
 from agents.config import RouterConfig
-from agents.router import LRNRouter, parse_observation
+from agents.router import LRNRouter, RouterInput, parse_observation
 
 
 def masked_log_prob_entropy(
@@ -164,8 +164,7 @@ class RouterPolicy(MaskableActorCriticPolicy):
     def sample_tensors(self, obs: PyTorchObs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Like :meth:`forward` (sampled actions ``(B,)``, values ``(B,)``, log-probabilities ``(B,)``), with
         the Gumbel-max draw of :func:`sample_logits`."""
-        x = parse_observation(obs, normalize_images=self.normalize_images)
-        logits, values = self.router.forward_tensors(x.image, x.task, x.route, x.mask)
+        x, logits, values = self._router_outputs(obs)
         actions = sample_logits(logits)
         log_prob, _ = masked_log_prob_entropy(logits, x.mask, actions)
         return actions, values, log_prob
@@ -175,10 +174,14 @@ class RouterPolicy(MaskableActorCriticPolicy):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`evaluate_actions` for the observation's own mask: values, log-probabilities of ``actions``
         and entropies, each ``(B,)``."""
-        x = parse_observation(obs, normalize_images=self.normalize_images)
-        logits, values = self.router.forward_tensors(x.image, x.task, x.route, x.mask)
+        x, logits, values = self._router_outputs(obs)
         log_prob, entropy = masked_log_prob_entropy(logits, x.mask, actions.reshape(-1))
         return values, log_prob, entropy
+
+    def _router_outputs(self, obs: PyTorchObs) -> tuple[RouterInput, torch.Tensor, torch.Tensor]:
+        x = parse_observation(obs, normalize_images=self.normalize_images)
+        logits, values = self.router.forward_tensors(x.image, x.task, x.route, x.mask)  # (B, A), (B,)
+        return x, logits, values
 
     def get_distribution(
         self, obs: PyTorchObs, action_masks: np.ndarray | None = None
