@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from gymnasium import spaces
 from sb3_contrib.common.maskable.distributions import MaskableCategoricalDistribution
 from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
@@ -16,7 +17,31 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 
 from agents.config import RouterConfig
-from agents.router import LRNRouter, parse_observation
+from agents.router import LRNRouter, RouterInput, parse_observation
+
+
+def masked_log_prob_entropy(
+    logits: torch.Tensor, mask: torch.Tensor, actions: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities of ``actions`` ``(B,)`` and entropies ``(B,)`` of the categorical distributions of
+    masked logits ``(B, A)`` (invalid actions at -1e8, ``mask`` ``(B, A)`` True where valid): the numbers of
+    sb3-contrib's ``MaskableCategorical``, op for op, without its objects (and their host syncs)."""
+    # MaskableCategorical normalises the logits, masks them and normalises again; the same ops give the
+    # same numbers to the bit (where a gradient is ~0, Adam turns any rounding difference into a step).
+    log_p = logits - logits.logsumexp(dim=-1, keepdim=True)
+    log_p = torch.where(mask, log_p, -1e8)
+    log_p = log_p - log_p.logsumexp(dim=-1, keepdim=True)  # (B, A)
+    log_prob = log_p.gather(-1, actions.long()[:, None]).squeeze(-1)
+    p_log_p = torch.where(mask, log_p * F.softmax(log_p, dim=-1), 0.0)  # masked actions add no entropy
+    return log_prob, -p_log_p.sum(-1)
+
+
+def sample_logits(logits: torch.Tensor) -> torch.Tensor:
+    """One action per row of ``logits`` ``(B, A)``, drawn from their softmax by the Gumbel-max trick
+    (``argmax(logits + Gumbel noise)``): a fixed sequence of kernels on torch's default generator, which
+    a CUDA graph can capture. Actions masked at -1e8 are never drawn."""
+    uniform = torch.rand_like(logits).clamp_min_(torch.finfo(logits.dtype).tiny)
+    return (logits - torch.log(-torch.log(uniform))).argmax(dim=-1)
 
 
 def _router_from_space(
@@ -145,6 +170,31 @@ class RouterPolicy(MaskableActorCriticPolicy):
         logits, values = self.router(x)
         dist = self._distribution(logits, x.mask, action_masks)
         return values[:, None], dist.log_prob(actions.reshape(-1)), dist.entropy()
+
+    # --- the same numbers without distribution objects or host syncs: the programs of agents.rollout
+    # and agents.ppo_update call these (the router's own forward, not its per-call CUDA graph, since the
+    # caller captures the whole program).
+    def sample_tensors(self, obs: PyTorchObs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Like :meth:`forward` (sampled actions ``(B,)``, values ``(B,)``, log-probabilities ``(B,)``), with
+        the Gumbel-max draw of :func:`sample_logits`."""
+        x, logits, values = self._router_outputs(obs)
+        actions = sample_logits(logits)
+        log_prob, _ = masked_log_prob_entropy(logits, x.mask, actions)
+        return actions, values, log_prob
+
+    def evaluate_tensors(
+        self, obs: PyTorchObs, actions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`evaluate_actions` for the observation's own mask: values, log-probabilities of ``actions``
+        and entropies, each ``(B,)``."""
+        x, logits, values = self._router_outputs(obs)
+        log_prob, entropy = masked_log_prob_entropy(logits, x.mask, actions.reshape(-1))
+        return values, log_prob, entropy
+
+    def _router_outputs(self, obs: PyTorchObs) -> tuple[RouterInput, torch.Tensor, torch.Tensor]:
+        x = parse_observation(obs, normalize_images=self.normalize_images)
+        logits, values = self.router.forward_tensors(x.image, x.task, x.route, x.mask)  # (B, A), (B,)
+        return x, logits, values
 
     def get_distribution(
         self, obs: PyTorchObs, action_masks: np.ndarray | None = None

@@ -1,12 +1,15 @@
-"""Rollouts on the device: a rollout buffer that keeps SB3's rollouts as torch tensors, and a rollout
-collection that drives the routing env's engine with tensors, for SB3's on-policy algorithms.
+"""Rollouts on the device, for SB3's on-policy algorithms on the routing env.
 
 SB3's own ``collect_rollouts`` speaks to any ``VecEnv`` in numpy: per step it copies the observations to
 the host and back, the actions to the host and back, the masks to the host, builds an info dict per
 episode and stores everything in numpy. With the routing env all of that lives on one device already, so
-:class:`DeviceRollouts` (mixed into PPO, A2C and MaskablePPO) keeps it there: the policy reads the engine's
-observation tensors, the engine takes the sampled action tensor, and :class:`DeviceRolloutBuffer` stores
-both. SB3's ``train()`` (the PPO/A2C update), policies, callbacks, logging and save/load are unchanged.
+:class:`DeviceRollouts` (mixed into PPO, A2C and MaskablePPO) keeps it there, and runs a whole batch of
+episodes as one program (:class:`EpisodeProgram`): the engine's ``max_depth`` steps with the router's
+choices between them (forward, masking, sampling, log-probability, value), on a GPU one CUDA graph. The
+engine then scores the networks and trains the pool (its own graph), the rewards reach
+:class:`agents.rollout_buffer.DeviceRolloutBuffer` with the steps, and GAE runs as a few batched kernels.
+SB3's callbacks, logging and save/load are unchanged; PPO and MaskablePPO update as
+:mod:`agents.ppo_update` says.
 
 The collection also decides how the episode's reward reaches GAE (``reward_timing``):
 
@@ -18,161 +21,130 @@ The collection also decides how the episode's reward reaches GAE (``reward_timin
 
 from __future__ import annotations
 
-from collections.abc import Generator
 from typing import Any
 
 import numpy as np
 import torch
-from gymnasium import spaces
 from sb3_contrib import MaskablePPO
-from sb3_contrib.common.maskable.buffers import MaskableDictRolloutBuffer, MaskableDictRolloutBufferSamples
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.callbacks import BaseCallback
 
 from agents.config import REWARD_TIMINGS
+from agents.cuda_graph import CapturedProgram
+from agents.policy import RouterPolicy
+from agents.ppo_update import DevicePPOUpdate
+from agents.rollout_buffer import DeviceRolloutBuffer
+from routing_env.engine import EpisodeOutput, RoutingEngine
 from routing_env.sb3_vec_env import RoutingSB3VecEnv
 
+__all__ = [
+    "LRNA2C",
+    "LRNPPO",
+    "DeviceRolloutBuffer",
+    "DeviceRollouts",
+    "EpisodeProgram",
+    "HostCopy",
+    "LRNMaskablePPO",
+]
 
-class DeviceRolloutBuffer(MaskableDictRolloutBuffer):
-    """sb3-contrib's masked Dict rollout buffer, with its storage as torch tensors on the policy's device.
 
-    ``add`` still takes SB3's numpy arguments (so SB3's own collection works with it); :meth:`add_tensors`
-    takes device tensors without a copy to the host. ``values`` and ``returns`` read as numpy, as SB3's
-    ``train()`` expects for its explained-variance log.
+class HostCopy:
+    """A copy of a device tensor to the host that does not wait for the device; :meth:`read` waits for the
+    copy alone (long done when read a rollout later)."""
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.event: torch.cuda.Event | None = None
+        if tensor.is_cuda:
+            self.host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            self.host.copy_(tensor, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.host = tensor
+
+    def read(self) -> np.ndarray:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host.numpy()
+
+
+class EpisodeProgram:
+    """A batch of episodes of ``engine`` with ``policy`` choosing, as one program: the engine's
+    ``episode_steps`` (its rules, on its state tensors) with the policy's sampling between the steps
+    (:meth:`RouterPolicy.sample_tensors`); every step's observation, action, value and log-probability
+    land in ``(max_depth, B, ...)`` tensors kept between batches. With ``capture``, replayed as one CUDA
+    graph (:class:`agents.cuda_graph.CapturedProgram`).
     """
 
-    def reset(self) -> None:
-        n, e, dev = self.buffer_size, self.n_envs, self.device
-        self.mask_dims = int(self.action_space.n)
-        self.obs = {
-            key: torch.zeros((n, e, *shape), dtype=_torch_dtype(self.observation_space[key]), device=dev)
-            for key, shape in self.obs_shape.items()
-        }
-        self.t_actions = torch.zeros((n, e), dtype=torch.long, device=dev)
-        self.t_rewards = torch.zeros((n, e), device=dev)
-        self.t_episode_starts = torch.zeros((n, e), device=dev)
-        self.t_values = torch.zeros((n, e), device=dev)
-        self.t_log_probs = torch.zeros((n, e), device=dev)
-        self.t_advantages = torch.zeros((n, e), device=dev)
-        self.t_returns = torch.zeros((n, e), device=dev)
-        self.generator_ready = False
-        self.pos, self.full = 0, False
+    def __init__(self, policy: RouterPolicy, engine: RoutingEngine, capture: bool) -> None:
+        self.policy, self.engine = policy, engine
+        depth, batch = engine.max_depth, engine.batch_size
+        self.obs: dict[str, torch.Tensor] = {}  # (D, B, ...) per key, allocated at the first (eager) call
+        self.actions = torch.zeros(depth, batch, dtype=torch.long, device=engine.device)
+        self.values = torch.zeros(depth, batch, device=engine.device)
+        self.log_probs = torch.zeros(depth, batch, device=engine.device)
+        self.program = CapturedProgram(self._steps, capture)
 
-    @property
-    def values(self) -> np.ndarray:  # type: ignore[override]
-        return self.t_values.cpu().numpy()
+    def fits(self, policy: RouterPolicy, engine: RoutingEngine) -> bool:
+        return policy is self.policy and engine is self.engine
 
-    @property
-    def returns(self) -> np.ndarray:  # type: ignore[override]
-        return self.t_returns.cpu().numpy()
-
-    def add_tensors(
-        self,
-        obs: dict[str, torch.Tensor],
-        actions: torch.Tensor,
-        rewards: torch.Tensor,
-        episode_starts: torch.Tensor,
-        values: torch.Tensor,
-        log_probs: torch.Tensor,
-    ) -> None:
-        """Store one step of every env: ``obs`` ``{key: (n_envs, ...)}``, the rest ``(n_envs,)``."""
-        p = self.pos
+    def _choose(self, k: int, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        actions, values, log_probs = self.policy.sample_tensors(obs)
         for key, value in obs.items():
-            self.obs[key][p] = value.reshape(self.obs[key].shape[1:])
-        self.t_actions[p] = actions.reshape(-1)
-        self.t_rewards[p] = rewards.reshape(-1)
-        self.t_episode_starts[p] = episode_starts.reshape(-1)
-        self.t_values[p] = values.reshape(-1)
-        self.t_log_probs[p] = log_probs.reshape(-1)
-        self.pos += 1
-        self.full = self.pos == self.buffer_size
+            if key not in self.obs:
+                self.obs[key] = value.new_zeros((self.engine.max_depth, *value.shape))
+            self.obs[key][k] = value
+        self.actions[k] = actions
+        self.values[k] = values
+        self.log_probs[k] = log_probs
+        return actions
 
-    def add(self, obs, action, reward, episode_start, value, log_prob, action_masks=None) -> None:  # type: ignore[override]
-        as_tensor = lambda x: torch.as_tensor(np.asarray(x), device=self.device)  # noqa: E731
-        self.add_tensors(
-            {k: as_tensor(v) for k, v in obs.items()},
-            as_tensor(action),
-            as_tensor(reward).float(),
-            as_tensor(episode_start).float(),
-            value,
-            log_prob,
-        )
+    def _steps(self) -> tuple[torch.Tensor]:
+        with torch.no_grad():
+            return (self.engine.episode_steps(self._choose),)
 
-    def set_step_rewards(self, step_rewards: torch.Tensor) -> None:
-        """Replace the rewards of the episodes that just ended, ``(n_envs, T)``, by per-step rewards; the
-        buffer must hold their ``T`` steps as its last ``T`` positions."""
-        depth = step_rewards.shape[1]
-        if self.pos < depth:
-            raise ValueError(
-                "per-step rewards need rollouts of whole episodes: n_steps = max_depth (or a multiple)"
-            )
-        self.t_rewards[self.pos - depth : self.pos] = step_rewards.t()
-
-    def compute_returns_and_advantage(self, last_values: torch.Tensor, dones: Any) -> None:
-        """GAE(lambda), as SB3's, on the device."""
-        last_values = last_values.reshape(-1).to(self.t_values)
-        dones = torch.as_tensor(
-            np.asarray(dones) if not torch.is_tensor(dones) else dones, device=self.device
-        )
-        last_gae = torch.zeros_like(last_values)
-        for step in reversed(range(self.buffer_size)):
-            if step == self.buffer_size - 1:
-                next_non_terminal = 1.0 - dones.float()
-                next_values = last_values
-            else:
-                next_non_terminal = 1.0 - self.t_episode_starts[step + 1]
-                next_values = self.t_values[step + 1]
-            delta = self.t_rewards[step] + self.gamma * next_values * next_non_terminal - self.t_values[step]
-            last_gae = delta + self.gamma * self.gae_lambda * next_non_terminal * last_gae
-            self.t_advantages[step] = last_gae
-        self.t_returns = self.t_advantages + self.t_values
-
-    def get(self, batch_size: int | None = None) -> Generator[MaskableDictRolloutBufferSamples, None, None]:  # type: ignore[override]
-        assert self.full, "the rollout buffer is not full"
-        total = self.buffer_size * self.n_envs
-        indices = torch.randperm(total, device=self.device)
-        batch_size = batch_size or total
-        flat = {k: v.reshape(total, *v.shape[2:]) for k, v in self.obs.items()}
-        columns = [self.t_actions, self.t_values, self.t_log_probs, self.t_advantages, self.t_returns]
-        actions, values, log_probs, advantages, returns = (c.reshape(total) for c in columns)
-        for start in range(0, total, batch_size):
-            idx = indices[start : start + batch_size]
-            observations = {k: v[idx] for k, v in flat.items()}
-            yield MaskableDictRolloutBufferSamples(
-                observations=observations,
-                actions=actions[idx, None],
-                old_values=values[idx],
-                old_log_prob=log_probs[idx],
-                advantages=advantages[idx],
-                returns=returns[idx],
-                action_masks=observations["action_mask"].float(),
-            )
-
-
-def _torch_dtype(space: spaces.Space) -> torch.dtype:
-    if isinstance(space, spaces.Box):
-        return torch.uint8 if space.dtype == np.uint8 else torch.float32
-    if isinstance(space, spaces.MultiBinary):
-        return torch.int8
-    return torch.long
+    def __call__(self, env: RoutingSB3VecEnv) -> EpisodeOutput:
+        """Play the env's current batch (from its first step); the next batch begins."""
+        return env.play_tensors(steps=lambda: self.program()[0])
 
 
 class DeviceRollouts:
     """Mixin for SB3 on-policy algorithms: collect rollouts on a :class:`RoutingSB3VecEnv` with tensors on
     the device (module docstring). Other envs (e.g. a wrapped one) take SB3's own numpy path.
 
+    A rollout of whole batches of episodes (``n_steps`` a multiple of ``max_depth``, the env at a batch's
+    first step) runs batch by batch as :class:`EpisodeProgram`; the callbacks then hear ``on_step`` once per
+    step, with the step's ``actions``, ``values``, ``log_probs``, ``rewards``, ``done`` and ``dones`` in
+    their locals, after the batch.
+    Other rollouts, or ``fused_rollout=False``, step the env one step at a time with SB3's policy call.
+
     :param reward_timing: ``"per_step"`` (paper eq. 7) or ``"terminal"`` (module docstring).
+    :param fused_rollout: collect each batch as one program (False: step by step, the reference).
+    :param fused_update: PPO and MaskablePPO update each minibatch as one program
+        (:mod:`agents.ppo_update`; False: SB3's ``train()``). A2C ignores it.
+    :param cuda_graph: on a CUDA device, replay those programs as CUDA graphs (False: run them eagerly).
     """
 
-    def __init__(self, *args: Any, reward_timing: str = "per_step", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        reward_timing: str = "per_step",
+        fused_rollout: bool = True,
+        fused_update: bool = True,
+        cuda_graph: bool = True,
+        **kwargs: Any,
+    ) -> None:
         if reward_timing not in REWARD_TIMINGS:
             raise ValueError(f"reward_timing must be one of {REWARD_TIMINGS}, got {reward_timing!r}")
         self.reward_timing = reward_timing
+        self.fused_rollout, self.fused_update, self.cuda_graph = fused_rollout, fused_update, cuda_graph
+        self._episode_program: EpisodeProgram | None = None
         kwargs.setdefault("rollout_buffer_class", DeviceRolloutBuffer)
         super().__init__(*args, **kwargs)
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_unread_returns"]  # device tensors, statistics only
+        # device tensors (statistics only) and the episode program (CUDA graphs, device scratch)
+        return [*super()._excluded_save_params(), "_unread_returns", "_episode_program"]
 
     def collect_rollouts(
         self, env, callback: BaseCallback, rollout_buffer, n_rollout_steps: int, *args: Any, **kwargs: Any
@@ -187,6 +159,74 @@ class DeviceRollouts:
         self.policy.set_training_mode(False)
         rollout_buffer.reset()
         callback.on_rollout_start()
+        engine = env.engine
+        whole_batches = n_rollout_steps % engine.max_depth == 0 and engine.step_index == 0
+        if self.fused_rollout and whole_batches and isinstance(self.policy, RouterPolicy):
+            returns = self._collect_batches(env, callback, rollout_buffer, n_rollout_steps)
+        else:
+            returns = self._collect_steps(env, callback, rollout_buffer, n_rollout_steps)
+        if returns is None:
+            return False
+        # SB3's episode statistics, copied to the host without waiting and read one rollout later, when
+        # the copy is long done: a read now would wait for the whole rollout's work on the device.
+        unread = getattr(self, "_unread_returns", None)
+        if unread is not None:
+            self.ep_info_buffer.extend(
+                {"r": r, "l": engine.max_depth} for r in unread.read().flatten().tolist()
+            )
+        self._unread_returns = HostCopy(torch.stack(returns)) if returns else None
+        callback.on_rollout_end()
+        return True
+
+    def _collect_batches(
+        self,
+        env: RoutingSB3VecEnv,
+        callback: BaseCallback,
+        rollout_buffer: DeviceRolloutBuffer,
+        n_rollout_steps: int,
+    ) -> list[torch.Tensor] | None:
+        """Whole batches of episodes, each one :class:`EpisodeProgram`; the returns of each batch's
+        episodes, or None when a callback stopped the rollout."""
+        engine = env.engine
+        program = self._episode_program
+        if program is None or not program.fits(self.policy, engine):
+            capture = self.cuda_graph and engine.device.type == "cuda"
+            program = self._episode_program = EpisodeProgram(self.policy, engine, capture)
+        depth = engine.max_depth
+        starts = torch.zeros(depth, env.num_envs, device=self.device)
+        starts[0] = 1.0  # every batch begins new episodes
+        returns, n_steps = [], 0
+        while n_steps < n_rollout_steps:
+            out = program(env)
+            rewards = out.final["step_rewards"].t() if self.reward_timing == "per_step" else out.reward
+            rollout_buffer.add_steps(
+                program.obs, program.actions, rewards, starts, program.values, program.log_probs
+            )
+            returns.append(out.reward.sum(dim=0))
+            for k in range(depth):
+                n_steps += 1
+                self.num_timesteps += env.num_envs
+                actions, values, log_probs = program.actions[k], program.values[k], program.log_probs[k]
+                rewards, done = out.reward[k], k == depth - 1
+                dones = np.full(env.num_envs, done)  # SB3's name: StopTrainingOnMaxEpisodes counts them
+                callback.update_locals(locals())
+                if not callback.on_step():
+                    return None
+        # the rollout ends with its episodes: GAE needs no value after it
+        zeros = torch.zeros(env.num_envs, device=self.device)
+        rollout_buffer.compute_returns_and_advantage(last_values=zeros, dones=torch.ones_like(zeros))
+        self._last_episode_starts = np.ones(env.num_envs, dtype=bool)
+        return returns
+
+    def _collect_steps(
+        self,
+        env: RoutingSB3VecEnv,
+        callback: BaseCallback,
+        rollout_buffer: DeviceRolloutBuffer,
+        n_rollout_steps: int,
+    ) -> list[torch.Tensor] | None:
+        """Step by step with SB3's policy call; the returns of the episodes that ended, or None when a
+        callback stopped the rollout."""
         obs = env.tensor_observation()
         episode_starts = torch.as_tensor(self._last_episode_starts, device=self.device, dtype=torch.float32)
         episode_return = torch.zeros(env.num_envs, device=self.device)
@@ -197,9 +237,10 @@ class DeviceRollouts:
                 actions, values, log_probs = self.policy(obs)
             next_obs, rewards, done, final = env.step_tensors(actions)
             self.num_timesteps += env.num_envs
+            dones = np.full(env.num_envs, done)
             callback.update_locals(locals())
             if not callback.on_step():
-                return False
+                return None
             n_steps += 1
             rollout_buffer.add_tensors(obs, actions, rewards, episode_starts, values, log_probs)
             episode_return = episode_return + rewards
@@ -214,21 +255,17 @@ class DeviceRollouts:
             last_values = self.policy.predict_values(obs)
         rollout_buffer.compute_returns_and_advantage(last_values=last_values, dones=torch.tensor(done))
         self._last_episode_starts = np.full(env.num_envs, done)
-        # SB3's episode statistics, read from the device one rollout late: by then the GPU is done with
-        # them, so the read does not wait for this rollout's pool update.
-        for batch_returns in getattr(self, "_unread_returns", []):
-            self.ep_info_buffer.extend({"r": r, "l": env.engine.max_depth} for r in batch_returns.tolist())
-        self._unread_returns = returns
-        callback.on_rollout_end()
-        return True
+        return returns
 
 
-class LRNMaskablePPO(DeviceRollouts, MaskablePPO):
-    """sb3-contrib's MaskablePPO with rollouts on the device (:class:`DeviceRollouts`)."""
+class LRNMaskablePPO(DeviceRollouts, DevicePPOUpdate, MaskablePPO):
+    """sb3-contrib's MaskablePPO with rollouts and updates on the device (:class:`DeviceRollouts`,
+    :class:`agents.ppo_update.DevicePPOUpdate`)."""
 
 
-class LRNPPO(DeviceRollouts, PPO):
-    """SB3's PPO with rollouts on the device (:class:`DeviceRollouts`)."""
+class LRNPPO(DeviceRollouts, DevicePPOUpdate, PPO):
+    """SB3's PPO with rollouts and updates on the device (:class:`DeviceRollouts`,
+    :class:`agents.ppo_update.DevicePPOUpdate`)."""
 
 
 class LRNA2C(DeviceRollouts, A2C):

@@ -9,10 +9,17 @@ the modules used, never on activations). At the last step the engine runs the ne
 one's loss and reward and, when training, updates the pool (:class:`routing_env.pool_step.PoolStep`, on a
 GPU one CUDA graph). No per-sample Python and no host-device copies happen in :meth:`RoutingEngine.step`;
 the only host syncs are in the ``compact`` and ``grouped`` dispatch modes meant for CPUs.
+
+A batch's state (images, tasks, the routes so far, the modules used, the current activation type) lives in
+tensors allocated once and written in place, and one step is a fixed sequence of kernels on them
+(:meth:`RoutingEngine._advance`). So the ``max_depth`` steps of a batch, with the agent's choices between
+them, are one fixed-shape program (:meth:`RoutingEngine.episode_steps`) that a caller may capture as one
+CUDA graph and hand back to :meth:`RoutingEngine.play`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +52,24 @@ class StepOutput:
     final: dict[str, torch.Tensor] | None = None
 
 
+@dataclass
+class EpisodeOutput:
+    """What a whole batch of episodes returns (:meth:`RoutingEngine.play`).
+
+    ``reward`` and ``invalid`` are ``(max_depth, B)``: the reward of every step as :meth:`RoutingEngine.step`
+    returns it (the invalid-action penalty; at the last step also the final reward) and whether the step's
+    action was invalid. ``final`` is the last step's ``final`` dict.
+    """
+
+    reward: torch.Tensor
+    invalid: torch.Tensor
+    final: dict[str, torch.Tensor]
+
+
+# Picks every episode's action at step ``k`` from the observation at that step: ``(k, obs) -> (B,)`` int64.
+ChooseFn = Callable[[int, dict[str, torch.Tensor]], torch.Tensor]
+
+
 class RoutingEngine:
     """Runs ``batch_size`` episodes in lockstep over one data split with one module pool.
 
@@ -54,6 +79,8 @@ class RoutingEngine:
     * :meth:`observation` and :meth:`action_mask` give the state as ``(B, ...)`` tensors;
     * :meth:`step` takes ``(B,)`` actions; after ``max_depth`` steps its output is ``done`` with
       ``final`` set, and the next call must be :meth:`begin_batch`;
+    * or :meth:`play` runs all ``max_depth`` steps of a batch at once, asking a choice function for the
+      actions (the same rules as :meth:`step`, as one fixed-shape program: :meth:`episode_steps`);
     * :meth:`seed` restarts the data walk, :meth:`stats` / :meth:`reset_stats` read the running means of
       the training episodes, :meth:`state_dict` / :meth:`load_state_dict` checkpoint everything but the
       pool's owner's other state.
@@ -133,10 +160,22 @@ class RoutingEngine:
         self.usage = UsageWindow(window, self.max_depth, self.pad_action, self.device)
         self.walk = DataWalk(len(self.data), config.sequential, self.device)
         self._stats = EpisodeStats(self.device)
+        self._allocate_batch_state()
         self.step_index = 0
         self._mask: torch.Tensor | None = None
         self._has_batch = False
         self.seed(config.seed)
+
+    @torch.inference_mode(False)  # written in place by every batch, whatever the caller's mode
+    def _allocate_batch_state(self) -> None:
+        """The batch's state tensors, allocated once: :meth:`begin_batch` and the steps write them in place,
+        so a captured :meth:`episode_steps` reads and writes these very tensors at every replay."""
+        b, dev = self.batch_size, self.device
+        self.images = torch.zeros((b, *self.data.images.shape[1:]), dtype=self.data.images.dtype, device=dev)
+        self.tasks = torch.zeros(b, dtype=torch.long, device=dev)
+        self.route = torch.full((b, self.max_depth), self.pad_action, dtype=torch.long, device=dev)
+        self.used = torch.zeros(b, self.pool.n_actions, dtype=torch.bool, device=dev)
+        self.cur_type = torch.zeros(b, dtype=torch.long, device=dev)  # type 0 = the image
 
     @property
     def training(self) -> bool:
@@ -163,16 +202,17 @@ class RoutingEngine:
     def begin_batch(self) -> None:
         """Start ``batch_size`` new episodes on the next pairs of the split."""
         self._snapshot = {"walk": self.walk.state_dict(), "augment": self.augment_generator.get_state()}
-        b = self.batch_size
-        self.pair_index, self.pair_epoch = self.walk.draw(b)  # (B,), (B,)
+        self.pair_index, self.pair_epoch = self.walk.draw(self.batch_size)  # (B,), (B,)
         self._set_pool_lr()
-        image_index, self.tasks, self.labels = self._pair_columns[:, self.pair_index]  # (B,) each
-        self.images = self.data.images[image_index]  # (B, C, H, W) uint8
+        image_index, tasks, self.labels = self._pair_columns[:, self.pair_index]  # (B,) each
+        images = self.data.images[image_index]  # (B, C, H, W) uint8
         if self.augment:
-            self.images = random_crop_flip(self.images, self.augment_generator, flip=self.hflip)
-        self.route = torch.full((b, self.max_depth), self.pad_action, dtype=torch.long, device=self.device)
-        self.used = torch.zeros(b, self.pool.n_actions, dtype=torch.bool, device=self.device)
-        self.cur_type = torch.zeros(b, dtype=torch.long, device=self.device)  # type 0 = the image
+            images = random_crop_flip(images, self.augment_generator, flip=self.hflip)
+        self.images.copy_(images)
+        self.tasks.copy_(tasks)
+        self.route.fill_(self.pad_action)
+        self.used.zero_()
+        self.cur_type.zero_()
         self.step_index = 0
         self._mask = None
         self._has_batch = True
@@ -185,13 +225,20 @@ class RoutingEngine:
         return self._mask
 
     def observation(self) -> dict[str, torch.Tensor]:
-        """The state as tensors: image, task, route so far, step and action mask (all ``(B, ...)``)."""
+        """The state as tensors: image, task, route so far, step and action mask (all ``(B, ...)``); a
+        snapshot (copies), which later steps and batches leave as it is."""
+        obs = self._observe(self.step_index, self.action_mask())
+        return {**obs, "image": obs["image"].clone(), "task": obs["task"].clone()}
+
+    def _observe(self, k: int, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The observation at step ``k`` with action mask ``mask``; ``image`` and ``task`` are the batch's
+        own tensors (valid until the next :meth:`begin_batch`), the rest fresh tensors."""
         return {
             "image": self.images,
             "task": self.tasks,
-            "route": self.route,
-            "step": torch.full_like(self.tasks, self.step_index),
-            "action_mask": self.action_mask().to(torch.int8),
+            "route": self.route.clone(),  # the steps write the route in place
+            "step": torch.full_like(self.tasks, k),
+            "action_mask": mask.to(torch.int8),
         }
 
     def step(self, actions: torch.Tensor) -> StepOutput:
@@ -201,18 +248,13 @@ class RoutingEngine:
             actions: ``(B,)`` action ids in ``[0, n_actions)``; ids the mask forbids are replaced by
                 PASS where valid, else by the lowest valid module, and cost ``invalid_action_penalty``.
         """
-        if not self._has_batch:
-            raise RuntimeError("call begin_batch() (env.reset()) before step()")
+        self._check_batch()
         k = self.step_index
         if k >= self.max_depth:
             raise RuntimeError("the episodes of this batch are over; call begin_batch() (env.reset())")
         actions = actions.to(self.device, torch.long).reshape(self.batch_size)
-        mask = self.action_mask()
-        valid = mask.gather(1, actions[:, None]).squeeze(1)  # (B,)
+        valid = self._advance(k, actions, self.action_mask())
         invalid = ~valid
-        actions = torch.where(valid, actions, self.rules.substitute(mask))
-        self.route[:, k] = actions
-        self.cur_type = self.rules.advance(self.cur_type, self.used, actions)
         self.step_index = k + 1
         self._mask = None
         reward = invalid * -self.config.invalid_action_penalty  # (B,) float
@@ -221,6 +263,62 @@ class RoutingEngine:
             return StepOutput(reward=reward, invalid=invalid, done=False)
         final = self._finish()
         return StepOutput(reward=reward + final["reward"], invalid=invalid, done=True, final=final)
+
+    def play(
+        self, choose: ChooseFn | None = None, steps: Callable[[], torch.Tensor] | None = None
+    ) -> EpisodeOutput:
+        """All ``max_depth`` steps of the batch begun, then its end (the networks scored, the pool
+        trained), as ``max_depth`` calls of :meth:`step` would do them.
+
+        Args:
+            choose: picks the actions of step ``k`` from its observation, ``(k, obs) -> (B,)``; the
+                observation holds the batch's own ``image`` and ``task`` tensors (copy them to keep them).
+            steps: instead of ``choose``, a callable that runs :meth:`episode_steps` itself and returns its
+                result (e.g. the replay of a CUDA graph captured from it).
+        """
+        if (choose is None) == (steps is None):
+            raise ValueError("pass one of choose and steps")
+        self._check_batch()
+        if self.step_index != 0:
+            raise RuntimeError("play() runs a whole batch: call it right after begin_batch()")
+        valid = steps() if steps is not None else self.episode_steps(choose)  # (D, B)
+        self.step_index = self.max_depth
+        self._mask = None
+        invalid = ~valid
+        self._stats.add_invalid(invalid)
+        reward = -invalid.float() * self.config.invalid_action_penalty  # (D, B)
+        final = self._finish()
+        reward[-1] += final["reward"]
+        return EpisodeOutput(reward=reward, invalid=invalid, final=final)
+
+    def episode_steps(self, choose: ChooseFn) -> torch.Tensor:
+        """The ``max_depth`` steps of the batch begun, on its state tensors, asking ``choose`` for each
+        step's actions; returns whether each action was valid, ``(max_depth, B)`` bool.
+
+        A fixed sequence of kernels on tensors allocated once (no host sync, no Python state changed), so
+        that it can be captured as one CUDA graph with the caller's ``choose`` (if that is capturable too).
+        Call it through :meth:`play`, which checks the batch and ends it.
+        """
+        valid = []
+        for k in range(self.max_depth):
+            mask = self.rules.mask(k, self.cur_type, self.used)  # (B, A)
+            actions = choose(k, self._observe(k, mask)).reshape(self.batch_size)
+            valid.append(self._advance(k, actions, mask))
+        return torch.stack(valid)
+
+    def _check_batch(self) -> None:
+        if not self._has_batch:
+            raise RuntimeError("call begin_batch() (env.reset()) before step()")
+
+    def _advance(self, k: int, actions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Step ``k`` of every episode, in place on the batch's state: an action the mask ``(B, A)`` forbids
+        becomes PASS where valid, else the lowest valid module; the route, the modules used and the current
+        type take the action. Returns whether each action was valid, ``(B,)`` bool."""
+        valid = mask.gather(1, actions[:, None]).squeeze(1)  # (B,)
+        actions = torch.where(valid, actions, self.rules.substitute(mask))
+        self.route[:, k] = actions
+        self.cur_type.copy_(self.rules.advance(self.cur_type, self.used, actions))
+        return valid
 
     def _finish(self) -> dict[str, torch.Tensor]:
         # Rewards use the loss before the pool's update, as the paper's MDP defines them.
@@ -249,7 +347,7 @@ class RoutingEngine:
             "correct": correct,
             "prediction": prediction,
             "route": self.route.clone(),
-            "task": self.tasks,
+            "task": self.tasks.clone(),
             "label": self.labels,
             "pair_index": self.pair_index,
             "epoch": self.pair_epoch,

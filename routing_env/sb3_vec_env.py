@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -11,6 +11,7 @@ import torch
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
 
 from routing_env.config import RoutingConfig
+from routing_env.engine import ChooseFn, EpisodeOutput
 from routing_env.registration import benchmark_of
 from routing_env.vector_env import LockstepRouting, lockstep_config
 
@@ -103,6 +104,16 @@ class RoutingSB3VecEnv(VecEnv):
         the engine's final tensors (``step_rewards``, ``loss``, ``route``, ...)."""
         out, obs = self.core.step_tensor(actions)
         return obs, out.reward, out.done, out.final
+
+    def play_tensors(
+        self, choose: ChooseFn | None = None, steps: Callable[[], torch.Tensor] | None = None
+    ) -> EpisodeOutput:
+        """All ``max_depth`` steps of the current batch at once, the episodes' actions picked by
+        ``choose(k, obs)`` (or by ``steps``, a captured run of the engine's ``episode_steps``: see
+        :meth:`RoutingEngine.play`); the next batch begins at once. The env must be at a batch's first
+        step. Returns every step's rewards and invalid flags ``(max_depth, num_envs)`` and the final
+        tensors."""
+        return self.core.play_tensor(choose, steps)
 
     def close(self) -> None:
         pass

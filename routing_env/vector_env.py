@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +14,7 @@ from gymnasium.vector.utils import batch_space
 
 from routing_env.build import make_engine, observation_space, reseed_pool, to_numpy
 from routing_env.config import RoutingConfig
-from routing_env.engine import RoutingEngine, StepOutput
+from routing_env.engine import ChooseFn, EpisodeOutput, RoutingEngine, StepOutput
 
 
 @dataclass
@@ -58,9 +59,20 @@ class LockstepRouting:
         """Step with an action tensor ``(B,)`` on the engine's device; after the last step the next batch
         begins at once. Returns the step's output and the next observation, as tensors (no host copy)."""
         out = self.engine.step(actions)
+        self._pool_seed_open = False
         if out.done:
             self.engine.begin_batch()
         return out, self.engine.observation()
+
+    def play_tensor(
+        self, choose: ChooseFn | None = None, steps: Callable[[], torch.Tensor] | None = None
+    ) -> EpisodeOutput:
+        """All steps of the current batch at once (:meth:`RoutingEngine.play`), from its first step; the
+        next batch begins at once."""
+        out = self.engine.play(choose, steps)
+        self._pool_seed_open = False
+        self.engine.begin_batch()
+        return out
 
     def reset(self, seed: int | None) -> dict[str, np.ndarray]:
         if seed is not None:

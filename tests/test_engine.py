@@ -9,6 +9,7 @@ batches (a full-size MNIST pool takes about a second per trained batch on a smal
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -302,6 +303,69 @@ def test_static_network_route_is_a_valid_route_of_the_lrn_pool(duplicates: int, 
         static_network_route(pool, n_tasks, 4)
     with pytest.raises(ValueError, match="the pool has no head_from_fc module"):
         static_network_route(tiny_engine(pool="static", max_depth=5).pool, n_tasks, 5)
+
+
+def _scripted_choice(
+    actions: torch.Tensor, shown: list, k: int, obs: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """A choice function for play(): the step's row of ``actions`` ``(D, B)``; remembers ``obs``."""
+    shown.append({key: value.clone() for key, value in obs.items()})
+    return actions[k]
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_play_runs_the_batch_as_its_steps_do(augment: bool) -> None:
+    """play() (all steps at once, the actions from a choice function) gives what step() by step gives:
+    the observations, substituted invalid actions and their penalty, the final reward, the pool's update
+    and the statistics; the pool and its optimizer move alike over batches."""
+    kwargs = dict(seed=0, invalid_action_penalty=0.3, bonus_weight=0.5, augment=augment)
+    stepped, played = tiny_engine(**kwargs), tiny_engine(**kwargs)
+    gen = torch.Generator().manual_seed(0)
+    n_actions, depth, b = stepped.pool.n_actions, stepped.max_depth, stepped.batch_size
+    for _ in range(3):
+        # uniform over every action, so that some are invalid and get substituted
+        actions = torch.randint(0, n_actions, (depth, b), generator=gen)
+        stepped.begin_batch()
+        seen, outs = [], []
+        for k in range(depth):
+            seen.append(stepped.observation())
+            outs.append(stepped.step(actions[k]))
+        played.begin_batch()
+        shown = []
+        choose = functools.partial(_scripted_choice, actions, shown)
+        out = played.play(choose)
+        for k in range(depth):
+            assert seen[k].keys() == shown[k].keys()
+            for key in seen[k]:
+                assert torch.equal(seen[k][key], shown[k][key]), (k, key)
+        assert out.invalid.any() and not out.invalid.all()
+        assert torch.equal(out.invalid, torch.stack([o.invalid for o in outs]))
+        torch.testing.assert_close(out.reward, torch.stack([o.reward for o in outs]), rtol=0, atol=0)
+        for key, value in outs[-1].final.items():
+            assert torch.equal(out.final[key], value), key
+    assert_same_pool(stepped, played)
+    assert stepped.stats() == played.stats()
+    with pytest.raises(RuntimeError, match="begin_batch"):
+        played.play(choose)  # the batch is over
+    played.begin_batch()
+    played.step(actions[0])
+    with pytest.raises(RuntimeError, match="right after begin_batch"):
+        played.play(choose)
+
+
+def test_observations_are_snapshots() -> None:
+    """An observation does not change when later steps fill the route or a new batch begins."""
+    engine = tiny_engine(seed=0, train_modules=False)
+    engine.begin_batch()
+    first = engine.observation()
+    kept = {k: v.clone() for k, v in first.items()}
+    policy = random_policy(0)
+    for _ in range(engine.max_depth):
+        engine.step(policy(engine))
+    engine.begin_batch()
+    assert not torch.equal(engine.observation()["image"], kept["image"])
+    for key, value in kept.items():
+        assert torch.equal(first[key], value), key
 
 
 # --- rewards -----------------------------------------------------------------------------------------

@@ -73,15 +73,14 @@ def test_step_rewards_sum_to_the_reward_and_reach_the_buffer(fake_data_root: Pat
         policy_kwargs={"d_model": 32, "n_heads": 2, "d_ff": 64},
     )  # fmt: skip
     seen = {}
-    step_tensors = env.step_tensors
+    play_tensors = env.play_tensors
 
-    def spy(actions):
-        out = step_tensors(actions)
-        if out[2]:
-            seen.update(out[3])
+    def spy(*args, **kwargs):  # the rollout plays each batch of episodes at once
+        out = play_tensors(*args, **kwargs)
+        seen.update(out.final)
         return out
 
-    env.step_tensors = spy
+    env.play_tensors = spy
     model.learn(4 * 8)
     final = seen
     torch.testing.assert_close(final["step_rewards"].sum(1), final["reward"], rtol=1e-5, atol=1e-5)

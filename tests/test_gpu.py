@@ -1,8 +1,12 @@
-"""The GPU-only paths: the pool's training step and the router's inference forward as CUDA graphs must
-compute what the eager code computes, and train.py must run on a GPU. Skipped where CUDA is absent."""
+"""The GPU-only paths: the pool's training step, the router's inference forward, a batch's rollout and a
+PPO minibatch update as CUDA graphs must compute what the eager code computes, the router must learn
+through them, and train.py must run on a GPU. Skipped where CUDA is absent.
+
+Run on a GPU machine from the repository root: ``python -m pytest tests/test_gpu.py -q``."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -12,7 +16,9 @@ import torch.nn.functional as F
 
 import train
 from agents.config import RouterConfig
+from agents.evaluation import evaluate
 from agents.policy import RouterPolicy
+from agents.rollout import LRNMaskablePPO
 from routing_env import RoutingConfig, RoutingSB3VecEnv, make_engine
 from routing_env.modules import ModulePool, TensorType, lrn_pool_specs
 from routing_env.network import SYNC_FREE_MODES, RoutePlan, run_routes
@@ -160,3 +166,160 @@ def test_sharing_options_run_on_the_gpu(data_root: Path, tmp_path: Path) -> None
     assert record["train_invalid_actions"] == 0 and record["train_bonus"] > 0
     assert 0 <= record["route_overlap"] <= 1 and record["routes_per_task"] >= 1
     assert (out / "route_statistics.png").exists()
+
+
+# --- the fused rollout and PPO update as CUDA graphs ------------------------------------------------------
+
+ROUTER_64 = dict(d_model=64, n_heads=4, d_ff=128)
+
+
+def _mnist_env(root: Path, num_envs: int = 64, device: str = "cuda") -> RoutingSB3VecEnv:
+    return RoutingSB3VecEnv(
+        "RoutingMNIST-v0", num_envs=num_envs, max_depth=5, data_root=root, download=False, device=device,
+        duplicates=3, max_pairs=2048, seed=0, bonus_weight=0.5,
+    )  # fmt: skip
+
+
+def _model(env: RoutingSB3VecEnv, **kwargs) -> LRNMaskablePPO:
+    """LRNMaskablePPO as train.py's trainer builds it (one rollout per batch, a fused Adam, one PPO epoch),
+    with a smaller router."""
+    depth = env.engine.max_depth
+    defaults = dict(
+        n_steps=depth, batch_size=env.num_envs * depth // 2, n_epochs=1, seed=0, learning_rate=1e-3
+    )
+    policy_kwargs = {**ROUTER_64, "optimizer_kwargs": {"fused": True}}
+    return LRNMaskablePPO(
+        RouterPolicy, env, device=env.engine.device, policy_kwargs=policy_kwargs, **{**defaults, **kwargs}
+    )
+
+
+def test_graphed_ppo_update_matches_eager(data_root: Path) -> None:
+    """The same rollout, the same minibatches: the captured update (2 eager warm-ups, the capture, then
+    replays) moves the router as the same program run eagerly does, and logs the same losses."""
+    env = _mnist_env(data_root)
+    graphed, eager = _model(env, n_epochs=2), _model(env, n_epochs=2, cuda_graph=False)
+    eager.policy.load_state_dict(graphed.policy.state_dict())
+    graphed.learn(env.num_envs * env.engine.max_depth)  # a rollout to update on (and a first update)
+    eager.policy.load_state_dict(graphed.policy.state_dict())
+    eager.policy.optimizer.load_state_dict(copy.deepcopy(graphed.policy.optimizer.state_dict()))
+    eager.rollout_buffer = copy.deepcopy(graphed.rollout_buffer)
+    eager.set_logger(graphed.logger.__class__(folder=None, output_formats=[]))
+    for _ in range(4):
+        for model in (graphed, eager):
+            torch.manual_seed(0)  # the same minibatches
+            model.train()
+        for key in ("train/policy_gradient_loss", "train/value_loss", "train/entropy_loss", "train/loss"):
+            assert graphed.logger.name_to_value[key] == pytest.approx(
+                eager.logger.name_to_value[key], rel=1e-4, abs=1e-6
+            ), key
+    assert graphed._minibatch_update.program.captured == 1
+    assert eager._minibatch_update.program.captured == 0
+    # Adam divides by the gradient's running scale, so where a gradient is ~0 a summation-order difference
+    # moves a weight by up to ~lr: compare weights to a few lr.
+    for p, q in zip(graphed.policy.parameters(), eager.policy.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=5e-3)
+
+
+def test_graphed_rollout_stores_what_the_steps_give(data_root: Path) -> None:
+    """Every rollout of a captured episode program (2 eager warm-ups, the capture, then replays) against a
+    twin env stepped one step at a time with the stored actions: the same observations and rewards, the
+    policy's own values and log-probabilities; replays draw fresh noise; the samples follow the policy."""
+    env, twin = _mnist_env(data_root), _mnist_env(data_root)
+    model = _model(env)
+    _, callback = model._setup_learn(10**6, None)
+    twin.seed(0)
+    twin.reset()
+    depth = env.engine.max_depth
+    log_probs, entropies = [], []
+    for _ in range(5):
+        assert model.collect_rollouts(env, callback, model.rollout_buffer, depth)
+        buffer = model.rollout_buffer
+        for k in range(depth):
+            obs = twin.tensor_observation()
+            for key, value in obs.items():
+                assert torch.equal(buffer.obs[key][k].reshape(value.shape), value), (k, key)
+            with torch.no_grad():
+                values, log_prob, entropy = model.policy.evaluate_actions(obs, buffer.t_actions[k])
+            torch.testing.assert_close(buffer.t_values[k], values.flatten(), rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(buffer.t_log_probs[k], log_prob, rtol=1e-4, atol=1e-4)
+            log_probs.append(log_prob)
+            entropies.append(entropy)
+            _, reward, done, final = twin.step_tensors(buffer.t_actions[k])
+        torch.testing.assert_close(buffer.t_rewards, final["step_rewards"].t(), rtol=1e-4, atol=1e-4)
+    assert model._episode_program.program.captured == 1
+    assert env.engine.stats()["train_invalid_actions"] == 0
+    # E[log pi(a)] = -H(pi) when a ~ pi: 5 * 5 * 64 samples, each log-probability's spread about 1
+    mean_log_prob, mean_entropy = torch.cat(log_probs).mean(), torch.cat(entropies).mean()
+    assert abs(float(mean_log_prob + mean_entropy)) < 0.15
+    # A replay draws new noise: the same first step (same images, tasks, masks, router) samples anew.
+    firsts = []
+    for _ in range(2):
+        env.engine.seed(7)
+        env.reset()
+        assert model.collect_rollouts(env, callback, model.rollout_buffer, depth)
+        buffer = model.rollout_buffer
+        firsts.append(
+            {"actions": buffer.t_actions[0].clone(), **{k: v[0].clone() for k, v in buffer.obs.items()}}
+        )
+    for key in buffer.obs:
+        assert torch.equal(firsts[0][key], firsts[1][key]), key
+    assert not torch.equal(firsts[0]["actions"], firsts[1]["actions"])
+
+
+def _min_mtl(root: Path):
+    kwargs = dict(
+        data_root=root, download=False, device="cuda", lr_decay=1.0, duplicates=2, max_depth=2, lr=1e-3,
+        seed=1, bonus_weight=0.0,
+    )  # fmt: skip
+    env = RoutingSB3VecEnv("min", num_envs=16, **kwargs)
+    config = RoutingConfig(benchmark="min", split="test", max_pairs=100, **kwargs)
+    test_engine, bench = make_engine(config, batch_size=256, pool=env.engine.pool)
+    return env, test_engine, bench
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [{}, {"cuda_graph": False}, {"fused_rollout": False, "fused_update": False}],
+    ids=["graphed", "eager", "sb3_reference"],
+)
+def test_router_learns_min_mtl_through_the_graphs(fake_data_root: Path, flags: dict) -> None:
+    """tests/test_agents.py's test_lrn_learns_min_mtl on the GPU: fake MIN-MTL, where the image alone fixes
+    the label, from chance (1 in 5) to >= 0.6 within 60 batches of 16, the same through the graphs, the
+    same programs run eagerly, and SB3's step-by-step collection and train()."""
+    env, test_engine, bench = _min_mtl(fake_data_root)
+    model = _model(env, seed=1, batch_size=16 * 2, **flags)
+
+    def act(obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model.policy._predict(obs, deterministic=True).reshape(-1)
+
+    before = evaluate(act, test_engine, bench.n_tasks, bench.n_classes)
+    model.learn(60 * 16 * 2)
+    after = evaluate(act, test_engine, bench.n_tasks, bench.n_classes)
+    assert before["test_accuracy"] < 0.4
+    assert after["test_accuracy"] >= 0.6, after["test_accuracy"]
+    assert env.engine.stats()["train_invalid_actions"] == 0.0
+    if not flags:
+        assert model._episode_program.program.captured == 1
+        assert model._minibatch_update.program.captured == 1
+
+
+def test_graphed_model_saves_loads_and_continues(data_root: Path, tmp_path: Path) -> None:
+    """A model trained through the graphs (its optimizer made capturable, the learning rate a device
+    tensor) saves as a plain one: it loads and trains on, on the GPU (captured anew) and on the CPU."""
+    env = _mnist_env(data_root, num_envs=32)
+    model = _model(env)
+    batch = env.num_envs * env.engine.max_depth
+    model.learn(4 * batch)
+    assert model._minibatch_update.capture and model.policy.optimizer.param_groups[0]["capturable"]
+    model.save(tmp_path / "agent.zip")
+    loaded = LRNMaskablePPO.load(tmp_path / "agent.zip", env=env, device="cuda")
+    for p, q in zip(model.policy.parameters(), loaded.policy.parameters(), strict=True):
+        assert torch.equal(p, q)
+    group = loaded.policy.optimizer.param_groups[0]
+    assert isinstance(group["lr"], float) and not group["capturable"]
+    loaded.learn(4 * batch, reset_num_timesteps=False)
+    assert loaded._minibatch_update.program.captured == 1 and loaded._episode_program.program.captured == 1
+    cpu_env = _mnist_env(data_root, num_envs=32, device="cpu")
+    on_cpu = LRNMaskablePPO.load(tmp_path / "agent.zip", env=cpu_env, device="cpu")
+    on_cpu.learn(batch)
+    assert all(torch.isfinite(p).all() for p in on_cpu.policy.parameters())
