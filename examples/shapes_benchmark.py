@@ -50,6 +50,7 @@ def load(
         train=train.split(arrays["train_images"]),
         test=test.split(arrays["test_images"]),
         task_names=tuple(f"shape {c}" for c in range(n_classes)),
+        data_folder=path.parent,  # where the data was read (train.py prints it)
     )
 
 
