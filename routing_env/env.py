@@ -76,11 +76,11 @@ class RoutingEnv(gym.Env):
 
     ## Seeding
     ``seed`` seeds the pool's initial weights and the data walk. Without it, the first
-    ``reset(seed=s)`` before any step also draws the pool's initial weights from ``s``, so two fresh
-    envs reset with the same seed and given the same actions return the same rewards. A later
-    ``reset(seed=s)`` restarts the data walk (and empties the collapse-bonus window) only. Every
-    ``reset(seed=s)`` leaves ``np_random`` in the same state, whatever came before (Gymnasium's
-    ``check_env`` asks for that).
+    ``reset(seed=s)`` before any step (or ``load_state_dict``) also draws the pool's initial weights
+    from ``s``, so two fresh envs reset with the same seed and given the same actions return the same
+    rewards. A later ``reset(seed=s)`` restarts the data walk (and empties the collapse-bonus window)
+    only. Every ``reset(seed=s)`` leaves ``np_random`` in the same state, whatever came before
+    (Gymnasium's ``check_env`` asks for that).
 
     ## Copies
     Every ``RoutingEnv`` owns its module pool. Gymnasium's sync / async vector envs and SB3's
@@ -192,6 +192,7 @@ class RoutingEnv(gym.Env):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.engine.load_state_dict(state)
+        self._pool_seed_open = False  # a later seeded reset keeps the loaded pool
 
     # Pickling keeps what cannot be rebuilt (pool, optimizer, walk); the data is loaded again.
     def __getstate__(self) -> dict[str, Any]:

@@ -58,9 +58,15 @@ class LockstepRouting:
         """Step with an action tensor ``(B,)`` on the engine's device; after the last step the next batch
         begins at once. Returns the step's output and the next observation, as tensors (no host copy)."""
         out = self.engine.step(actions)
+        self._pool_seed_open = False
         if out.done:
             self.engine.begin_batch()
         return out, self.engine.observation()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The engine's state (pool, optimizer, walk); a later seeded reset keeps these pool weights."""
+        self.engine.load_state_dict(state)
+        self._pool_seed_open = False
 
     def reset(self, seed: int | None) -> dict[str, np.ndarray]:
         if seed is not None:
@@ -110,7 +116,7 @@ class RoutingVectorEnv(VectorEnv):
     ``pair_index`` and ``epoch`` (arrays over the envs).
 
     Seeding follows :class:`routing_env.RoutingEnv`: without a ``seed`` kwarg the first seeded reset
-    before any step also draws the pool's initial weights.
+    before any step (or loaded state) also draws the pool's initial weights.
     """
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
@@ -168,4 +174,4 @@ class RoutingVectorEnv(VectorEnv):
         return self.engine.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.engine.load_state_dict(state)
+        self.core.load_state_dict(state)

@@ -403,6 +403,38 @@ def test_seeded_reset_leaves_the_generator_in_one_state(kw: dict[str, Any]) -> N
         assert env.np_random.bit_generator.state != state
 
 
+def test_a_seeded_reset_keeps_a_loaded_or_trained_pool(kw: dict[str, Any]) -> None:
+    """Without a seed kwarg, only a seeded reset of a fresh env draws the pool's weights: not one after
+    load_state_dict, nor after steps through the tensor path that device rollouts take."""
+    unseeded = {k: v for k, v in kw.items() if k != "seed"}
+    state = RoutingSB3VecEnv("RoutingMNIST-v0", num_envs=4, **kw).state_dict()
+    trained = {k: v + 1 for k, v in state["pool"].items()}  # weights no seed draws
+    state["pool"] = trained
+    faces = {
+        "single": gym.make("RoutingMNIST-v0", batch_size=4, **unseeded).unwrapped,
+        "gymnasium vector": gym.make_vec(
+            "RoutingMNIST-v0", num_envs=4, vectorization_mode="vector_entry_point", **unseeded
+        ).unwrapped,
+        "sb3": RoutingSB3VecEnv("RoutingMNIST-v0", num_envs=4, **unseeded),
+    }
+    for face, env in faces.items():
+        env.load_state_dict(state)
+        if face == "sb3":
+            env.seed(3)
+            env.reset()
+        else:
+            env.reset(seed=3)
+        for key, value in env.engine.pool.state_dict().items():
+            assert torch.equal(value, trained[key]), (face, key)
+    sb3 = RoutingSB3VecEnv("RoutingMNIST-v0", num_envs=4, **unseeded)
+    sb3.reset()
+    sb3.step_tensors(torch.as_tensor(sb3.action_masks()).int().argmax(dim=1))
+    stepped = {k: v.clone() for k, v in sb3.engine.pool.state_dict().items()}
+    sb3.seed(3)
+    sb3.reset()
+    assert all(torch.equal(v, stepped[k]) for k, v in sb3.engine.pool.state_dict().items())
+
+
 def test_same_seed_same_batches_vector_env(kw: dict[str, Any]) -> None:
     frozen = {**kw, "train_modules": False}
     env = gym.make_vec("RoutingMNIST-v0", num_envs=8, vectorization_mode="vector_entry_point", **frozen)
