@@ -1,7 +1,7 @@
 """Rebuild README's generated blocks: the results tables and figures from
 results/<benchmark>/<run>/{metrics.jsonl,config.json} and results/bench/*.json, the tables of env
-kwargs and train.py flags from the configuration dataclasses, the algorithm table from
-agents/compatibility.py and the "Add a benchmark" example from examples/shapes_benchmark.py.
+kwargs and train.py flags from the configuration dataclasses and the algorithm table from
+agents/compatibility.py (docs/ pages: scripts/docs_pages.py).
 
     python scripts/readme_tables.py            # rewrite the blocks in README.md, redraw the figures
     python scripts/readme_tables.py --print    # print them only
@@ -393,11 +393,6 @@ def algorithms_table(_results: Path | None = None) -> str:
     return _markdown(header, rows)
 
 
-def benchmark_example(_results: Path | None = None) -> str:
-    """README's "Add a benchmark" example: the file CI runs."""
-    return "```python\n" + (ROOT / "examples" / "shapes_benchmark.py").read_text().rstrip() + "\n```"
-
-
 def _md(doc: str) -> str:
     """A docstring's text as a markdown table cell."""
     return doc.replace("``", "`").replace("|", "\\|")
@@ -414,7 +409,6 @@ BLOCKS = {
     "env-kwargs": env_kwargs_table,
     "flags-table": flags_table,
     "algorithms-table": algorithms_table,
-    "benchmark-example": benchmark_example,
 }
 
 

@@ -1,5 +1,5 @@
 """The public benchmark interface: the task-shape helpers, ``register_benchmark`` (by function, by path,
-``module:name``), benchmark kwargs, and README's "Add a benchmark" example through gym and train.py."""
+``module:name``), benchmark kwargs, and the example of docs/benchmarks.md through gym and train.py."""
 
 from __future__ import annotations
 
@@ -154,7 +154,7 @@ def test_module_name_form_imports_the_registering_module() -> None:
         RoutingConfig(benchmark="imagenet")
 
 
-# --- README's worked example ----------------------------------------------------------------------------
+# --- the worked example of docs/benchmarks.md ---------------------------------------------------------
 
 
 def test_readme_example_benchmark_through_gym_and_train_py(
@@ -178,7 +178,7 @@ def test_readme_example_benchmark_through_gym_and_train_py(
         "--duplicates", "1", "--max-depth", "3", "--d-model", "32", "--n-heads", "2", "--d-ff", "64",
         "--device", "cpu", "--out", str(out), "--no-progress", "--no-checkpoint",
     ]  # fmt: skip
-    assert train.main(argv) == 0  # in-process: train.py as README runs it, without a second import of torch
+    assert train.main(argv) == 0  # in-process: train.py as the docs run it, without a second import of torch
     # The folder the loader read, not the data root it was given.
     assert f"data: {tmp_path / 'data' / 'shapes'}\n" in capsys.readouterr().out
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -294,6 +294,13 @@ def test_min_train_test_disjoint(min_bench: MTLBenchmark, min_root: Path) -> Non
     assert not digests["train"] & digests["test"]
 
 
+def test_each_benchmark_names_the_folder_it_read(
+    mnist_bench: MTLBenchmark, cifar_bench: MTLBenchmark, min_bench: MTLBenchmark, real_or_fake_root
+) -> None:
+    for bench, name in ((mnist_bench, "mnist"), (cifar_bench, "cifar"), (min_bench, "min")):
+        assert bench.data_folder == real_or_fake_root(name) / BENCHMARK_FOLDERS[name]
+
+
 def test_min_seeding(min_root: Path, min_bench: MTLBenchmark) -> None:
     # One reload with another seed: the same pairs layout, other files (the real data has exactly 160
     # training images per class, so only the test draw can differ there).

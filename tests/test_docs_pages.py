@@ -1,0 +1,44 @@
+"""The pages in docs/: their generated blocks are what scripts/docs_pages.py builds from the code and
+results/ (nobody edited them by hand)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def script(name: str):
+    """scripts/<name>.py as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def docs_pages():
+    return script("docs_pages")
+
+
+def test_committed_pages_are_current(docs_pages) -> None:
+    for page in docs_pages.PAGES:
+        assert docs_pages.built(page) == (ROOT / page).read_text(), (
+            f"run python scripts/docs_pages.py ({page})"
+        )
+
+
+def test_benchmarks_page_embeds_the_example_and_readme_links_it(docs_pages) -> None:
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    assert (ROOT / "examples" / "shapes_benchmark.py").read_text().rstrip() in page
+    assert "* `data_folder`: where the loader read the data" in page  # MTLBenchmark's docstring, as a list
+    readme = (ROOT / "README.md").read_text()
+    assert "(docs/benchmarks.md)" in readme and "benchmark-example" not in readme
+
+
+def test_a_page_without_its_block_is_one_clear_error(docs_pages) -> None:
+    with pytest.raises(SystemExit, match="no <!-- benchmark-example:begin -->"):
+        docs_pages.fill("no block here", "benchmark-example", "body")
