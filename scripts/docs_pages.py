@@ -1,5 +1,5 @@
 """Rebuild the generated blocks of the pages in docs/: ``<!-- NAME:begin -->`` ... ``<!-- NAME:end -->``,
-each filled from the code it mirrors (the example file, a docstring).
+each filled from the code or a results/ file it mirrors (the example file, a docstring, measured times).
 
     python scripts/docs_pages.py            # rewrite the blocks
     python scripts/docs_pages.py --check    # exit 1 naming every block that is not current
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import re
 import sys
 from collections.abc import Callable
@@ -51,12 +52,45 @@ def mtlbenchmark_fields() -> str:
     return "\n".join(f"* `{name}`: {markdown(text)}" for name, text in attributes(MTLBenchmark).items())
 
 
+ZOO_TIMES = ROOT / "results" / "zoo_first_update.json"
+
+
+def zoo_first_update() -> str:
+    """The measured first update of each RL Zoo file (scripts/time_zoo.py), as a markdown table."""
+    results = json.loads(ZOO_TIMES.read_text())
+    machine = results["machine"]
+
+    def seconds(value: float | None) -> str:
+        return "" if value is None else f"{value:,.1f}"
+
+    header = ["file", "first rollout (s)", "first update (s)", "rollout + update (s)", "peak memory (GB)"]
+    header.append("load (1 min) before / after")
+    rows = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for algo, r in sorted(results["files"].items()):
+        if r["finished"]:
+            total = seconds(r["first_update_s"])
+        else:
+            total = f"not done: {r['error']}" if r["error"] else f"not done in {r['timeout_s']:.0f} s"
+        load = " / ".join(f"{x:.1f}" for x in (r["load_before"][0], r["load_after"][0]))
+        rows.append(
+            f"| `hyperparams/{algo}.yml` | {seconds(r['rollout_s'])} | {seconds(r['update_s'])} | {total} "
+            f"| {r['peak_rss_gb']} | {load} |"
+        )
+    when = sorted(r["measured"] for r in results["files"].values())
+    where = (
+        f"{results['env_id']} on `{results['device']}`: {machine['cpu']}, {machine['cores']} cores, "
+        f"torch {machine['torch']}; measured {when[0]} to {when[-1]} UTC"
+    )
+    return "\n".join(rows) + f"\n\n{where}."
+
+
 # docs page -> {block name -> what fills it}
 PAGES: dict[str, dict[str, Callable[[], str]]] = {
     "docs/benchmarks.md": {
         "benchmark-example": example_file("examples/shapes_benchmark.py"),
         "mtlbenchmark-fields": mtlbenchmark_fields,
     },
+    "docs/rl_zoo.md": {"zoo-first-update": zoo_first_update},
 }
 
 

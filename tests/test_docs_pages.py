@@ -1,9 +1,10 @@
 """The pages in docs/: their generated blocks are what scripts/docs_pages.py builds from the code and
-results/ (nobody edited them by hand)."""
+results/ (nobody edited them by hand), and the RL Zoo timings are of the files as shipped."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -40,5 +41,15 @@ def test_benchmarks_page_embeds_the_example_and_readme_links_it(docs_pages) -> N
 
 
 def test_a_page_without_its_block_is_one_clear_error(docs_pages) -> None:
-    with pytest.raises(SystemExit, match="no <!-- benchmark-example:begin -->"):
-        docs_pages.fill("no block here", "benchmark-example", "body")
+    with pytest.raises(SystemExit, match="no <!-- zoo-first-update:begin -->"):
+        docs_pages.fill("no block here", "zoo-first-update", "body")
+
+
+def test_zoo_timings_are_of_the_shipped_files(docs_pages) -> None:
+    time_zoo = script("time_zoo")
+    results = json.loads(docs_pages.ZOO_TIMES.read_text())
+    assert sorted(results["files"]) == time_zoo.zoo_algos()
+    for algo, record in results["files"].items():
+        rerun = f"{algo}.yml changed since it was timed: python scripts/time_zoo.py --algos {algo}"
+        assert record["file_sha1"] == time_zoo.file_sha1(algo), rerun
+        assert record["finished"], f"{algo}.yml: the first update did not finish ({record['error']})"
