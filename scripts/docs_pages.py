@@ -52,12 +52,17 @@ def mtlbenchmark_fields() -> str:
     return "\n".join(f"* `{name}`: {markdown(text)}" for name, text in attributes(MTLBenchmark).items())
 
 
-ZOO_TIMES = ROOT / "results" / "zoo_first_update.json"
+# scripts/time_zoo.py's results: on this project's CPU, and on a GPU where measured (--device cuda).
+ZOO_TIMES = [ROOT / "results" / "zoo_first_update.json", ROOT / "results" / "zoo_first_update_gpu.json"]
 
 
 def zoo_first_update() -> str:
+    """A markdown table per results file of :data:`ZOO_TIMES` that exists."""
+    return "\n\n".join(zoo_table(json.loads(path.read_text())) for path in ZOO_TIMES if path.is_file())
+
+
+def zoo_table(results: dict) -> str:
     """The measured first update of each RL Zoo file (scripts/time_zoo.py), as a markdown table."""
-    results = json.loads(ZOO_TIMES.read_text())
     machine = results["machine"]
 
     def seconds(value: float | None) -> str:
@@ -78,7 +83,8 @@ def zoo_first_update() -> str:
         )
     when = sorted(r["measured"] for r in results["files"].values())
     where = (
-        f"{results['env_id']} on `{results['device']}`: {machine['cpu']}, {machine['cores']} cores, "
+        f"{results['env_id']} on `{results['device']}`: {machine.get('gpu') or machine['cpu']}, "
+        f"{machine['cores']} CPU cores, "
         f"torch {machine['torch']}; measured {when[0]} to {when[-1]} UTC"
     )
     return "\n".join(rows) + f"\n\n{where}."

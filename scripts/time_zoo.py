@@ -2,6 +2,7 @@
 
     python scripts/time_zoo.py                  # every file, RoutingMNIST-v0: results/zoo_first_update.json
     python scripts/time_zoo.py --algos trpo --timeout 900
+    python scripts/time_zoo.py --device cuda --out results/zoo_first_update_gpu.json   # on a GPU machine
 
 Each file runs in a process of its own through ``rl_zoo3.train`` with the file's settings and the env's
 defaults (only the data root, the device and ``--eval-freq -1`` are given), until its first update has
@@ -117,17 +118,18 @@ def child(algo: str, env_id: str, data_root: str, device: str, logs: str) -> Non
 
 
 def time_file(
-    algo: str, env_id: str, data_root: Path, device: str, timeout: float, memory_gb: float, logs: Path
+    algo: str, env_id: str, data_root: Path, device: str, timeout: float, memory_gb: float | None, logs: Path
 ) -> dict:
     """One file's timings (seconds), from a child process that is stopped after ``timeout`` seconds or
     when it asks for more than ``memory_gb`` of address space (so that it cannot starve a shared
     machine)."""
     load_before = os.getloadavg()
     args = [sys.executable, __file__, "--child", algo, env_id, str(data_root), device, str(logs)]
-    limit = int(memory_gb * 2**30)
 
     def cap_memory() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        if memory_gb:
+            limit = int(memory_gb * 2**30)
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
     error = None
     try:
@@ -180,13 +182,20 @@ def main() -> None:
     p.add_argument("--data-root", type=Path, default=os.environ.get("ROUTING_ENV_DATA"))
     p.add_argument("--device", default="cpu")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per file before it is stopped")
-    p.add_argument("--memory-gb", type=float, default=8.0, help="address space a file may use (GB)")
+    p.add_argument(
+        "--memory-gb",
+        type=float,
+        default=None,
+        help="address space a file may use (GB); default 8 on a CPU, no cap on a GPU (CUDA reserves more)",
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         child(*args.child)
         return
+    if args.memory_gb is None:
+        args.memory_gb = None if args.device.startswith("cuda") else 8.0
     if args.data_root is None:
         raise SystemExit("give --data-root (or set ROUTING_ENV_DATA) to where the benchmark's data is")
     import tempfile
@@ -199,7 +208,12 @@ def main() -> None:
     results.update(
         env_id=args.env,
         device=args.device,
-        machine={"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__},
+        machine={
+            "cpu": cpu_name(),
+            "cores": os.cpu_count(),
+            "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+        },
     )
     files = results.setdefault("files", {})
     for algo in args.algos or zoo_algos():

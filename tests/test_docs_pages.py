@@ -47,9 +47,11 @@ def test_a_page_without_its_block_is_one_clear_error(docs_pages) -> None:
 
 def test_zoo_timings_are_of_the_shipped_files(docs_pages) -> None:
     time_zoo = script("time_zoo")
-    results = json.loads(docs_pages.ZOO_TIMES.read_text())
-    assert sorted(results["files"]) == time_zoo.zoo_algos()
-    for algo, record in results["files"].items():
-        rerun = f"{algo}.yml changed since it was timed: python scripts/time_zoo.py --algos {algo}"
-        assert record["file_sha1"] == time_zoo.file_sha1(algo), rerun
-        assert record["finished"], f"{algo}.yml: the first update did not finish ({record['error']})"
+    assert docs_pages.ZOO_TIMES[0].is_file()  # the CPU's; a GPU's where measured
+    for path in (p for p in docs_pages.ZOO_TIMES if p.is_file()):
+        results = json.loads(path.read_text())
+        assert sorted(results["files"]) == time_zoo.zoo_algos(), path
+        for algo, record in results["files"].items():
+            rerun = f"{algo}.yml changed since it was timed: python scripts/time_zoo.py --algos {algo}"
+            assert record["file_sha1"] == time_zoo.file_sha1(algo), (path, rerun)
+            assert record["finished"], f"{path}: {algo}.yml's first update did not finish ({record['error']})"
