@@ -1,5 +1,5 @@
 """Add a benchmark: Shapes-MTL, one binary "is this shape c?" task per class of a small labelled image set
-kept as NumPy arrays (the worked example of README's "Add a benchmark"; CI runs it).
+kept as NumPy arrays (the worked example of docs/benchmarks.md; CI runs it).
 
     python -m examples.shapes_benchmark /tmp/shapes     # write a small demo data set there
     python train.py --env examples.shapes_benchmark:RoutingShapes-v0 --data-root /tmp/shapes --epochs 1
@@ -50,6 +50,7 @@ def load(
         train=train.split(arrays["train_images"]),
         test=test.split(arrays["test_images"]),
         task_names=tuple(f"shape {c}" for c in range(n_classes)),
+        data_folder=path.parent,  # where the data was read (train.py prints it)
     )
 
 

@@ -73,7 +73,9 @@ class RoutingConfig:
         freeze_unused: keep the weights and Adam state of a module no episode of an update used (the
             paper's rule; each module is its own Adam); False: one Adam over the pool, which moves unused
             modules through their moments.
-        cuda_graph: run the pool's training step as one CUDA graph on a GPU (a sync-free dispatch mode).
+        cuda_graph: on a GPU, replay fixed-shape programs as CUDA graphs: the pool's training step (a
+            sync-free dispatch mode) and, for train.py's router algorithms, a batch's rollout and each PPO
+            minibatch update (False runs the same programs eagerly).
         precision: the pool's arithmetic on a GPU: ``"fp32"`` or ``"bf16"`` (autocast; weights, Adam
             and the loss stay fp32).
         augment: not in the paper: random crops (4-pixel padding) of training images, and horizontal flips

@@ -77,9 +77,11 @@ class RoutingEnv(gym.Env):
 
     ## Seeding
     ``seed`` seeds the pool's initial weights and the data walk. Without it, the first
-    ``reset(seed=s)`` before any step also draws the pool's initial weights from ``s``, so two fresh
-    envs reset with the same seed and given the same actions return the same rewards. A later
-    ``reset(seed=s)`` restarts the data walk (and empties the collapse-bonus window) only.
+    ``reset(seed=s)`` before any step (or ``load_state_dict``) also draws the pool's initial weights
+    from ``s``, so two fresh envs reset with the same seed and given the same actions return the same
+    rewards. A later ``reset(seed=s)`` restarts the data walk (and empties the collapse-bonus window)
+    only. Every ``reset(seed=s)`` leaves ``np_random`` in the same state, whatever came before
+    (Gymnasium's ``check_env`` asks for that).
 
     ## Copies
     Every ``RoutingEnv`` owns its module pool. Gymnasium's sync / async vector envs and SB3's
@@ -121,11 +123,12 @@ class RoutingEnv(gym.Env):
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         super().reset(seed=seed)
         if seed is not None:
-            self.engine.seed(int(self.np_random.integers(2**62)))
+            # One draw for the walk and the pool alike, so the generator's state after a seeded reset
+            # depends on the seed alone, not on whether the pool's weights were still open to seeding.
+            episode_seed = int(self.np_random.integers(2**62))
+            self.engine.seed(episode_seed)
             if self._pool_seed_open:
-                reseed_pool(
-                    self.engine.pool, self.config, self.benchmark, int(self.np_random.integers(2**62))
-                )
+                reseed_pool(self.engine.pool, self.config, self.benchmark, episode_seed)
                 self._pool_seed_open = False
         self.engine.begin_batch()
         self._episode_open, self._final = True, None
@@ -190,6 +193,7 @@ class RoutingEnv(gym.Env):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.engine.load_state_dict(state)
+        self._pool_seed_open = False  # a later seeded reset keeps the loaded pool
 
     # Pickling keeps what cannot be rebuilt (pool, optimizer, walk); the data is loaded again.
     def __getstate__(self) -> dict[str, Any]:

@@ -26,14 +26,32 @@ def register_env(env_id: str, benchmark: str) -> None:
 def register_benchmark(
     name: str, loader: registry.BenchmarkLoader | str, *, env_id: str | None = None, overwrite: bool = False
 ) -> None:
-    """Add a benchmark, and optionally a Gymnasium id for it (see ``README``, "Add a benchmark").
+    """Add a benchmark, and optionally a Gymnasium id for it (see ``docs/benchmarks.md``).
+
+    The loader is called as ``loader(data_root, seed=data_seed, download=download, **benchmark_kwargs)``
+    and returns a :class:`routing_env.benchmarks.MTLBenchmark`:
+
+    * ``data_root`` is a :class:`pathlib.Path`: the env kwarg ``data_root``, else ``$ROUTING_ENV_DATA``,
+      else ``~/.cache/routing_env``. It may not exist yet. Data kept elsewhere may be read from
+      elsewhere: set the benchmark's ``data_folder`` to where it was read, so ``train.py`` shows it.
+    * ``seed`` (an int, the env kwarg ``data_seed``) seeds every draw of pairs (use
+      ``seeded_generator(seed)``), so a seed gives the same pairs on every machine.
+    * ``download`` (a bool): whether the loader may fetch missing data. A loader that cannot download
+      accepts it and ignores it; when data is missing it raises ``DataError`` saying where to put which
+      files (as MIN-MTL does).
+    * ``benchmark_kwargs``: the env kwarg ``benchmark_kwargs`` (``train.py --benchmark-kwargs JSON``),
+      as keyword arguments; the loader's signature says which it takes.
+
+    Call ``register_benchmark`` in the module that defines the loader, and name env ids with that
+    module (``"module:Id"``): the benchmark is then known as ``"module:name"``, and ``train.py``, sweeps
+    and worker processes (async vector envs, ``SubprocVecEnv``) import ``module`` to find it. So
+    ``module`` must be importable in each of those processes: an installed package, or a module on
+    their ``sys.path`` (e.g. ``examples/shapes_benchmark.py`` beside ``train.py``); a loader defined in a
+    script run as ``__main__`` is found only in that process.
 
     Args:
-        name: the benchmark's name (the env kwarg ``benchmark``).
-        loader: ``loader(data_root, seed=0, download=True, **benchmark_kwargs) -> MTLBenchmark``, or its
-            ``"module:function"`` path. Call ``register_benchmark`` in the module that defines the
-            loader: the env id then names the benchmark as ``"module:name"``, so that a worker process
-            which never imported that module (async vector envs, ``SubprocVecEnv``) imports it.
+        name: the benchmark's name (the env kwarg ``benchmark``); no ``":"``.
+        loader: the loader function, or its ``"module:function"`` path (imported when first loaded).
         env_id: also register this Gymnasium id (e.g. ``"MyBench-v0"``) for the benchmark.
         overwrite: replace an existing benchmark of that name (and the env id).
     """

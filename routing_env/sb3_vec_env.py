@@ -148,4 +148,4 @@ class RoutingSB3VecEnv(VecEnv):
         return self.engine.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.engine.load_state_dict(state)
+        self.core.load_state_dict(state)

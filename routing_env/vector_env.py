@@ -74,6 +74,11 @@ class LockstepRouting:
         self.engine.begin_batch()
         return out
 
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The engine's state (pool, optimizer, walk); a later seeded reset keeps these pool weights."""
+        self.engine.load_state_dict(state)
+        self._pool_seed_open = False
+
     def reset(self, seed: int | None) -> dict[str, np.ndarray]:
         if seed is not None:
             self.engine.seed(seed)
@@ -122,7 +127,7 @@ class RoutingVectorEnv(VectorEnv):
     ``pair_index`` and ``epoch`` (arrays over the envs).
 
     Seeding follows :class:`routing_env.RoutingEnv`: without a ``seed`` kwarg the first seeded reset
-    before any step also draws the pool's initial weights.
+    before any step (or loaded state) also draws the pool's initial weights.
     """
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
@@ -180,4 +185,4 @@ class RoutingVectorEnv(VectorEnv):
         return self.engine.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.engine.load_state_dict(state)
+        self.core.load_state_dict(state)

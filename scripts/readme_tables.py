@@ -1,4 +1,4 @@
-"""Rebuild README's generated blocks (tables, figures, the "Add a benchmark" example): see
+"""Rebuild README's generated blocks (tables, figures): see
 :mod:`training_run.report.tables`.
 
     python scripts/readme_tables.py            # rewrite the blocks in README.md, redraw the figures

@@ -19,16 +19,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-DATA_ENV_VAR = "ROUTING_ENV_DATA"
+from routing_env.benchmarks import DATA_ENV_VAR, cifar, mini_imagenet, mnist
+
+# The top-level folder of each benchmark under a data root (MIN-MTL: our folder layout).
+BENCHMARK_FOLDERS = {"mnist": mnist.FOLDER, "cifar": cifar.FOLDER, "min": mini_imagenet.FOLDER}
 
 # The file (or folder) whose presence under the data root means "this benchmark's data is there".
 REAL_DATA_MARKERS = {
-    "mnist": "MNIST/raw/train-images-idx3-ubyte",
-    "cifar": "cifar-100-python/train",
-    "min": "mini-imagenet-mtl/train",
+    "mnist": f"{mnist.FOLDER}/raw/{mnist.RAW_FILES[0]}",
+    "cifar": f"{cifar.FOLDER}/train",
+    "min": f"{mini_imagenet.FOLDER}/train",
 }
-
-MIN_FOLDER = "mini-imagenet-mtl"
 
 # Sizes of the fake data sets. A few more images than the protocols draw (1,000 / 20 per digit for MNIST,
 # 160 / 10 per class for MIN), so that different seeds give different splits.
@@ -37,9 +38,6 @@ FAKE_SIZES = {
     "cifar": {"train_per_fine": 10, "test_per_fine": 2},
     "min": {"train_per_class": 165, "test_per_class": 12, "n_classes": 52},
 }
-
-# The top-level folder of each benchmark under a data root.
-BENCHMARK_FOLDERS = {"mnist": "MNIST", "cifar": "cifar-100-python", "min": "mini-imagenet-mtl"}
 
 
 # --- real data ------------------------------------------------------------------------------------
@@ -211,7 +209,7 @@ def write_fake_mini_imagenet(
     The default 52 classes exceed the protocol's 50, so "only the first 50 sorted wnids" is exercised.
     """
     rng = np.random.default_rng(seed)
-    folder = Path(root) / MIN_FOLDER
+    folder = Path(root) / mini_imagenet.FOLDER
     wnids = fake_wnids(n_classes, seed)
     for c, wnid in enumerate(wnids):
         first = 0

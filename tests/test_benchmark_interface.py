@@ -1,8 +1,9 @@
 """The public benchmark interface: the task-shape helpers, ``register_benchmark`` (by function, by path,
-``module:name``), benchmark kwargs, and README's "Add a benchmark" example through gym and train.py."""
+``module:name``), benchmark kwargs, and the example of docs/benchmarks.md through gym and train.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from routing_env.benchmarks import (
     registered_benchmarks,
     seeded_generator,
 )
+from routing_env.build import get_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = torch.arange(6).repeat_interleave(torch.tensor([5, 6, 7, 5, 8, 9]))  # 6 classes, uneven sizes
@@ -124,6 +126,22 @@ def test_a_re_registered_loader_is_loaded_anew(tmp_path: Path) -> None:
     assert routing_env.RoutingEnv(**kw).benchmark.n_tasks == 5
 
 
+def test_data_folder_is_where_the_loader_read(tmp_path: Path) -> None:
+    """A loader that says where it read its data keeps that folder (it may lie outside the data root);
+    one that does not is taken to have read the data root."""
+    routing_env.register_benchmark("tiny3", tiny_loader)
+    assert load_benchmark("tiny3", tmp_path / "root").data_folder == tmp_path / "root"
+    elsewhere = tmp_path / "elsewhere"
+
+    def reads_elsewhere(data_root: Path, seed: int = 0, download: bool = True) -> MTLBenchmark:
+        return dataclasses.replace(tiny_loader(data_root, seed), data_folder=elsewhere)
+
+    routing_env.register_benchmark("tiny3", reads_elsewhere, overwrite=True)
+    assert load_benchmark("tiny3", tmp_path / "root").data_folder == elsewhere
+    config = RoutingConfig(benchmark="tiny3", data_root=tmp_path / "root", device="cpu")
+    assert get_benchmark(config).data_folder == elsewhere  # what train.py prints as "data:"
+
+
 def test_module_name_form_imports_the_registering_module() -> None:
     assert load_benchmark.__module__  # the registry is importable without torch work
     config = RoutingConfig(benchmark="examples.shapes_benchmark:shapes")
@@ -136,10 +154,12 @@ def test_module_name_form_imports_the_registering_module() -> None:
         RoutingConfig(benchmark="imagenet")
 
 
-# --- README's worked example ----------------------------------------------------------------------------
+# --- the worked example of docs/benchmarks.md ---------------------------------------------------------
 
 
-def test_readme_example_benchmark_through_gym_and_train_py(tmp_path: Path) -> None:
+def test_readme_example_benchmark_through_gym_and_train_py(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     from examples.shapes_benchmark import write_demo_data
 
     write_demo_data(tmp_path / "data")
@@ -158,7 +178,9 @@ def test_readme_example_benchmark_through_gym_and_train_py(tmp_path: Path) -> No
         "--duplicates", "1", "--max-depth", "3", "--d-model", "32", "--n-heads", "2", "--d-ff", "64",
         "--device", "cpu", "--out", str(out), "--no-progress", "--no-checkpoint",
     ]  # fmt: skip
-    assert train.main(argv) == 0  # in-process: train.py as README runs it, without a second import of torch
+    assert train.main(argv) == 0  # in-process: train.py as the docs run it, without a second import of torch
+    # The folder the loader read, not the data root it was given.
+    assert f"data: {tmp_path / 'data' / 'shapes'}\n" in capsys.readouterr().out
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 1 and records[0]["test_pairs"] == 4 * 4 * 5
     config = (out / "config.json").read_text()

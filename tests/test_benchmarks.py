@@ -7,9 +7,12 @@ formats otherwise (CIFAR-100 is always fake here). Each benchmark is loaded once
 from __future__ import annotations
 
 import hashlib
+import importlib.abc
 import os
 import pickle
 import shutil
+import sys
+from importlib.metadata import version
 from pathlib import Path
 from urllib.error import URLError
 
@@ -36,6 +39,7 @@ from routing_env.benchmarks import (
     DataError,
     MTLBenchmark,
     MTLSplit,
+    TorchvisionError,
     cifar,
     load_benchmark,
     mini_imagenet,
@@ -259,12 +263,13 @@ def test_min_protocol(min_bench: MTLBenchmark, min_root: Path, split: str, per_c
     assert torch.equal(torch.bincount(s.tasks * 5 + s.labels, minlength=50), torch.full((50,), per_class))
     # The first 50 wnids in sorted order, grouped in order: class i is task i // 5, label i % 5.
     all_wnids = sorted(d.name for d in (min_root / "mini-imagenet-mtl" / split).iterdir() if d.is_dir())
-    classes = mini_imagenet.selected_classes(min_root)
+    layout = mini_imagenet.find_layout(min_root)
+    classes = layout.classes()
     assert classes == all_wnids[:50]
     if not has_real_data("min"):
         assert len(all_wnids) == FAKE_SIZES["min"]["n_classes"] > 50
         assert classes == fake_wnids(FAKE_SIZES["min"]["n_classes"])[:50]
-    files = mini_imagenet.split_files(min_root, split)
+    files = layout.candidates(split)
     wnid_of_pair = [files[i].parent.name for i in s.source_index.tolist()]
     assert wnid_of_pair == [classes[int(c)] for c in s.tasks * 5 + s.labels]
     assert list(min_bench.task_names) == [",".join(classes[5 * t : 5 * t + 5]) for t in range(10)]
@@ -277,7 +282,8 @@ def test_min_protocol(min_bench: MTLBenchmark, min_root: Path, split: str, per_c
 
 
 def test_min_train_test_disjoint(min_bench: MTLBenchmark, min_root: Path) -> None:
-    files = {split: mini_imagenet.split_files(min_root, split) for split in ("train", "test")}
+    layout = mini_imagenet.find_layout(min_root)
+    files = {split: layout.candidates(split) for split in ("train", "test")}
     assert not set(_rel(files["train"])) & set(_rel(files["test"]))  # no file in both folders
     used = {
         split: [files[split][i] for i in _splits(min_bench)[split].source_index.tolist()] for split in files
@@ -286,6 +292,13 @@ def test_min_train_test_disjoint(min_bench: MTLBenchmark, min_root: Path) -> Non
     # No image in both under another name either. (Not "no duplicates inside a split": the real
     # mini-ImageNet has one image filed under two training classes, n02108551 and n02111277.)
     assert not digests["train"] & digests["test"]
+
+
+def test_each_benchmark_names_the_folder_it_read(
+    mnist_bench: MTLBenchmark, cifar_bench: MTLBenchmark, min_bench: MTLBenchmark, real_or_fake_root
+) -> None:
+    for bench, name in ((mnist_bench, "mnist"), (cifar_bench, "cifar"), (min_bench, "min")):
+        assert bench.data_folder == real_or_fake_root(name) / BENCHMARK_FOLDERS[name]
 
 
 def test_min_seeding(min_root: Path, min_bench: MTLBenchmark) -> None:
@@ -310,6 +323,33 @@ def test_missing_folder(name: str, tmp_path: Path) -> None:
         LOADERS[name](root, download=False)
     message = str(info.value)
     assert str(root / BENCHMARK_FOLDERS[name]) in message and "Expected layout" in message
+
+
+class _MismatchedTorchvision(importlib.abc.MetaPathFinder):
+    """Fails every torchvision import as a torchvision built for another torch does."""
+
+    def find_spec(self, name: str, path: object, target: object = None) -> None:
+        if name.partition(".")[0] == "torchvision":
+            raise RuntimeError("operator torchvision::nms does not exist")
+
+
+@pytest.mark.parametrize(("name", "download"), [("mnist", False), ("cifar", True), ("min", False)])
+def test_a_torchvision_that_does_not_fit_torch_is_one_clear_line(
+    name: str, download: bool, fake_data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for module in [m for m in sys.modules if m.partition(".")[0] == "torchvision"]:
+        monkeypatch.delitem(sys.modules, module)
+    monkeypatch.setattr(sys, "meta_path", [_MismatchedTorchvision(), *sys.meta_path])
+    root = tmp_path if download else fake_data_root  # CIFAR-100 needs torchvision only to download
+    with pytest.raises(TorchvisionError) as info:
+        LOADERS[name](root, download=download)
+    message = str(info.value)
+    assert "\n" not in message and "operator torchvision::nms does not exist" in message
+    assert f"torch {torch.__version__}" in message and f"torchvision {version('torchvision')}" in message
+    assert "must come as a matching pair from one index" in message
+    assert f"pip install --force-reinstall torch=={torch.__version__.split('+')[0]} torchvision" in message
+    assert isinstance(info.value, DataError)  # train.py prints a DataError as its one line
+    assert list(tmp_path.iterdir()) == []  # nothing downloaded or half-written
 
 
 def test_min_has_no_download(tmp_path: Path) -> None:

@@ -71,7 +71,11 @@ def random_valid(rng: np.random.Generator) -> Callable[[dict[str, np.ndarray]], 
 
 @pytest.mark.parametrize("env_id", ENV_IDS)
 def test_env_checkers_pass(env_id: str, kw: dict[str, Any]) -> None:
-    env = gym.make(env_id, batch_size=4, bonus_weight=0.5, **env_kwargs(env_id, kw))
+    # A fresh env without a seed kwarg: its first seeded reset also seeds the pool, and the checkers
+    # compare the generator after that reset with the one after a later reset with the same seed.
+    unseeded = {k: v for k, v in env_kwargs(env_id, kw).items() if k != "seed"}
+    env = gym.make(env_id, batch_size=4, bonus_weight=0.5, **unseeded)
+    assert env.unwrapped.config.seed is None
     assert isinstance(env.unwrapped, RoutingEnv)
     assert env.unwrapped.config.benchmark == {"RoutingMNIST-v0": "mnist", "RoutingCIFAR-v0": "cifar"}.get(
         env_id, "min"
@@ -380,6 +384,55 @@ def test_same_seed_same_episodes(kw: dict[str, Any]) -> None:
     assert_same_episodes(first, play(a, seed=5, episodes=5))  # the same env, seeded again
     other = play(a, seed=6, episodes=5)
     assert [r[1] for r in other if len(r) == 3] != [r[1] for r in first if len(r) == 3]  # other pairs
+
+
+def test_seeded_reset_leaves_the_generator_in_one_state(kw: dict[str, Any]) -> None:
+    """After ``reset(seed=s)`` the env's generator depends on ``s`` alone: on a fresh env without a seed
+    kwarg (whose first seeded reset also seeds the pool) as after steps and unseeded resets."""
+    unseeded = {k: v for k, v in kw.items() if k != "seed"}
+    single = gym.make("RoutingMNIST-v0", **unseeded).unwrapped
+    vector = gym.make_vec("RoutingMNIST-v0", num_envs=4, vectorization_mode="vector_entry_point", **unseeded)
+    for env, act in ((single, first_valid), (vector.unwrapped, random_valid(np.random.default_rng(0)))):
+        env.reset(seed=7)
+        state = copy.deepcopy(env.np_random.bit_generator.state)
+        obs, _ = env.reset()
+        env.step(act(obs))
+        env.reset(seed=7)
+        assert env.np_random.bit_generator.state == state
+        env.reset(seed=8)
+        assert env.np_random.bit_generator.state != state
+
+
+def test_a_seeded_reset_keeps_a_loaded_or_trained_pool(kw: dict[str, Any]) -> None:
+    """Without a seed kwarg, only a seeded reset of a fresh env draws the pool's weights: not one after
+    load_state_dict, nor after steps through the tensor path that device rollouts take."""
+    unseeded = {k: v for k, v in kw.items() if k != "seed"}
+    state = RoutingSB3VecEnv("RoutingMNIST-v0", num_envs=4, **kw).state_dict()
+    trained = {k: v + 1 for k, v in state["pool"].items()}  # weights no seed draws
+    state["pool"] = trained
+    faces = {
+        "single": gym.make("RoutingMNIST-v0", batch_size=4, **unseeded).unwrapped,
+        "gymnasium vector": gym.make_vec(
+            "RoutingMNIST-v0", num_envs=4, vectorization_mode="vector_entry_point", **unseeded
+        ).unwrapped,
+        "sb3": RoutingSB3VecEnv("RoutingMNIST-v0", num_envs=4, **unseeded),
+    }
+    for face, env in faces.items():
+        env.load_state_dict(state)
+        if face == "sb3":
+            env.seed(3)
+            env.reset()
+        else:
+            env.reset(seed=3)
+        for key, value in env.engine.pool.state_dict().items():
+            assert torch.equal(value, trained[key]), (face, key)
+    sb3 = RoutingSB3VecEnv("RoutingMNIST-v0", num_envs=4, **unseeded)
+    sb3.reset()
+    sb3.step_tensors(torch.as_tensor(sb3.action_masks()).int().argmax(dim=1))
+    stepped = {k: v.clone() for k, v in sb3.engine.pool.state_dict().items()}
+    sb3.seed(3)
+    sb3.reset()
+    assert all(torch.equal(v, stepped[k]) for k, v in sb3.engine.pool.state_dict().items())
 
 
 def test_same_seed_same_batches_vector_env(kw: dict[str, Any]) -> None:

@@ -21,12 +21,11 @@ SPLIT_OF_CLASS = {"train": range(0, 52, 3), "val": range(1, 52, 3), "test": rang
 
 
 def _class_files(fake_data_root: Path) -> dict[str, list[Path]]:
-    """The fake JPEGs of each wnid (both of our splits' folders), named ``<wnid><8 digits>.jpg``."""
-    root = fake_data_root / "mini-imagenet-mtl"
-    return {
-        wnid: sorted((root / "train" / wnid).iterdir()) + sorted((root / "test" / wnid).iterdir())
-        for wnid in fake_wnids(N_CLASSES)
-    }
+    """The fake JPEGs of each wnid (both of our splits' folders, as our layout lists them), named
+    ``<wnid><8 digits>.jpg``."""
+    wnids = fake_wnids(N_CLASSES)
+    pools = mini_imagenet.FolderLayout(fake_data_root).class_pools(wnids)
+    return {wnid: pools["train"][c] + pools["test"][c] for c, wnid in enumerate(wnids)}
 
 
 @pytest.fixture(scope="module")
@@ -48,24 +47,27 @@ def csv_root(fake_data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(scope="module")
-def pickle_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def pickle_caches(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict]]:
     """``mini-imagenet/mini-imagenet-cache-{train,val,test}.pkl``: ``image_data`` (N, 84, 84, 3) uint8 and
-    ``class_dict`` {wnid: rows}, rows of a class interleaved with other classes' (as shuffled caches are)."""
+    ``class_dict`` {wnid: rows}, rows of a class interleaved with other classes' (as shuffled caches are).
+    Returns the data root and the caches written, by file name."""
     root = tmp_path_factory.mktemp("min-pickle")
     (root / "mini-imagenet").mkdir()
     wnids = fake_wnids(N_CLASSES)
     rng = np.random.default_rng(0)
+    caches = {}
     for split, classes in SPLIT_OF_CLASS.items():
         classes = list(classes)
         labels = rng.permutation(np.repeat(np.arange(len(classes)), PER_CLASS))
         data = block_images(np.array(classes)[labels], size=84, channels=3, grid=8, block=8, rng=rng)
-        cache = {
+        name = f"mini-imagenet-cache-{split}.pkl"
+        caches[name] = {
             "image_data": np.ascontiguousarray(data.transpose(0, 2, 3, 1)),
             "class_dict": {wnids[c]: np.flatnonzero(labels == i).tolist() for i, c in enumerate(classes)},
         }
-        with open(root / "mini-imagenet" / f"mini-imagenet-cache-{split}.pkl", "wb") as f:
-            pickle.dump(cache, f, protocol=4)
-    return root
+        with open(root / "mini-imagenet" / name, "wb") as f:
+            pickle.dump(caches[name], f, protocol=4)
+    return root, caches
 
 
 @pytest.fixture(scope="module")
@@ -87,12 +89,13 @@ def _check_protocol(bench, classes: list[str], wnid_of_source: list[str]) -> Non
 
 
 def test_csv_layout(csv_root: Path, csv_bench) -> None:
-    assert mini_imagenet.layout(csv_root) == "csv"
-    classes = mini_imagenet.selected_classes(csv_root)
+    layout = mini_imagenet.find_layout(csv_root)
+    assert isinstance(layout, mini_imagenet.CsvLayout) and csv_bench.data_folder == csv_root / "mini-imagenet"
+    classes = layout.classes()
     assert classes == fake_wnids(N_CLASSES)[:50]  # the first 50 sorted wnids of all three CSV files
     assert {s for s, cs in SPLIT_OF_CLASS.items() for c in cs if c < 50} == {"train", "val", "test"}
-    files = mini_imagenet.split_files(csv_root, "train")
-    assert files == mini_imagenet.split_files(csv_root, "test")  # one pool per class for both splits
+    files = layout.candidates("train")
+    assert files == layout.candidates("test")  # one pool per class for both splits
     assert len(files) == 50 * PER_CLASS and files == sorted(files, key=lambda f: (f.name[:9], f.name))
     bench = csv_bench
     _check_protocol(bench, classes, [f.name[:9] for f in files])
@@ -104,15 +107,14 @@ def test_csv_layout(csv_root: Path, csv_bench) -> None:
             assert np.abs(decoded.astype(int) - ours.astype(int)).mean() < 2
 
 
-def test_pickle_layout(pickle_root: Path, csv_bench) -> None:
-    assert mini_imagenet.layout(pickle_root) == "pickle"
-    classes = mini_imagenet.selected_classes(pickle_root)
+def test_pickle_layout(pickle_caches: tuple[Path, dict[str, dict]], csv_bench) -> None:
+    pickle_root, caches = pickle_caches
+    layout = mini_imagenet.find_layout(pickle_root)
+    assert isinstance(layout, mini_imagenet.PickleLayout)
+    classes = layout.classes()
     assert classes == fake_wnids(N_CLASSES)[:50]
-    rows = mini_imagenet.cache_rows(pickle_root)
-    caches = {}
-    for split in SPLIT_OF_CLASS:
-        with open(pickle_root / "mini-imagenet" / f"mini-imagenet-cache-{split}.pkl", "rb") as f:
-            caches[f"mini-imagenet-cache-{split}.pkl"] = pickle.load(f)
+    rows = layout.candidates("train")
+    assert rows == layout.candidates("test")
     wnid_of = {
         (name, r): wnid
         for name, cache in caches.items()
@@ -138,11 +140,11 @@ def test_our_folders_come_first_and_errors_name_every_layout(
     csv_root: Path, fake_data_root: Path, tmp_path: Path
 ) -> None:
     (tmp_path / "mini-imagenet").symlink_to(csv_root / "mini-imagenet", target_is_directory=True)
-    assert mini_imagenet.layout(tmp_path) == "csv"
+    assert isinstance(mini_imagenet.find_layout(tmp_path), mini_imagenet.CsvLayout)
     (tmp_path / "mini-imagenet-mtl").symlink_to(
         fake_data_root / "mini-imagenet-mtl", target_is_directory=True
     )
-    assert mini_imagenet.layout(tmp_path) == "folders"
+    assert isinstance(mini_imagenet.find_layout(tmp_path), mini_imagenet.FolderLayout)
     with pytest.raises(DataError) as info:
         mini_imagenet.load(tmp_path / "nowhere")
     message = str(info.value)

@@ -307,7 +307,7 @@ def test_first_minutes_then_a_stop_signal_then_resume(
     assert re.fullmatch(r"device: cpu \(.+, \d+ threads?\)", lines[0])
     threads = int(re.search(r"(\d+) threads?\)", lines[0]).group(1))
     assert threads <= len(os.sched_getaffinity(0))
-    assert lines[1] == f"data: {resume_argv[resume_argv.index('--data-root') + 1]}"
+    assert lines[1] == f"data: {resume_argv[resume_argv.index('--data-root') + 1] / 'MNIST'}"  # read there
     assert lines[2] == f"run folder: {out} (its config.json holds every setting)"
     assert not any(line.startswith(("{", "}", '  "')) for line in lines)  # no config dump
     estimate = next(line for line in lines if line.startswith("time:"))

@@ -29,8 +29,8 @@ from tqdm import tqdm
 from agents.algorithms import ALGORITHMS
 from agents.evaluation import evaluate
 from agents.trainers.base import Trainer
-from routing_env.benchmarks import MTLBenchmark, resolve_data_root
-from routing_env.build import make_engine
+from routing_env.benchmarks import MTLBenchmark
+from routing_env.build import get_benchmark, make_engine
 from routing_env.engine import RoutingEngine
 from routing_env.sb3_vec_env import RoutingSB3VecEnv
 from training_run.folder import CONFIG_FILE, MetricsLog, RunFolder
@@ -322,7 +322,7 @@ def checkpoint_position(state: dict[str, Any], batches_per_epoch: int) -> str:
 def announce(cfg: RunConfig, device: torch.device) -> None:
     """The run's three facts a user needs first; everything else goes to config.json."""
     print(f"device: {device_name(device)}")
-    print(f"data: {resolve_data_root(cfg.env.data_root)}")
+    print(f"data: {get_benchmark(cfg.env).data_folder}")  # where the loader read it (loaded once, cached)
     print(f"run folder: {cfg.out} (its {CONFIG_FILE} holds every setting)")
 
 

@@ -19,7 +19,7 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
 from agents.config import AgentConfig, RewardTiming, RouterConfig
 from agents.policy import RouterFeaturesExtractor, RouterPolicy
-from agents.rollout import LRNA2C, LRNPPO, LRNMaskablePPO
+from agents.rollout import LRNA2C, LRNPPO, DeviceRollouts, LRNMaskablePPO
 from agents.trainers.base import BatchCallback, parameter_norm
 from routing_env.sb3_vec_env import RoutingSB3VecEnv
 from routing_env.static_route import static_network_route
@@ -95,6 +95,8 @@ class SB3Trainer:
         self.device = str(env.engine.device)
         if issubclass(algo_class, OnPolicyAlgorithm):
             kwargs = {**kwargs, "reward_timing": reward_timing}
+        if issubclass(algo_class, DeviceRollouts):  # the env's switch turns off every CUDA graph of a run
+            kwargs["cuda_graph"] = env.config.cuda_graph
             if env.engine.device.type == "cuda":  # one fused kernel per router update
                 kwargs["policy_kwargs"] = {**kwargs["policy_kwargs"], "optimizer_kwargs": {"fused": True}}
         # torch.distributions checks every sample's support with a host sync; our masks already

@@ -4,6 +4,7 @@ the common task shapes from a labelled image set)."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 from typing import Any
@@ -16,6 +17,7 @@ _FROM_BASE = (
     "DataError",
     "MTLBenchmark",
     "MTLSplit",
+    "TorchvisionError",
     "atomic_download_dir",
     "resolve_data_root",
     "seeded_generator",
@@ -26,7 +28,8 @@ def load_benchmark(
     name: str, data_root: str | os.PathLike | None = None, seed: int = 0, download: bool = True, **kwargs: Any
 ) -> Any:
     """Load benchmark ``name`` from ``data_root`` (default: ``$ROUTING_ENV_DATA``, else a cache folder);
-    ``kwargs`` go to its loader."""
+    ``kwargs`` go to its loader. The benchmark's ``data_folder`` is the data root where the loader left
+    it None."""
     from .base import MTLBenchmark, resolve_data_root
 
     loader = get_loader(name)
@@ -40,6 +43,8 @@ def load_benchmark(
         raise TypeError(
             f"the loader of benchmark {name!r} returned {type(benchmark).__name__}, not MTLBenchmark"
         )
+    if benchmark.data_folder is None:
+        benchmark = dataclasses.replace(benchmark, data_folder=root)
     return benchmark
 
 

@@ -8,6 +8,7 @@ tasks), so a whole benchmark sits on the env's device as a few tensors.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import pickle
 import shutil
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, BinaryIO
 
 import torch
@@ -24,7 +26,45 @@ DATA_ENV_VAR = "ROUTING_ENV_DATA"
 
 
 class DataError(RuntimeError):
-    """Benchmark data is missing, corrupt, or too small for the benchmark's protocol."""
+    """Benchmark data cannot be loaded: it is missing, corrupt or too small for the benchmark's protocol,
+    or the library that reads it (torchvision) cannot be imported."""
+
+
+class TorchvisionError(DataError):
+    """torchvision, which reads and downloads the benchmarks' files, is missing or does not fit torch."""
+
+
+def import_torchvision(module: str = "torchvision") -> ModuleType:
+    """``module`` (torchvision or one of its submodules), imported; one clear error if that fails.
+
+    A torchvision built for another torch fails deep inside its import (``operator torchvision::nms does
+    not exist``, an undefined symbol, ...); the error names both versions and the fix, on one line.
+    """
+    try:
+        return importlib.import_module(module)
+    except Exception as exc:  # RuntimeError, ImportError or OSError, depending on what does not fit
+        raise TorchvisionError(torchvision_failure(module, exc)) from exc
+
+
+def torchvision_failure(module: str, exc: BaseException) -> str:
+    """Why ``module`` could not be imported, and the install command that fixes it, on one line."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    try:
+        installed = f"torchvision {version('torchvision')}"
+    except PackageNotFoundError:
+        installed = "no torchvision"
+    cause = " ".join(str(exc).split())[:300]
+    build = f"cu{torch.version.cuda.replace('.', '')}" if torch.version.cuda else "cpu"
+    base_version = torch.__version__.split("+")[0]
+    return (
+        f"cannot import {module} ({type(exc).__name__}: {cause}); torch {torch.__version__} with {installed} "
+        "installed: torch and torchvision must come as a matching pair from one index, e.g. "
+        f"pip install --force-reinstall torch=={base_version} torchvision "
+        f"--index-url https://download.pytorch.org/whl/{build}"
+    )
 
 
 @dataclass
@@ -69,7 +109,29 @@ class MTLSplit:
 
 @dataclass
 class MTLBenchmark:
-    """A multi-task benchmark: every task is a ``n_classes``-way classification problem."""
+    """A multi-task benchmark: every task is a ``n_classes``-way classification problem over images.
+
+    What a loader returns (see :func:`routing_env.register_benchmark`). Every pair is one episode of the
+    env: the router sees the image and the task id, builds a network and is scored on the label.
+
+    Attributes:
+        name: a short name for messages and logs (e.g. ``"mnist"``); need not be the registered name.
+        n_tasks: the number of tasks; every pair's ``task`` is in ``[0, n_tasks)``. The env's
+            observation ``task`` is ``Discrete(n_tasks)``.
+        n_classes: the number of classes of every task: the pool's output heads give ``n_classes``
+            logits, and every pair's ``label`` is in ``[0, n_classes)``.
+        image_shape: ``(C, H, W)`` of every image; the pool's input convs are built for it.
+        train: the training pairs (:class:`MTLSplit`: images ``(N_img, C, H, W)`` uint8, 0..255;
+            tasks, labels and indices ``(N,)`` int64). The env's ``split="train"`` (and ``"val"``, a
+            held-out part of it) walks these.
+        test: the test pairs, in the same form; ``split="test"`` walks them in order.
+        task_names: one name per task, for ``render()``; empty shows the task ids.
+        hflip: whether a mirrored image keeps its label, so that the env's augmentation (``augment``)
+            may flip images at random (True for photos, False for digits or text).
+        data_folder: where the loader read the data (``train.py`` prints it). A loader whose data lies
+            outside the data root says so here; None stands for the data root itself
+            (:func:`load_benchmark` fills that in).
+    """
 
     name: str
     n_tasks: int
@@ -78,7 +140,8 @@ class MTLBenchmark:
     train: MTLSplit
     test: MTLSplit
     task_names: tuple[str, ...] = ()
-    hflip: bool = True  # a mirrored image keeps its label (not so for digits)
+    hflip: bool = True
+    data_folder: Path | None = None
 
     def to(self, device: torch.device | str) -> MTLBenchmark:
         return dataclasses.replace(self, train=self.train.to(device), test=self.test.to(device))

@@ -18,7 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import DataError, MTLBenchmark, atomic_download_dir, download_failure, safe_unpickle
+from .base import (
+    DataError,
+    MTLBenchmark,
+    atomic_download_dir,
+    download_failure,
+    import_torchvision,
+    safe_unpickle,
+)
 from .tasks import class_groups
 
 NAME = "cifar"
@@ -107,12 +114,11 @@ def _ensure_files(root: Path, download: bool) -> None:
         return
     if not download:
         raise _error(root, "the folder does not exist (download=False)")
-    import torchvision
-
+    datasets = import_torchvision("torchvision.datasets")
     try:
         with atomic_download_dir(root, FOLDER) as scratch:
             # torchvision checks md5 sums here, on the real archive; we read the pickles ourselves below.
-            torchvision.datasets.CIFAR100(str(scratch), train=True, download=True)
+            datasets.CIFAR100(str(scratch), train=True, download=True)
     except Exception as exc:  # network, disk and format errors all mean the same thing to the caller
         raise _error(root, download_failure(exc)) from exc
 
@@ -147,4 +153,5 @@ def load(data_root: Path, seed: int = 0, download: bool = True) -> MTLBenchmark:
         train=splits["train"],
         test=splits["test"],
         task_names=tuple(coarse_names),
+        data_folder=root / FOLDER,
     )

@@ -20,7 +20,14 @@ from pathlib import Path
 
 import torch
 
-from .base import DataError, MTLBenchmark, atomic_download_dir, download_failure, seeded_generator
+from .base import (
+    DataError,
+    MTLBenchmark,
+    atomic_download_dir,
+    download_failure,
+    import_torchvision,
+    seeded_generator,
+)
 from .tasks import one_vs_all
 
 NAME = "mnist"
@@ -53,22 +60,20 @@ def _ensure_files(root: Path, download: bool) -> None:
     if (root / FOLDER).exists():
         # Never write into a folder the user made: the atomic move below only creates a new one.
         raise _error(root, f"missing {', '.join(missing)}; delete {root / FOLDER} to download it again")
-    import torchvision
-
+    datasets = import_torchvision("torchvision.datasets")
     try:
         with atomic_download_dir(root, FOLDER) as scratch:
             for train in (True, False):
-                torchvision.datasets.MNIST(str(scratch), train=train, download=True)
+                datasets.MNIST(str(scratch), train=train, download=True)
     except Exception as exc:  # network, disk and format errors all mean the same thing to the caller
         raise _error(root, download_failure(exc)) from exc
 
 
 def _read(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Images ``(N, 28, 28)`` uint8 and labels ``(N,)`` int64 of one MNIST file pair, validated."""
-    import torchvision
-
+    datasets = import_torchvision("torchvision.datasets")
     try:
-        ds = torchvision.datasets.MNIST(str(root), train=train, download=False)
+        ds = datasets.MNIST(str(root), train=train, download=False)
         images, labels = ds.data, ds.targets
     except Exception as exc:  # torchvision reports truncation as AssertionError, RuntimeError, ...
         split = "train" if train else "t10k"
@@ -106,4 +111,5 @@ def load(data_root: Path, seed: int = 0, download: bool = True) -> MTLBenchmark:
         test=splits[1],
         task_names=tuple(f"digit {d}" for d in range(N_DIGITS)),
         hflip=False,
+        data_folder=root / FOLDER,
     )

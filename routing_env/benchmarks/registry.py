@@ -27,12 +27,13 @@ _LOADERS: dict[str, BenchmarkLoader | str] = dict(_BUILT_IN)
 
 
 def register_benchmark(name: str, loader: BenchmarkLoader | str, *, overwrite: bool = False) -> None:
-    """Make benchmark ``name`` loadable by ``RoutingConfig(benchmark=name)`` and the envs.
+    """Make benchmark ``name`` loadable by ``RoutingConfig(benchmark=name)`` and the envs (users call
+    :func:`routing_env.register_benchmark`, which also registers an env id and documents the loader).
 
     Args:
         name: the benchmark's name (the env kwarg ``benchmark``); no ``":"``.
-        loader: ``loader(data_root, seed=0, download=True, **benchmark_kwargs) -> MTLBenchmark``, or its
-            ``"module:function"`` path.
+        loader: ``loader(data_root: Path, seed: int = 0, download: bool = True, **benchmark_kwargs) ->
+            MTLBenchmark``, or its ``"module:function"`` path.
         overwrite: replace an existing registration (else registering a taken name for another loader
             is an error; the same loader again, e.g. from a re-imported module, is fine).
     """

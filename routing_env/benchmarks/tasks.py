@@ -38,9 +38,13 @@ class Pairs:
         """An :class:`MTLSplit` of these pairs.
 
         Args:
-            images: the source's images ``(N_src, C, H, W)`` uint8, indexed by ``source_index``; or a
-                function that takes the sorted, distinct source indices used and returns their images
-                (e.g. decodes only those files).
+            images: the source's images ``(N_src, C, H, W)`` uint8 (pixel values 0..255, channels
+                first; a grey image has ``C = 1``), indexed by ``source_index``; or a function that takes
+                the sorted, distinct source indices used ``(n,)`` int64 and returns their images
+                ``(n, C, H, W)`` uint8 (e.g. decodes only those files).
+
+        Raises:
+            DataError: the images are not ``(n, C, H, W)`` uint8.
         """
         used, image_index = torch.unique(self.source_index, return_inverse=True)
         stored = images(used) if callable(images) else images[used]
@@ -79,18 +83,25 @@ def one_vs_all(
     what: str = "the source",
     unit: str = "class",
 ) -> Pairs:
-    """One binary task per class: task ``t`` holds ``per_class`` images of every class, label 1 for
-    class ``t`` and 0 for the others (so ``n_classes * per_class`` pairs per task, 1 : n_classes - 1).
+    """One binary task per class ("is this class ``t``?"), as MNIST-MTL.
+
+    Task ``t`` holds ``per_class`` images of every class: label 1 for the images of class ``t``, 0 for
+    the others. So a task has ``n_classes * per_class`` pairs, ``per_class`` positives to
+    ``(n_classes - 1) * per_class`` negatives (MNIST-MTL: ``per_class=1000``, 10,000 pairs per task).
 
     Draws are without replacement inside a (task, class) and independent across tasks, so an image may
     serve several tasks. Pairs come ordered by task, then class, then draw.
 
     Args:
-        labels: the class of each source image, ``(N_src,)`` in ``[0, n_classes)``.
-        per_class: images of each class per task.
-        generator: the seeded CPU generator of the draws.
-        n_classes: the number of classes (tasks); default ``labels.max() + 1``.
+        labels: the class of each source image, ``(N_src,)``, any integer dtype, values in
+            ``[0, n_classes)`` (a tensor, NumPy array or list).
+        per_class: how many images of each class every task draws (not a total: per task and class).
+        generator: the seeded CPU generator of the draws (``seeded_generator(seed)``).
+        n_classes: the number of classes, i.e. of tasks; default ``labels.max() + 1``.
         what: names the source in errors (e.g. "the training file"); ``unit`` names a class there.
+
+    Raises:
+        DataError: a class has fewer than ``per_class`` images.
     """
     labels = _as_labels(labels)
     n = int(n_classes if n_classes is not None else labels.max() + 1)
@@ -113,17 +124,28 @@ def class_groups(
     what: str = "the source",
     unit: str = "class",
 ) -> Pairs:
-    """One task per group of classes: task ``t`` is a ``len(groups[t])``-way problem, the label of
-    class ``groups[t][i]`` is ``i``.
+    """One task per group of classes, as MIN-MTL and CIFAR-MTL: task ``t`` tells the classes of
+    ``groups[t]`` apart, a ``len(groups[t])``-way problem.
+
+    The label is the class's position in its group: the images of class ``groups[t][i]`` get label
+    ``i`` in task ``t`` (so ``groups=[[7, 3], [0, 5, 9]]`` makes task 0 label class 7 as 0 and class 3
+    as 1, and task 1 label classes 0, 5, 9 as 0, 1, 2). Classes in no group are not used. The
+    benchmark's ``n_classes`` is then the largest group's size.
 
     Args:
-        labels: the class of each source image, ``(N_src,)``.
-        groups: the classes of each task (a class in one group at most).
-        per_class: draw this many images of each class without replacement (pairs ordered by task,
-            class, draw); None uses every image of the groups' classes once (pairs ordered by task, then
-            source order), and draws nothing.
+        labels: the class of each source image, ``(N_src,)``, any integer dtype (a tensor, NumPy array
+            or list).
+        groups: one list of source classes per task, in label order; a class may be in one group only.
+        per_class: how many images of each class to draw without replacement (pairs ordered by task,
+            class, draw); a class's images go to its one task, so a task has ``len(group) *
+            per_class`` pairs. None uses every image of the groups' classes once (pairs ordered by
+            task, then source order) and draws nothing.
         generator: the seeded CPU generator of the draws (needed when ``per_class`` is given).
         what: names the source in errors; ``unit`` names a class there.
+
+    Raises:
+        DataError: a class has fewer than ``per_class`` images (or none, with ``per_class=None``).
+        ValueError: a class is in several groups.
     """
     labels = _as_labels(labels)
     flat = [int(c) for group in groups for c in group]

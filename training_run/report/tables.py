@@ -1,7 +1,7 @@
 """README's generated blocks: the results tables and figures from the run folders under
 results/<benchmark>/ and results/bench/*.json, the tables of env kwargs and train.py flags from the
-configuration dataclasses, the algorithm table from :mod:`agents.algorithms` and the "Add a benchmark"
-example from examples/shapes_benchmark.py.
+configuration dataclasses and the algorithm table from :mod:`agents.algorithms` (docs/ pages:
+scripts/docs_pages.py).
 
     python scripts/readme_tables.py            # rewrite the blocks in README.md, redraw the figures
     python scripts/readme_tables.py --print    # print them only
@@ -403,11 +403,6 @@ def algorithms_table(_results: Path | None = None) -> str:
     return _markdown(header, rows)
 
 
-def benchmark_example(_results: Path | None = None) -> str:
-    """README's "Add a benchmark" example: the file CI runs."""
-    return "```python\n" + (ROOT / "examples" / "shapes_benchmark.py").read_text().rstrip() + "\n```"
-
-
 def _md(doc: str) -> str:
     """A docstring's text as a markdown table cell."""
     return doc.replace("``", "`").replace("|", "\\|")
@@ -424,7 +419,6 @@ BLOCKS = {
     "env-kwargs": env_kwargs_table,
     "flags-table": flags_table,
     "algorithms-table": algorithms_table,
-    "benchmark-example": benchmark_example,
 }
 
 
