@@ -1,7 +1,8 @@
 """Sweeps on Ray Tune (``python -m training_run.sweep``): bad sweep files fail before Ray starts, the
 repo's sweep files hold valid trials, a rerun skips finished runs before Ray starts, and a 2-trial sweep of
 tiny runs on a local Ray writes two train.py run folders, reports their epochs to Tune, resumes a killed
-trial from its checkpoint and leaves no process.
+trial from its checkpoint and leaves no process; on a Ray cluster of two nodes a trial whose node is lost
+goes on on the other node from its run folder's checkpoint.
 """
 
 from __future__ import annotations
@@ -445,15 +446,14 @@ def test_a_sweep_on_a_ray_cluster_goes_on_when_a_node_is_lost(fake_data_root: Pa
                 ).items()
                 lost = results / "mnist" / victim
                 wait((lost / "checkpoint" / "state.json").exists, f"{victim}'s first checkpoint", 0.02)
-                os.kill(
-                    first_pid, signal.SIGSTOP
-                )  # at once: it may not train on while its node's processes are found
-                lose(node_processes(worker))
+                # The trial stops at once: it may not train on while its node's processes are found.
+                os.kill(first_pid, signal.SIGSTOP)
+                gone = node_processes(worker)
+                lose(gone)
                 killed_at = json.loads((lost / "checkpoint" / "state.json").read_text())["epoch"]
                 assert killed_at < epochs - 1, f"{victim} ended before its node was lost"
-                remains = node_processes(worker)
                 cluster.remove_node(worker, allow_graceful=False)
-                wait(lambda: not any(alive(p) for p in remains), "the lost node's processes ended", 0.1)
+                wait(lambda: not any(alive(p) for p in gone), "the lost node's processes ended", 0.1)
                 # Only the head node is left: the trial goes on there.
                 second_pid = wait(
                     lambda: trials_on(cluster.head_node).get(victim), f"{victim} restarted", 0.2
