@@ -1,7 +1,8 @@
 """Sweeps on Ray Tune (``python -m training_run.sweep``): bad sweep files fail before Ray starts, the
 repo's sweep files hold valid trials, a rerun skips finished runs before Ray starts, and a 2-trial sweep of
 tiny runs on a local Ray writes two train.py run folders, reports their epochs to Tune, resumes a killed
-trial from its checkpoint and leaves no process.
+trial from its checkpoint and leaves no process; on a Ray cluster of two nodes a trial whose node is lost
+goes on on the other node from its run folder's checkpoint.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -369,3 +372,117 @@ def test_a_sweep_writes_run_folders_and_resumes_a_killed_trial(fake_data_root: P
     while any(alive(p) for p in seen) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not [p for p in seen if alive(p)], "processes of the sweep are still running"
+
+
+# --- a sweep on a two-node Ray cluster --------------------------------------------------------------
+
+
+def node_processes(node: Any) -> set[int]:
+    """The processes of a node of ``ray.cluster_utils.Cluster``: its raylet and the other processes it
+    started, and everything below them (the trials' workers run under the raylet)."""
+    pids = {info.process.pid for infos in node.all_processes.values() for info in infos}
+    return pids.union(*(descendants(p) for p in pids))
+
+
+def lose(pids: Iterable[int]) -> None:
+    """What a lost machine does to its processes: all stop at once (none sees another die and reacts,
+    none writes another byte), then all are gone."""
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="needs /proc to find the trials' processes")
+def test_a_sweep_on_a_ray_cluster_goes_on_when_a_node_is_lost(fake_data_root: Path, tmp_path: Path) -> None:
+    """A Ray cluster of two nodes on this machine, one CPU each, runs two trials of the same tiny run
+    (variants a and b): one trial on each node. After the first checkpoint of the trial on the worker node,
+    that node is lost (its raylet and every process under it stop, then are killed). Tune restarts the
+    trial on the head node once the other trial frees its CPU; it continues from its run folder's
+    checkpoint, records the resume in config.json and ends with the metrics of the uninterrupted trial."""
+    from ray.cluster_utils import Cluster
+
+    epochs, runs = 2, ("cluster-a", "cluster-b")
+    results = tmp_path / "results"
+    path = tmp_path / "cluster.yaml"
+    path.write_text(
+        f"name: cluster\nout: {results}\n"
+        f"flags: {TINY_FLAGS.replace('epochs: 3', f'epochs: {epochs}') % fake_data_root}\n"
+        "variants: {a: {}, b: {}}\nresources: {cpu: 1}\nmax_concurrent: 2\nmax_failures: 1\n"
+    )
+    log_path = tmp_path / "log.txt"
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        worker = cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        cmd = [sys.executable, "-m", "training_run.sweep", str(path), "--address", cluster.address]
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                deadline = time.monotonic() + 240
+
+                def wait(condition: Callable[[], Any], what: str, every: float) -> Any:
+                    while not (found := condition()):
+                        assert proc.poll() is None, log_path.read_text()[-3000:]
+                        assert time.monotonic() < deadline, f"{what}: not within 240 s"
+                        time.sleep(every)
+                    return found
+
+                def trials_on(node: Any) -> dict[str, int]:
+                    """``{run name: pid}`` of the trials whose process runs on ``node`` (Tune runs a trial
+                    in a folder named ``<benchmark>-<run>``)."""
+                    return {
+                        run: pid
+                        for pid in node_processes(node)
+                        for run in runs
+                        if works_in(pid, f"mnist-{run}")
+                    }
+
+                ((victim, first_pid),) = wait(
+                    lambda: trials_on(worker), "a trial on the worker node", 0.2
+                ).items()
+                lost = results / "mnist" / victim
+                wait((lost / "checkpoint" / "state.json").exists, f"{victim}'s first checkpoint", 0.02)
+                # The trial stops at once: it may not train on while its node's processes are found.
+                os.kill(first_pid, signal.SIGSTOP)
+                gone = node_processes(worker)
+                lose(gone)
+                killed_at = json.loads((lost / "checkpoint" / "state.json").read_text())["epoch"]
+                assert killed_at < epochs - 1, f"{victim} ended before its node was lost"
+                cluster.remove_node(worker, allow_graceful=False)
+                wait(lambda: not any(alive(p) for p in gone), "the lost node's processes ended", 0.1)
+                # Only the head node is left: the trial goes on there.
+                second_pid = wait(
+                    lambda: trials_on(cluster.head_node).get(victim), f"{victim} restarted", 0.2
+                )
+                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            finally:
+                proc.kill()
+                proc.wait(timeout=60)
+    finally:
+        cluster.shutdown()
+    output = log_path.read_text()
+    assert proc.returncode == 0, output[-3000:]
+    assert f"resumed {lost} after epoch {killed_at}" in output
+
+    # The lost trial's run ends where the uninterrupted one does, epoch by epoch.
+    (uninterrupted,) = {results / "mnist" / run for run in runs} - {lost}
+    records = read_jsonl(lost / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == list(range(epochs))
+    assert deterministic_part(records) == deterministic_part(read_jsonl(uninterrupted / "metrics.jsonl"))
+    assert [r["from"] for r in json.loads((lost / "config.json").read_text())["resumed"]] == [
+        f"after epoch {killed_at}"
+    ]
+    assert "resumed" not in json.loads((uninterrupted / "config.json").read_text())
+
+    # Tune has every epoch once: the first ones (if any) from the process on the lost node, which it heard
+    # of before the loss, the rest from the one on the head node.
+    (experiment,) = (results / "ray_tune").glob("cluster_*")
+    tune_records = read_jsonl(experiment / f"mnist-{victim}" / "result.json")
+    assert [r["epoch"] for r in tune_records] == list(range(epochs))
+    pids = [r["pid"] for r in tune_records]
+    heard = pids.count(first_pid)
+    assert heard <= killed_at + 1 and pids == [first_pid] * heard + [second_pid] * (epochs - heard)
