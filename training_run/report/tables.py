@@ -22,7 +22,7 @@ from training_run.folder import RunFolder
 from training_run.report.describe import describe, run_settings
 from training_run.report.plots import plot_runs
 
-# Figures README shows: (file under results/, run folders under results/), one curve per run.
+# Figures docs/results.md shows: (file under results/, run folders under results/), one curve per run.
 FIGURES = [
     (
         "min/figure_study.png",
