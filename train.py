@@ -11,7 +11,7 @@ metrics.jsonl, TensorBoard scalars (tb/), plots and checkpoint/. Every flag sets
 configuration dataclasses (training_run/settings.py, agents/config.py, routing_env/config.py), which
 hold the defaults; training_run/ holds everything behind this entry.
 Ctrl-C stops after the current batch with a checkpoint; --resume continues with the run's saved
-settings (flags may change only --epochs and how it runs: see README, "Stopping and resuming").
+settings (flags may change only --epochs and how it runs: see docs/training.md, "Stopping and resuming").
 """
 
 from __future__ import annotations

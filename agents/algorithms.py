@@ -1,6 +1,6 @@
 """The algorithms on the routing env, one entry each: every Stable-Baselines3 and sb3-contrib algorithm that
 takes the env's spaces (a ``Dict`` observation, ``Discrete`` actions) with the policy it needs, and the
-trainers train.py's ``--algo`` runs. README's algorithm table, ``tests/test_algorithms.py`` and the
+trainers train.py's ``--algo`` runs. docs/algorithms.md's table, ``tests/test_algorithms.py`` and the
 ``--algo`` flag all read :data:`ENTRIES`. Importing this module imports neither torch nor SB3 (classes and
 builders load on use).
 
@@ -71,7 +71,7 @@ class SB3Setup:
         return load(self.policy) if ":" in self.policy else self.policy
 
     def policy_text(self) -> str:
-        """The policy as README writes it."""
+        """The policy as docs/algorithms.md writes it."""
         text = f"`{self.policy.rpartition(':')[2]}`"
         extractor = self.policy_kwargs.get("features_extractor_class")
         if extractor:
@@ -90,10 +90,10 @@ class Algorithm:
 
     Attributes:
         name: its name; the ``--algo`` name where it has a ``builder``.
-        summary: one line for the help and README.
+        summary: one line for the help and the docs.
         builder: ``"module:function"`` that builds its trainer (:meth:`build`); None: not an ``--algo``
             (it runs on the env through SB3 or the RL Zoo, see ``sb3``).
-        sb3: how it runs on the env as a Stable-Baselines3 / sb3-contrib algorithm (README's algorithm
+        sb3: how it runs on the env as a Stable-Baselines3 / sb3-contrib algorithm (docs/algorithms.md's
             table); None for the harness's own (the static network, the routing network).
         env_settings: env settings the algorithm fixes (its pool, depth, bonus); a run may not set them
             otherwise.
@@ -225,7 +225,7 @@ ENTRIES: list[Algorithm] = [
 ]
 # train.py's --algo: the entries with a trainer of their own.
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in ENTRIES if a.builder is not None}
-# README's algorithm table: every SB3 / sb3-contrib algorithm that takes the env's spaces.
+# docs/algorithms.md's table: every SB3 / sb3-contrib algorithm that takes the env's spaces.
 SB3_SETUPS: list[SB3Setup] = [a.sb3 for a in ENTRIES if a.sb3 is not None]
 
 

@@ -72,11 +72,6 @@ def route_statistics(
     n_routes = torch.bincount(tasks, minlength=n_tasks).float()  # (T,)
     present = n_routes > 0
     share = usage / n_routes.clamp_min(1)[:, None]  # (T, M)
-    used = (usage > 0).float()
-    inter = used @ used.T  # (T, T)
-    sizes = used.sum(1)
-    union = sizes[:, None] + sizes[None, :] - inter
-    jaccard = inter / union.clamp_min(1)
     weighted = torch.minimum(share[:, None], share[None, :]).sum(-1) / torch.maximum(
         share[:, None], share[None, :]
     ).sum(-1).clamp_min(1e-12)  # (T, T)
@@ -92,10 +87,33 @@ def route_statistics(
     def mean(values: torch.Tensor, where: torch.Tensor) -> float:
         return float(values[where].mean()) if bool(where.any()) else math.nan
 
+    overlap = module_set_overlap(usage)
     return {
-        "route_overlap": mean(jaccard, pairs),
+        "route_overlap": overlap["route_overlap"],
         "route_overlap_weighted": mean(weighted, pairs),
-        "shared_modules": int(((usage > 0).sum(0) >= 2).sum()),
+        "shared_modules": overlap["shared_modules"],
         "routes_per_task": mean(distinct, present),
         "route_entropy_bits": mean(entropy.clamp_min(0.0), present),
+    }
+
+
+def module_set_overlap(usage: torch.Tensor) -> dict[str, float]:
+    """``route_overlap`` and ``shared_modules`` (see :func:`route_statistics`) from a task x module usage
+    matrix alone, such as an evaluation record's ``module_usage``: every run's metrics hold it, also runs
+    logged before the route statistics were.
+
+    Args:
+        usage: ``(n_tasks, n_modules)`` counts of the routes of each task that use each module; a task
+            without routes (a zero row) is left out of the mean (NaN with fewer than two tasks).
+    """
+    used = (usage > 0).float()  # (T, M)
+    present = used.sum(1) > 0  # a route always uses a module (its input module)
+    inter = used @ used.T  # (T, T)
+    sizes = used.sum(1)
+    union = sizes[:, None] + sizes[None, :] - inter
+    jaccard = inter / union.clamp_min(1)
+    pairs = torch.triu(present[:, None] & present[None, :], diagonal=1)
+    return {
+        "route_overlap": float(jaccard[pairs].mean()) if bool(pairs.any()) else math.nan,
+        "shared_modules": int((used.sum(0) >= 2).sum()),
     }

@@ -514,6 +514,19 @@ def parse_variant(words: list[str]) -> tuple[str, dict[str, Any]]:
     return name, settings
 
 
+def code_commit() -> str | None:
+    """The checkout's commit (``-dirty`` with uncommitted changes), or None outside a git checkout."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        described = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=7"],
+            cwd=root, capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return described.stdout.strip() or None
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--benchmark", default="mnist", choices=("cifar", "min", "mnist"))
@@ -595,6 +608,7 @@ def main() -> None:
     if args.profile:
         profile(args, device, out.with_suffix(""))
     report["torch"] = torch.__version__
+    report["commit"] = code_commit()
     out.write_text(json.dumps(report, indent=2, default=str))
     print_report(args, report, rows)
     print(f"wrote {out}")

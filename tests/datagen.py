@@ -60,7 +60,7 @@ def requires_real_data(name: str) -> pytest.MarkDecorator:
     """Mark a test that needs the real data of benchmark ``name``: it is skipped when that is absent."""
     return pytest.mark.skipif(
         not has_real_data(name),
-        reason=f"needs real {name} data under ${DATA_ENV_VAR} (see README, section Data)",
+        reason=f"needs real {name} data under ${DATA_ENV_VAR} (see docs/benchmarks.md)",
     )
 
 

@@ -19,7 +19,7 @@ from agents.algorithms import ALGORITHMS
 from agents.config import AgentConfig, RouterConfig
 from agents.evaluation import balanced_accuracy, evaluate
 from agents.policy import RouterPolicy
-from agents.route_stats import ROUTE_STAT_KEYS, route_statistics
+from agents.route_stats import ROUTE_STAT_KEYS, module_set_overlap, route_statistics, task_module_usage
 from agents.router import parse_observation
 from agents.trainers.static import StaticTrainer
 from routing_env import RoutingConfig, RoutingSB3VecEnv, make_engine
@@ -545,6 +545,10 @@ def test_route_statistics_on_hand_made_routes() -> None:
     assert stats["routes_per_task"] == pytest.approx(1.5)
     h = -(0.75 * math.log2(0.75) + 0.25 * math.log2(0.25))  # task 0's two routes, 3:1; task 2's one
     assert stats["route_entropy_bits"] == pytest.approx(h / 2)
+    # from the usage matrix alone (metrics.jsonl's module_usage): the same overlap and shared modules
+    usage = task_module_usage(routes, tasks, n_tasks=3, n_modules=5).tolist()
+    from_usage = module_set_overlap(torch.tensor(usage))
+    assert from_usage == {"route_overlap": pytest.approx(2 / 3), "shared_modules": 2}
 
     # disjoint tasks, each routing every instance differently: no overlap, full entropy
     routes = torch.tensor([[0, 2], [1, 3], [4, 6], [5, 7]])

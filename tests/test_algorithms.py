@@ -1,5 +1,6 @@
-"""Every SB3 and sb3-contrib algorithm that takes the env's spaces runs on it with the policy README's
-table names (``agents.algorithms.SB3_SETUPS``), and VecNormalize works or fails clearly.
+"""Every SB3 and sb3-contrib algorithm that takes the env's spaces runs on it with the policy that
+docs/algorithms.md's table names (``agents.algorithms.SB3_SETUPS``), and VecNormalize works or fails
+clearly.
 
 Fake MNIST, a tiny router (d_model 32) and pool, a few steps each, CPU.
 """
@@ -82,8 +83,8 @@ def test_the_table_names_every_discrete_dict_algorithm() -> None:
 
 
 def test_each_algo_trains_the_algorithm_its_table_row_names(kw: dict[str, Any]) -> None:
-    """One registry: an ``--algo`` entry's SB3 row (README's table) is the algorithm and policy its trainer
-    builds, and its builder takes the run's settings as flat arguments."""
+    """One registry: an ``--algo`` entry's SB3 row (docs/algorithms.md's table) is the algorithm and policy
+    its trainer builds, and its builder takes the run's settings as flat arguments."""
     env = RoutingSB3VecEnv("RoutingMNIST-v0", num_envs=N_ENVS, **kw)
     with_rows = [a for a in ALGORITHMS.values() if a.sb3 is not None]
     assert [a.name for a in with_rows] == ["maskable_ppo", "ppo", "a2c", "dqn"]

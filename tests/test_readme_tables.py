@@ -1,5 +1,6 @@
-"""README's tables (``python scripts/readme_tables.py``, :mod:`training_run.report.tables`) come from
-results/ files and the config dataclasses, seeds are aggregated right."""
+"""The results tables (:mod:`training_run.report.tables`, written into README and docs/results.md by
+``python scripts/docs_pages.py``) come from results/ files: seeds are aggregated right, the headline picks
+its runs by its rule, and an epoch is picked by validation, never by test accuracy."""
 
 from __future__ import annotations
 
@@ -19,7 +20,12 @@ def results_table():
 
 
 def _write_run(
-    folder: Path, seed: int, accuracies: list[float], task_prior: float = 3.0, val: list[float] | None = None
+    folder: Path,
+    seed: int,
+    accuracies: list[float],
+    task_prior: float = 3.0,
+    val: list[float] | None = None,
+    usage: list[list[int]] | None = None,
 ) -> None:
     folder.mkdir(parents=True)
     config = {
@@ -38,6 +44,7 @@ def _write_run(
             "test_balanced_accuracy": a,
             "unused_modules": 3,
             "wall_clock_s": 60.0 * (e + 1),
+            "module_usage": usage or [[1, 1, 0], [1, 0, 1]],
             **({"val_accuracy": val[e]} if val else {}),
         }
         for e, a in enumerate(accuracies)
@@ -52,7 +59,7 @@ def test_tables_and_seed_aggregation(results_table, tmp_path: Path) -> None:
     _write_run(results / "min" / "a_s1", 1, [0.3, 0.6], val=[0.5, 0.5])  # a tie: the earlier epoch
     _write_run(results / "min" / "single", 0, [0.25], task_prior=0.0)  # one seed: no seeds row
 
-    table = results_table.table(results)
+    table = results_table.results_table(results)
     setting = "LRN (maskable_ppo), d10 L6, bonus 0.1, terminal reward, plain Adam, task prior 3"
     assert f"| MIN-MTL | `a_s0` | {setting} | 40.00 | 40.00 | 40.00 (ep 2) |" in table
     assert f"| MIN-MTL | `a_s1` | {setting} | 60.00 | 60.00 | 30.00 (ep 0) |" in table
@@ -63,14 +70,6 @@ def test_tables_and_seed_aggregation(results_table, tmp_path: Path) -> None:
     assert len(seeds) == 3  # header, rule, one setting
     # last 40 / 60 -> 50 ± 14.14; val-picked 40 / 30 -> 35 ± 7.07; epochs reached 2 and 3
     assert seeds[2] == f"| MIN-MTL | {setting} | 0, 1 | 50.00 ± 14.14 | 35.00 ± 7.07 | 2-3 | 53.0 |"
-
-
-def test_readme_blocks_are_replaced_and_missing_ones_refused(results_table) -> None:
-    text = "intro\n<!-- seeds-table:begin -->\nold\n<!-- seeds-table:end -->\nrest\n"
-    out = results_table.replace_block(text, "seeds-table", "new")
-    assert out == "intro\n<!-- seeds-table:begin -->\nnew\n<!-- seeds-table:end -->\nrest\n"
-    with pytest.raises(SystemExit, match="no <!-- results-table:begin"):
-        results_table.replace_block(text, "results-table", "x")
 
 
 def test_figures_only_where_every_run_exists(results_table, tmp_path: Path, monkeypatch) -> None:
@@ -87,10 +86,56 @@ def test_figures_only_where_every_run_exists(results_table, tmp_path: Path, monk
     assert not (results / "min" / "missing.png").exists()
 
 
-def test_committed_readme_matches_committed_results(results_table) -> None:
-    """README's generated blocks are what the script builds from results/ and the config dataclasses
-    (nobody edited them by hand, and no flag or kwarg is missing)."""
-    readme = (ROOT / "README.md").read_text()
-    for name, build in results_table.BLOCKS.items():
-        body = build(ROOT / "results")
-        assert f"<!-- {name}:begin -->\n{body}\n<!-- {name}:end -->" in readme, name
+def test_headline_cells_follow_their_rule(results_table, tmp_path: Path, monkeypatch) -> None:
+    """A cell averages the runs of its first pattern that has any; the route statistics come from the last
+    epoch's module_usage (runs without route-statistics keys); a benchmark without data reads "not run"."""
+    results = tmp_path / "results"
+    disjoint = [[1, 0, 0, 1], [0, 1, 0, 1]]  # module sets {0, 3} and {1, 3}: Jaccard 1/3, 1 shared module
+    _write_run(results / "min" / "lrn_s0", 0, [0.2, 0.4], val=[0.5, 0.4], usage=disjoint)
+    _write_run(results / "min" / "lrn_s1", 1, [0.3, 0.6], val=[0.1, 0.2], usage=[[1, 1, 1, 0], [1, 1, 1, 0]])
+    _write_run(results / "min" / "old_static", 0, [0.7] * 5)  # no validation split, 5 of 100 epochs
+    _write_run(results / "min" / "new_static_s0", 0, [0.1], task_prior=0.0)
+    monkeypatch.setattr(
+        results_table,
+        "HEADLINE",
+        {
+            "cifar": ((), (), (), ()),
+            "min": (("min/lrn_s*",), ("min/absent_s*", "min/old_static"), ("min/absent_s*",), ()),
+        },
+    )
+    lrn, static, beyond, rn = results_table.headline_cells(results)["min"]
+    assert lrn.last == pytest.approx([40.0, 60.0]) and lrn.picked == pytest.approx([20.0, 60.0])
+    assert lrn.overlap == pytest.approx([1 / 3, 1.0]) and lrn.shared == [1, 3]
+    assert static.pattern == "min/old_static" and static.picked == [] and beyond is None and rn is None
+
+    table = results_table.headline_table(results).splitlines()
+    assert table[2].startswith("| **CIFAR-MTL** | not run (no data here) |") and table[2].endswith(
+        "70.0 / 60.0 |"
+    )
+    assert (
+        table[3]
+        == "| **MIN-MTL**: test acc %, last epoch | 50.0 ± 14.1 | 70.0 | not run | not run | 53.0 / 35.9 |"
+    )
+    assert table[4] == "| test acc %, val-picked epoch | 40.0 ± 28.3 | no val split | not run | not run |  |"
+    assert table[5] == "| seeds × epochs | 2 × 2 of 100 | 1 × 5 of 100 | not run | not run | 100 epochs |"
+    assert table[6] == "| route overlap / shared modules | 0.67 / 2 | 0.33 / 1 | not run | not run |  |"
+
+
+def test_headline_verdict_says_by_how_much(results_table, tmp_path: Path, monkeypatch) -> None:
+    results = tmp_path / "results"
+    _write_run(results / "min" / "lrn_s0", 0, [0.48], val=[0.5])
+    _write_run(results / "min" / "static_s0", 0, [0.45], val=[0.5])
+    _write_run(results / "min" / "beyond_s0", 0, [0.56], val=[0.5])
+    _write_run(results / "mnist" / "lrn_s0", 0, [0.97, 0.98], val=[0.5, 0.6])
+    monkeypatch.setattr(
+        results_table,
+        "HEADLINE",
+        {
+            "mnist": (("mnist/lrn_s*",), (), (), ()),
+            "min": (("min/lrn_s*",), ("min/static_s*",), ("min/beyond_s*",), ()),
+        },
+    )
+    verdict = results_table.headline_verdict(results)
+    assert "not reproduced" in verdict
+    assert "on MIN-MTL our LRN ends 5.0 points below the paper's 53.0 % after 1 epochs" in verdict
+    assert "beats it by 8.0 points" in verdict and "1.5 points below 99.5 % after 2 of" in verdict

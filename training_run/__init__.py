@@ -7,8 +7,8 @@ that import only downwards:
 * :mod:`training_run.guards`: divergence, stop signals, the time estimate;
 * :mod:`training_run.folder`: :class:`RunFolder`, the one owner of a run folder's format (no torch at
   import);
-* :mod:`training_run.report`: what a run is (``describe``), its plots (matplotlib loads only there) and
-  README's tables;
+* :mod:`training_run.report`: what a run is (``describe``), its plots (matplotlib loads only there), the
+  results tables and the generated blocks of README and docs/ (``pages``);
 * :mod:`training_run.resume`: :func:`plan_run` -> :class:`RunPlan` (start, continue, or refuse; no torch);
 * :mod:`training_run.loop`: the epoch loop and :func:`train`, which trains a plan;
 * :mod:`training_run.cli`: train.py's flags <-> settings;

@@ -29,11 +29,11 @@ from routing_env.registration import benchmark_of
 Preset = Literal["best", "paper"]
 # The preset a run from the command line or a sweep starts from unless it names one.
 DEFAULT_PRESET: Preset = "best"
-# Named settings that a run starts from before its own (README "Presets"). The paper's explicit rules
-# (per-step rewards, eq. 7; unused modules not updated) are the env's and agent's defaults.
+# Named settings that a run starts from before its own (docs/training.md, "Presets"). The paper's explicit
+# rules (per-step rewards, eq. 7; unused modules not updated) are the env's and agent's defaults.
 PAPER_READINGS = {"router.decoder_queries": "valid"}  # the router's input holds the valid modules
 PRESETS: dict[Preset, dict[str, Any]] = {
-    # The best LRN this project measured (README "Results"): a per-task prior on the router's logits (not in
+    # The best LRN this project measured (docs/results.md): a per-task prior on the router's logits (not in
     # the paper), a small bonus, and the reward at the last step with one Adam over the pool. The paper's
     # per-step rewards and frozen unused modules did not beat it in the study.
     "best": {
@@ -59,7 +59,7 @@ class RunConfig:
         preset: the named settings (:data:`PRESETS`) the run started from before its own: ``"best"`` (the
             best LRN this project measured, with a per-task prior, which is not in the paper; what a run
             from the command line or a sweep starts from unless it names another) or ``"paper"`` (the
-            paper's setting, as README reads it); none for a configuration built directly.
+            paper's setting, as docs/training.md reads it); none for a configuration built directly.
         env_id: a routing env id (``RoutingMNIST-v0``, ``RoutingCIFAR-v0``, ``RoutingMIN-v0``, or a
             registered ``module:Id``).
         algo: the algorithm (see ``agents.algorithms.ALGORITHMS``).

@@ -57,7 +57,7 @@ SWEEP_MANAGED = {
     "out": "the sweep names each run folder (set `out` and `name`)",
     "resume": "a trial resumes by itself",
 }
-# Short names for a run folder's settings, as in our earlier runs (``lrn_d5_L4_s0``).
+# Short names for a run folder's settings, as results/ names its runs (``lrn_d5_L4_s0``).
 SHORT = {"duplicates": "d", "max_depth": "L", "seed": "s", "task_prior_std": "p", "bonus_weight": "bonus"}
 # Tune's status table shows the first four numbers of a result: these.
 TABLE_COLUMNS = ("epoch", "test_accuracy", "test_balanced_accuracy", "train_accuracy")

@@ -1,4 +1,4 @@
-"""A run's setting in words, from its ``config.json`` (README's tables, the figures' legends)."""
+"""A run's setting in words, from its ``config.json`` (the results tables, the figures' legends)."""
 
 from __future__ import annotations
 

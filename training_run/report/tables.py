@@ -1,40 +1,33 @@
-"""README's generated blocks: the results tables and figures from the run folders under
-results/<benchmark>/ and results/bench/*.json, the tables of env kwargs and train.py flags from the
-configuration dataclasses and the algorithm table from :mod:`agents.algorithms` (docs/ pages:
-scripts/docs_pages.py).
+"""The results as markdown tables and figures, from results/: the run folders under
+results/<benchmark>/ (README's headline, docs/results.md), the speed measurements in results/bench/*.json
+(docs/speed.md) and the RL Zoo timings (docs/rl_zoo.md). :mod:`training_run.report.pages` puts them into
+the pages (``python scripts/docs_pages.py``).
 
-    python scripts/readme_tables.py            # rewrite the blocks in README.md, redraw the figures
-    python scripts/readme_tables.py --print    # print them only
-
-Every number in the results tables comes from those files; the paper's Table 1 stands beside them.
+Every number in these tables comes from those files; the paper's Table 1 stands beside them.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import re
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from agents.algorithms import SB3_SETUPS
-from routing_env.config import RoutingConfig
-from training_run.cli import FLAGS, NO_BONUS_HELP, RESUME_HELP, field_docs
+import torch
+
+from agents.route_stats import module_set_overlap
 from training_run.folder import RunFolder
 from training_run.report.describe import describe, run_settings
 from training_run.report.plots import plot_runs
-from training_run.settings import PRESETS, flag_of
 
-ROOT = Path(__file__).resolve().parents[2]
-# Figures README shows: (file under results/, run folders under results/), one curve per run.
+# Figures docs/results.md shows: (file under results/, run folders under results/), one curve per run.
 FIGURES = [
     (
         "min/figure_study.png",
         [
-            "min/abl30-as_before_s0",
+            "min/abl30-no_readings_s0",
             "min/abl30-per_step_s0",
             "min/abl30-all_s0",
             "min/abl30-all_prior_s0",
@@ -79,8 +72,8 @@ FIGURES = [
         ],
     ),
 ]
-# (JSON keys, the first present is shown; label; format). The script of before this session named
-# LRN training's peak memory peak_gpu_memory_gb.
+# (JSON keys, the first present is shown; label; format). benchmark.py at d006afe named LRN training's
+# peak memory peak_gpu_memory_gb.
 BENCH_ROWS = [
     (["env_episodes_per_second"], "env alone, episodes/s (random valid actions, module training)", "{:.0f}"),
     (["env_epoch_seconds"], "env alone, s per MNIST-MTL epoch (100k episodes)", "{:.1f}"),
@@ -91,9 +84,15 @@ BENCH_ROWS = [
     (["lrn_peak_gpu_memory_gb", "peak_gpu_memory_gb"], "MNIST-MTL LRN peak GPU memory, GB", "{:.2f}"),
     (["checkpoint_mb"], "MNIST-MTL checkpoint, MB", "{:.0f}"),
 ]
+# The commit whose code each file in results/bench/ measured, for files written before benchmark.py
+# recorded it.
+BENCH_CODE = {"NVIDIA_H100_before.json": "d006afe", "NVIDIA_H100.json": "9062008"}
 BENCHMARK_NAMES = {"mnist": "MNIST-MTL", "cifar": "CIFAR-MTL", "min": "MIN-MTL"}
 # LRN paper, Table 1: test accuracy (%) of LRN and of the original routing network.
 PAPER = {"mnist": (99.5, 99.0), "cifar": (70.0, 60.0), "min": (53.0, 35.9)}
+PAPER_EPOCHS = 100  # the paper's training length (train.py's default --epochs)
+# The options beyond the paper as the study set them (sweeps/ablation.yaml's *_beyond rows).
+BEYOND = "crop/flip, weight decay 0.5, module dropout 0.1"
 
 
 def rows(results: Path) -> list[list[str]]:
@@ -136,15 +135,151 @@ def _runs(results: Path, bench: str) -> list[tuple[Path, dict, list[dict]]]:
     return out
 
 
-def _markdown(header: list[str], rows: list[list[str]]) -> str:
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def _mean_std(values: list[float]) -> str:
+def _mean_std(values: list[float], digits: int = 2) -> str:
+    """``mean ± sample std``; one value alone."""
     if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+# README's headline: Table 1's benchmarks, our LRN and the baselines beside the paper's LRN and routing
+# network. A cell averages the runs of the first of its patterns (under results/) that matches any: the
+# 30-epoch study with a validation split (sweeps/ablation.yaml) where it ran, else the named earlier run of
+# the same network (trained on every training pair, no validation split).
+HEADLINE_COLUMNS = ("LRN (`--preset best`)", "static network", "static network + options", "routing network")
+HEADLINE: dict[str, tuple[tuple[str, ...], ...]] = {
+    "mnist": (
+        ("mnist/abl30-mnist_best_s*",),
+        ("mnist/abl30-mnist_static_s*", "mnist/final-static"),
+        ("mnist/abl30-mnist_static_beyond_s*",),
+        ("mnist/abl30-mnist_rn_s*", "mnist/final-rn_wpl"),
+    ),
+    "cifar": ((), (), (), ()),
+    "min": (
+        ("min/abl30-best_s*",),
+        ("min/abl30-static_s*",),
+        ("min/abl30-static_beyond_s*",),
+        ("min/abl30-rn_s*",),
+    ),
+}
+NOT_RUN = {"cifar": "not run (no data here)"}
+
+
+@dataclasses.dataclass
+class Cell:
+    """One headline cell: the runs it averages and what their last epochs say."""
+
+    pattern: str
+    last: list[float]  # test accuracy % at each run's last epoch
+    picked: list[float]  # at each run's validation-picked epoch (runs with a validation split)
+    epochs: list[int]  # epochs each run reached
+    planned: list[int]  # epochs each run planned
+    overlap: list[float]  # route overlap (mean Jaccard of the tasks' module sets) at the last epoch
+    shared: list[int]  # modules used by two or more tasks at the last epoch
+
+    @property
+    def seeds(self) -> int:
+        return len(self.last)
+
+
+def headline_cell(results: Path, patterns: tuple[str, ...]) -> Cell | None:
+    """The runs of the first pattern that matches a run with metrics; None when none does."""
+    for pattern in patterns:
+        runs = [(f.read_config(), f.read_metrics()) for f in RunFolder.find(results, pattern)]
+        runs = [(config, records) for config, records in runs if records]
+        if not runs:
+            continue
+        overlaps = [module_set_overlap(torch.tensor(r[-1]["module_usage"])) for _, r in runs]
+        return Cell(
+            pattern=pattern,
+            last=[100 * r[-1]["test_accuracy"] for _, r in runs],
+            picked=[100 * p["test_accuracy"] for _, r in runs if (p := val_picked(r))],
+            epochs=[r[-1]["epoch"] + 1 for _, r in runs],
+            planned=[run_settings(c)["run.epochs"] for c, _ in runs],
+            overlap=[o["route_overlap"] for o in overlaps],
+            shared=[o["shared_modules"] for o in overlaps],
+        )
+    return None
+
+
+def headline_cells(results: Path) -> dict[str, list[Cell | None]]:
+    return {bench: [headline_cell(results, p) for p in cells] for bench, cells in HEADLINE.items()}
+
+
+def _span(values: list[int]) -> str:
+    return f"{min(values)}-{max(values)}" if min(values) != max(values) else str(values[0])
+
+
+def _runs_text(cell: Cell) -> str:
+    """``3 × 30``: seeds × epochs reached, with the epochs planned where a run stopped short."""
+    short = any(e < p for e, p in zip(cell.epochs, cell.planned, strict=True))
+    return f"{cell.seeds} × {_span(cell.epochs)}" + (f" of {_span(cell.planned)}" if short else "")
+
+
+# The headline's rows per benchmark: a label and a cell's text.
+HEADLINE_ROWS: list[tuple[str, Callable[[Cell], str]]] = [
+    ("test acc %, last epoch", lambda c: _mean_std(c.last, 1)),
+    (
+        "test acc %, val-picked epoch",
+        lambda c: _mean_std(c.picked, 1) if len(c.picked) == c.seeds else "no val split",
+    ),
+    ("seeds × epochs", _runs_text),
+    (
+        "route overlap / shared modules",
+        lambda c: f"{statistics.mean(c.overlap):.2f} / {statistics.mean(c.shared):.3g}",
+    ),
+]
+
+
+def headline_table(results: Path) -> str:
+    """README's headline table: per benchmark, the test accuracy at the last and the validation-picked
+    epoch (mean ± std over seeds), the seeds × epochs behind it, and the route statistics of the last
+    epoch, for our LRN and the baselines, beside the paper's Table 1."""
+    header = ["benchmark", *HEADLINE_COLUMNS, "paper: LRN / routing network"]
+    out = []
+    for bench, cells in headline_cells(results).items():
+        name = BENCHMARK_NAMES[bench]
+        paper = f"{PAPER[bench][0]} / {PAPER[bench][1]}"
+        if bench in NOT_RUN:
+            out.append([f"**{name}**", *[NOT_RUN[bench]] * len(cells), paper])
+            continue
+
+        paper_column = [paper, "", f"{PAPER_EPOCHS} epochs", ""]
+        for k, ((label, text), paper_cell) in enumerate(zip(HEADLINE_ROWS, paper_column, strict=True)):
+            label = f"**{name}**: {label}" if k == 0 else label
+            out.append([label, *(text(c) if c else "not run" for c in cells), paper_cell])
+    return markdown_table(header, out)
+
+
+def headline_verdict(results: Path) -> str:
+    """The verdict on Table 1 in one sentence, from the headline's numbers."""
+    cells = headline_cells(results)
+    lrn, static, beyond = cells["min"][:3]
+    lrn_mnist = cells["mnist"][0]
+    if not (lrn and static and beyond and lrn_mnist):
+        return "(the headline's runs are not all in results/)"
+    mean = statistics.mean
+    paper, paper_mnist = PAPER["min"][0], PAPER["mnist"][0]
+    min_mtl = (
+        f"on MIN-MTL our LRN ends {paper - mean(lrn.last):.1f} points below the paper's {paper} % after "
+        f"{_span(lrn.epochs)} epochs ({paper - mean(lrn.picked):.1f} at the validation-picked epoch), and "
+        f"the static network with crop/flip, weight decay and module dropout beats it by "
+        f"{mean(beyond.last) - mean(lrn.last):.1f} points"
+    )
+    mnist = (
+        f"on MNIST-MTL it is {paper_mnist - mean(lrn_mnist.last):.1f} points below {paper_mnist} % after "
+        f"{_span(lrn_mnist.epochs)} of the paper's {PAPER_EPOCHS} epochs"
+    )
+    sharing = (
+        f"its tasks share almost no modules (route overlap {mean(lrn.overlap):.2f} on MIN-MTL, where the "
+        f"static network's shared trunk gives {mean(static.overlap):.2f})"
+    )
+    return f"**The paper's Table 1 is not reproduced**: {min_mtl}; {mnist}; and {sharing}."
 
 
 def seeds_table(results: Path) -> str:
@@ -181,7 +316,7 @@ def seeds_table(results: Path) -> str:
                     str(PAPER[bench][0]),
                 ]
             )
-    return _markdown(header, out)
+    return markdown_table(header, out)
 
 
 def figures(results: Path) -> list[Path]:
@@ -194,7 +329,7 @@ def figures(results: Path) -> list[Path]:
     return written
 
 
-def table(results: Path) -> str:
+def results_table(results: Path) -> str:
     header = [
         "benchmark",
         "run",
@@ -208,7 +343,7 @@ def table(results: Path) -> str:
         "card",
         "paper LRN / RN %",
     ]
-    return _markdown(header, rows(results))
+    return markdown_table(header, rows(results))
 
 
 def bench_table(results: Path) -> str:
@@ -217,7 +352,8 @@ def bench_table(results: Path) -> str:
     paths = sorted((results / "bench").glob("*.json"), key=lambda p: (not p.stem.endswith("_before"), p.name))
     for path in paths:
         report = json.loads(path.read_text())
-        name = report["device"] + (" (code before this session)" if path.stem.endswith("_before") else "")
+        commit = report.get("commit") or BENCH_CODE.get(path.name)
+        name = report["device"] + (f", code at {commit}" if commit else "")
         columns.append((name, report))
         for variant, values in report.get("variants", {}).items():
             columns.append(
@@ -275,16 +411,14 @@ def _parallel(report: dict) -> dict[str, dict]:
     return {"mnist": parallel} if all(k.isdigit() for k in parallel) else parallel
 
 
-# The study (issue 12): each row is the run folders of one setting (one per seed), MIN-MTL d10 L6 unless
-# named, 10 % of the training pairs held out for validation. "As before" is the code before the study:
-# the whole reward at the last step, one Adam over the pool, the decoder's queries over every action.
-# ABLATION is sweeps/ablation.yaml's 30-epoch study; ABLATION_20 the earlier 20-epoch runs of the same rows.
-BEYOND = "crop/flip, weight decay 0.5, module dropout 0.1"
+# The study of the route collapse: each row is the run folders of one setting (one per seed), MIN-MTL d10 L6
+# unless named, 10 % of the training pairs held out for validation. Its first row is `--preset paper` with
+# the paper's three readings undone: the whole reward at the last step, one Adam over the pool, the
+# decoder's queries over every action. ABLATION is sweeps/ablation.yaml's 30-epoch study; ABLATION_20 the
+# 20-epoch runs of the same rows.
+NO_READINGS = "terminal reward, plain Adam, all-action queries"
 ABLATION = [
-    (
-        "paper's router as before (terminal reward, plain Adam, all-action queries), bonus 1",
-        "min/abl30-as_before_s*",
-    ),
+    (f"{NO_READINGS}, bonus 1", "min/abl30-no_readings_s*"),
     ("+ per-step rewards (eq. 7) only", "min/abl30-per_step_s*"),
     ("+ unused modules frozen only", "min/abl30-freeze_unused_s*"),
     ("+ valid-action decoder queries only", "min/abl30-valid_decoder_s*"),
@@ -293,7 +427,7 @@ ABLATION = [
     ("all five, bonus 1", "min/abl30-all_s*"),
     ("all five, no bonus", "min/abl30-all_nobonus_s*"),
     ("all five + task prior 3, bonus 0.1", "min/abl30-all_prior_s*"),
-    ("as before + task prior 3, bonus 0.1 (`--preset best`)", "min/abl30-best_s*"),
+    (f"{NO_READINGS} + task prior 3, bonus 0.1 (`--preset best`)", "min/abl30-best_s*"),
     (f"`--preset best` + {BEYOND}", "min/abl30-best_beyond_s*"),
     ("static network", "min/abl30-static_s*"),
     (f"static network + {BEYOND}", "min/abl30-static_beyond_s*"),
@@ -303,7 +437,7 @@ ABLATION = [
     ("MNIST-MTL: `--preset best`", "mnist/abl30-mnist_best_s*"),
 ]
 ABLATION_20 = [
-    ("paper's router as before, bonus 1", "min/abl-paper_before_s*"),
+    (f"{NO_READINGS}, bonus 1", "min/abl-no_readings_s*"),
     ("+ per-step rewards (eq. 7) only", "min/abl-per_step_s*"),
     ("+ unused modules frozen only", "min/abl-freeze_unused_s*"),
     ("+ valid-action decoder queries only", "min/abl-valid_decoder_s*"),
@@ -312,7 +446,7 @@ ABLATION_20 = [
     ("all five, bonus 1", "min/abl-all_s*"),
     ("all five, no bonus", "min/abl-all_nobonus_s*"),
     ("all five + task prior 3, bonus 0.1", "min/abl-all_prior_s*"),
-    ("as before + task prior 3, bonus 0.1 (`--preset best`)", "min/best-lrn_s*"),
+    (f"{NO_READINGS} + task prior 3, bonus 0.1 (`--preset best`)", "min/best-lrn_s*"),
     ("static network", "min/abl-static_s*"),
     (f"static network + {BEYOND}", "min/abl-static_beyond_s*"),
     ("MNIST-MTL: all five, bonus 1", "mnist/abl-all_s*"),
@@ -349,105 +483,43 @@ def ablation_table(results: Path, ablation: list[tuple[str, str]] = ABLATION) ->
                 _mean_std([100 * val_picked(r)["test_accuracy"] for r in runs]),
             ]
         )
-    return _markdown(header, out)
+    return markdown_table(header, out)
 
 
-def presets_table(_results: Path | None = None) -> str:
-    """What each ``--preset`` sets (before the flags, which override it)."""
-    rows = [
-        [f"`{name}`", ", ".join(f"`{flag_of(k)} {v}`" for k, v in settings.items())]
-        for name, settings in PRESETS.items()
-    ]
-    return _markdown(["preset", "settings (flag value)"], rows)
+# scripts/time_zoo.py's results: on this project's CPU, and on a GPU where measured (--device cuda).
+ZOO_TIMES = ["zoo_first_update.json", "zoo_first_update_gpu.json"]
 
 
-def _default(f: dataclasses.Field) -> Any:
-    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+def zoo_tables(results: Path) -> str:
+    """A markdown table per file of :data:`ZOO_TIMES` in ``results`` that exists."""
+    paths = [results / name for name in ZOO_TIMES]
+    return "\n\n".join(zoo_table(json.loads(path.read_text())) for path in paths if path.is_file())
 
 
-def env_kwargs_table(_results: Path | None = None) -> str:
-    """Every env kwarg (``RoutingConfig``), its default and meaning."""
-    docs = field_docs(RoutingConfig)
-    rows = [[f"`{f.name}`", f"`{_default(f)}`", _md(docs[f.name])] for f in dataclasses.fields(RoutingConfig)]
-    return _markdown(["kwarg", "default", "meaning"], rows)
+def zoo_table(results: dict) -> str:
+    """The measured first update of each RL Zoo file (scripts/time_zoo.py), as a markdown table."""
+    machine = results["machine"]
 
+    def seconds(value: float | None) -> str:
+        return "" if value is None else f"{value:,.1f}"
 
-def flags_table(_results: Path | None = None) -> str:
-    """Every train.py flag, its default and meaning (as ``training_run.cli`` generates them)."""
+    header = ["file", "first rollout (s)", "first update (s)", "rollout + update (s)", "peak memory (GB)"]
+    header.append("load (1 min) before / after")
     rows = []
-    for flag in FLAGS:
-        option, default = flag.option, flag.default
-        if flag.parse is bool:
-            option, default = "--[no-]" + option[2:], "on" if default else "off"
-        rows.append([f"`{option}`", f"`{default}`", _md(flag.doc)])
-    rows.append(["`--no-bonus`", "off", NO_BONUS_HELP.replace("--bonus-weight 0", "`--bonus-weight 0`")])
-    rows.append(["`--resume`", "off", RESUME_HELP.replace("--out", "`--out`")])
-    return _markdown(["flag", "default", "meaning"], rows)
-
-
-def algorithms_table(_results: Path | None = None) -> str:
-    """Every SB3 / sb3-contrib algorithm that takes the env's spaces, with its policy
-    (``agents.algorithms``, which ``tests/test_algorithms.py`` runs)."""
-    rows = [
-        [
-            f"`{a.name}`",
-            a.library,
-            a.policy_text(),
-            a.masks,
-            f"`hyperparams/{a.zoo}.yml`" if a.zoo else "not in the zoo",
-            "yes (`tests/test_algorithms.py`" + (", `tests/test_rl_zoo.py`)" if a.zoo else ")"),
-        ]
-        for a in SB3_SETUPS
-    ]
-    header = ["algorithm", "library", "policy / features extractor", "action mask", "RL Zoo", "tested"]
-    return _markdown(header, rows)
-
-
-def _md(doc: str) -> str:
-    """A docstring's text as a markdown table cell."""
-    return doc.replace("``", "`").replace("|", "\\|")
-
-
-# README's generated blocks: <!-- NAME:begin --> ... <!-- NAME:end -->, and what fills each.
-BLOCKS = {
-    "results-table": lambda results: table(results),
-    "seeds-table": lambda results: seeds_table(results),
-    "bench-table": lambda results: bench_table(results),
-    "ablation-table": ablation_table,
-    "ablation20-table": lambda results: ablation_table(results, ABLATION_20),
-    "presets-table": presets_table,
-    "env-kwargs": env_kwargs_table,
-    "flags-table": flags_table,
-    "algorithms-table": algorithms_table,
-}
-
-
-def replace_block(text: str, name: str, body: str) -> str:
-    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
-    if not pattern.search(text):
-        raise SystemExit(f"README has no {begin} ... {end} block")
-    return pattern.sub(lambda _: f"{begin}\n{body}\n{end}", text)
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results", type=Path, default=ROOT / "results")
-    p.add_argument("--readme", type=Path, default=ROOT / "README.md")
-    p.add_argument("--print", action="store_true", help="print the blocks, leave README alone")
-    args = p.parse_args()
-    bodies = {name: build(args.results) for name, build in BLOCKS.items()}
-    if args.print:
-        print("\n\n".join(bodies.values()))
-        return
-    readme = args.readme.read_text()
-    for name, body in bodies.items():
-        readme = replace_block(readme, name, body)
-    args.readme.write_text(readme)
-    print(f"rewrote the generated blocks of {args.readme}")
-    for path in figures(args.results):
-        print(f"wrote {path}")
-
-
-if __name__ == "__main__":
-    main()
+    for algo, r in sorted(results["files"].items()):
+        if r["finished"]:
+            total = seconds(r["first_update_s"])
+        else:
+            total = f"not done: {r['error']}" if r["error"] else f"not done in {r['timeout_s']:.0f} s"
+        load = " / ".join(f"{x:.1f}" for x in (r["load_before"][0], r["load_after"][0]))
+        rows.append(
+            [f"`hyperparams/{algo}.yml`", seconds(r["rollout_s"]), seconds(r["update_s"]), total]
+            + [str(r["peak_rss_gb"]), load]
+        )
+    when = sorted(r["measured"] for r in results["files"].values())
+    where = (
+        f"{results['env_id']} on `{results['device']}`: {machine.get('gpu') or machine['cpu']}, "
+        f"{machine['cores']} CPU cores, "
+        f"torch {machine['torch']}; measured {when[0]} to {when[-1]} UTC"
+    )
+    return markdown_table(header, rows) + f"\n\n{where}."
