@@ -26,6 +26,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from test_train import REPO, deterministic_part, fails, read_metrics, run_main, small_run, snapshot, train_cmd
 
 from training_run import guards, loop, machine
+from training_run.settings import FIRST_RUN, FirstRun, RunConfig
 
 
 def strict_json(line: str) -> dict:
@@ -313,8 +314,8 @@ def test_first_minutes_then_a_stop_signal_then_resume(
     estimate = next(line for line in lines if line.startswith("time:"))
     assert re.fullmatch(
         r"time: [\d.]+ s per batch here, so the [\d,]+ batches left take about \d+ h \(evaluation not "
-        r"counted\)\. These are the paper's GPU settings; for a first look on this CPU add --limit-train "
-        r"\d+ --limit-test 500 --epochs 3 \(about \d+ min of training\)",
+        r"counted\)\. These are GPU-sized settings; for a first look on this CPU \(LRN learns in minutes\): "
+        + re.escape(f"python train.py {' '.join(FIRST_RUN.argv())}"),  # no time: its settings are not timed
         estimate,
     ), estimate
 
@@ -467,13 +468,34 @@ def test_the_real_data_skip_message_points_into_the_repo() -> None:
 
 
 def test_time_estimate_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The arithmetic behind the line the long run above prints: 16 s per batch, 78,200 batches."""
+    """The arithmetic behind the line the long run above prints: 16 s per batch, 78,200 batches; the
+    quick first run's time is its batches at its measured share of that time per batch."""
+    first_run = FirstRun(settings=(("env.max_pairs", 1280), ("run.epochs", 3)), batch_cost=0.25)
+    monkeypatch.setattr(guards, "FIRST_RUN", first_run)  # 30 batches at 4 s: 2 min
     clock = iter([0.0, 16.0, 32.0])
     monkeypatch.setattr(guards.time, "perf_counter", lambda: next(clock))
-    estimate = guards.TimeEstimate(torch.device("cpu"), batch_size=128)
+    estimate = guards.TimeEstimate(torch.device("cpu"), first_run_timed=True)
     assert estimate.batch_done(78_202) is None and estimate.batch_done(78_201) is None
     line = estimate.batch_done(78_200)
     assert line.startswith("time: 16.00 s per batch here, so the 78,200 batches left take about 348 h")
-    # 10 minutes of training in 3 epochs at 16 s per batch: 12 batches of 128 pairs per epoch
-    assert line.endswith("add --limit-train 1536 --limit-test 500 --epochs 3 (about 10 min of training)")
+    assert line.endswith("python train.py --limit-train 1280 --epochs 3 (about 2 min of training here)")
     assert estimate.batch_done(78_199) is None  # said once
+    # A run of other settings (pool, depth, benchmark, router): the flags, without a time made up for them.
+    clock = iter([0.0, 16.0, 32.0])
+    estimate = guards.TimeEstimate(torch.device("cpu"), first_run_timed=False)
+    estimate.batch_done(78_202), estimate.batch_done(78_201)
+    assert estimate.batch_done(78_200).endswith("python train.py --limit-train 1280 --epochs 3")
+
+
+def test_the_first_run_is_timed_against_train_py_settings_only() -> None:
+    assert FIRST_RUN.timed_by(RunConfig.from_settings({}))  # python train.py: MNIST-MTL, d10 L6
+    assert FIRST_RUN.timed_by(RunConfig.from_settings({"env.bonus_weight": 0.5, "run.seed": 3}))
+    for other in (
+        {"run.env_id": "RoutingMIN-v0"},
+        {"env.duplicates": 5},
+        {"env.max_depth": 4},
+        {"run.algo": "static"},
+        {"router.d_model": 64},
+        {"run.preset": "paper"},  # the decoder's queries are the valid actions: another cost per batch
+    ):
+        assert not FIRST_RUN.timed_by(RunConfig.from_settings(other)), other

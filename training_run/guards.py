@@ -14,6 +14,7 @@ import torch
 
 from agents.trainers.base import Trainer, parameter_norm
 from routing_env.engine import RoutingEngine
+from training_run.settings import FIRST_RUN
 
 
 class StopRequests:
@@ -100,14 +101,14 @@ def non_finite(values: dict[str, float]) -> str | None:
 
 class TimeEstimate:
     """After the first batches, one line: the time per batch here and what the rest of the run takes;
-    on the CPU, when that is over an hour, flags for a quick first run. The first batch of an epoch is
-    not timed (allocations, CUDA start-up)."""
+    on the CPU, when that is over an hour, the quick first run (:data:`FIRST_RUN`), with its time here
+    when ``first_run_timed`` (the run's time per batch is the one the first run's ``batch_cost`` is
+    measured against). The first batch of an epoch is not timed (allocations, CUDA start-up)."""
 
     LINE_FROM_S = 600  # say nothing about shorter runs
-    QUICK_EPOCHS, QUICK_TEST_PAIRS, QUICK_TARGET_S = 3, 500, 600
 
-    def __init__(self, device: torch.device, batch_size: int) -> None:
-        self.device, self.batch_size = device, batch_size
+    def __init__(self, device: torch.device, first_run_timed: bool = False) -> None:
+        self.device, self.first_run_timed = device, first_run_timed
         self.done = False
         self.timed: list[float] = []
 
@@ -130,12 +131,8 @@ class TimeEstimate:
             f"{duration(total)} (evaluation not counted)"
         )
         if self.device.type == "cpu" and total > 3600:
-            batches = max(1, int(self.QUICK_TARGET_S / (self.QUICK_EPOCHS * per_batch)))
-            line += (
-                f". These are the paper's GPU settings; for a first look on this CPU add --limit-train "
-                f"{batches * self.batch_size} --limit-test {self.QUICK_TEST_PAIRS} --epochs "
-                f"{self.QUICK_EPOCHS} (about {duration(batches * self.QUICK_EPOCHS * per_batch)} of training)"
-            )
+            advice = FIRST_RUN.advice(per_batch if self.first_run_timed else None)
+            line += f". These are GPU-sized settings; {advice}"
         return line
 
 

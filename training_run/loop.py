@@ -37,7 +37,7 @@ from training_run.folder import CONFIG_FILE, MetricsLog, RunFolder
 from training_run.guards import DivergenceGuard, StopRequests, TimeEstimate
 from training_run.machine import device_name, run_device, set_threads, use_tf32
 from training_run.resume import RunPlan
-from training_run.settings import RunConfig
+from training_run.settings import FIRST_RUN, RunConfig
 
 EpochReport = Callable[[dict[str, Any]], None]  # called with each epoch's metrics record
 
@@ -126,7 +126,7 @@ class EpochLoop:
         self.n_pairs = len(self.engine.data)
         self.batches_per_epoch = math.ceil(self.n_pairs / self.engine.batch_size)  # the most an epoch has
         self.guard = DivergenceGuard(trainer, self.engine)
-        self.estimate = TimeEstimate(self.engine.device, self.engine.batch_size)
+        self.estimate = TimeEstimate(self.engine.device, FIRST_RUN.timed_by(cfg))
         self.stop = StopRequests(enabled=cfg.checkpoint)
         self.position = Position()
         self.epoch_started = 0.0  # perf_counter of the epoch's start, less its earlier part

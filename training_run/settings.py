@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -353,3 +354,90 @@ def json_ready(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+@dataclass(frozen=True)
+class FirstRun:
+    """The quick first run train.py suggests on a CPU: MNIST-MTL settings under which LRN learns (balanced
+    test accuracy far above the 50 % of always answering "no") in minutes on two cores, with the paper's
+    pool (10 duplicates, depth 6) and the router choosing every module. ``scripts/cpu_first_run.py``
+    measures it into ``results/cpu_first_run/`` (README, "Quick start"); ``tests/test_first_run.py`` runs
+    a shortened version of it.
+
+    The paper's settings cut as short end at "no" for every pair (balanced accuracy 50 %): its pool
+    learning rate (1e-4) is set for 100 epochs of 781 batches, and a router that learns as fast as the pool
+    soon sends every task to the one head that says "no" best. Here the router starts at the static network
+    (``--static-start 10``: a trunk shared by every task, a head per task; PPO may still move any step of
+    any route) and learns ten times slower than the pool (no bonus, no prior), so every task trains its own
+    head from the first batch. The rest is for speed on a CPU: a narrower router (d_model 64), the
+    ``grouped`` dispatch (only the modules the routes use run) and a per-module Adam that steps only those
+    (``--freeze-unused``; one Adam over the pool steps all 70 M weights every batch).
+
+    Attributes:
+        settings: the run's ``{"section.field": value}`` settings beyond ``python train.py``'s.
+        batch_cost: its mean time per batch over that of ``python train.py``'s settings, both measured on
+            one CPU by ``scripts/cpu_first_run.py``: what turns the time per batch a run of those settings
+            measures into this run's time.
+    """
+
+    settings: tuple[tuple[str, Any], ...] = (
+        ("router.d_model", 64),
+        ("router.d_ff", 128),
+        ("router.static_start", 10.0),
+        ("router.task_prior_std", 0.0),
+        ("env.bonus_weight", 0.0),
+        ("env.lr", 1e-3),
+        ("agent.router_lr", 1e-4),
+        ("env.dispatch", "grouped"),
+        ("env.freeze_unused", True),
+        ("env.max_pairs", 25600),
+        ("run.limit_test", 500),
+        ("run.epochs", 3),
+    )
+    batch_cost: float = 0.19
+
+    def config(self) -> RunConfig:
+        return RunConfig.from_settings(dict(self.settings))
+
+    def argv(self) -> list[str]:
+        """The train.py flags of this run."""
+        return [word for key, value in self.settings for word in _flag_words(key, value)]
+
+    def batches(self) -> int:
+        """Its batches in all."""
+        cfg = self.config()
+        return cfg.epochs * math.ceil(cfg.env.max_pairs / cfg.env.batch_size)
+
+    def timed_by(self, cfg: RunConfig) -> bool:
+        """Whether ``batch_cost`` converts the time per batch of run ``cfg``: one with ``python train.py``'s
+        algorithm, benchmark, pool, batch size and router size."""
+        return _batch_shape(cfg) == _batch_shape(RunConfig.from_settings({}))
+
+    def advice(self, reference_seconds_per_batch: float | None) -> str:
+        """The line that suggests this run: its flags, and its time when the time per batch of a run that
+        :meth:`timed_by` accepts is given."""
+        command = "python train.py " + " ".join(self.argv())
+        line = f"for a first look on this CPU (LRN learns in minutes): {command}"
+        if reference_seconds_per_batch is None:
+            return line
+        minutes = max(1, round(self.batches() * self.batch_cost * reference_seconds_per_batch / 60))
+        return f"{line} (about {minutes} min of training here)"
+
+
+def _flag_words(key: str, value: Any) -> list[str]:
+    """A setting as train.py's flag words: ``--freeze-unused`` (``--no-freeze-unused``) for a switch,
+    ``--lr 0.001`` else."""
+    if isinstance(value, bool):
+        return [flag_of(key) if value else "--no-" + flag_of(key)[2:]]
+    return [flag_of(key), f"{value:g}" if isinstance(value, float) else str(value)]
+
+
+def _batch_shape(cfg: RunConfig) -> tuple[Any, ...]:
+    env, router = cfg.env, cfg.router
+    return (
+        cfg.algo, env.benchmark, env.pool, env.duplicates, env.max_depth, env.batch_size, env.dispatch,
+        router.d_model, router.d_ff, router.n_encoder_layers, router.n_decoder_layers, router.decoder_queries,
+    )  # fmt: skip
+
+
+FIRST_RUN = FirstRun()

@@ -127,7 +127,11 @@ def algorithms_table(_results: Path) -> str:
 
 # page (relative to the repository) -> {block name -> what fills it, from the results folder}
 PAGES: dict[str, dict[str, Callable[[Path], str]]] = {
-    "README.md": {"headline-table": tables.headline_table, "headline-verdict": tables.headline_verdict},
+    "README.md": {
+        "headline-table": tables.headline_table,
+        "headline-verdict": tables.headline_verdict,
+        "cpu-first-run": tables.cpu_first_run_table,
+    },
     "docs/environment.md": {"env-docstring": env_docstring, "env-kwargs": env_kwargs_table},
     "docs/benchmarks.md": {
         "benchmark-example": example_file("examples/shapes_benchmark.py"),

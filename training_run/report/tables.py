@@ -523,3 +523,45 @@ def zoo_table(results: dict) -> str:
         f"torch {machine['torch']}; measured {when[0]} to {when[-1]} UTC"
     )
     return markdown_table(header, rows) + f"\n\n{where}."
+
+
+def cpu_first_run_table(results: Path) -> str:
+    """The quick first run train.py suggests on a CPU, as ``scripts/cpu_first_run.py`` measured it
+    (``results/cpu_first_run/``): its command, the machine and its load, and every epoch's test scores."""
+    folder = RunFolder(results / "cpu_first_run")
+    measurement = json.loads((folder.path / "measurement.json").read_text())
+    batch_size = json.loads(folder.config_path.read_text())["env"]["batch_size"]
+    run, reference = measurement["first_run"], measurement["reference"]
+    header = ["epoch", "batches", "test balanced accuracy %", "test accuracy %", "routes per task"]
+    header += ["route overlap", "minutes (with evaluation)"]
+    rows = [
+        [
+            str(r["epoch"]),
+            str(-(-r["episodes"] // batch_size)),
+            f"{100 * r['test_balanced_accuracy']:.1f}",
+            f"{100 * r['test_accuracy']:.1f}",
+            f"{r['routes_per_task']:.1f}",
+            f"{r['route_overlap']:.2f}",
+            f"{r['wall_clock_s'] / 60:.1f}",
+        ]
+        for r in folder.read_metrics()
+    ]
+    machine = (
+        f"{measurement['cores']} cores ({measurement['cpu']}, torch {measurement['torch']}), load average "
+        f"{run['load_average_before'][0]:g} before the run and {run['load_average_after'][0]:g} after it"
+    )
+    last = rows[-1]
+    routes = (
+        f"Routes per task: the distinct routes a task's test pairs take; route overlap: the mean Jaccard "
+        f"overlap of two tasks' module sets (the static network's route: 4 shared modules of 6, 0.67). "
+        f"At the last epoch, {last[4]} and {last[5]}"
+    )
+    if float(last[4]) == 1.0 and last[5] == "0.67":
+        routes += ": every task still takes the static network's route, which the router started from"
+    return (
+        f"`{run['command']}` on {machine}: {run['process_seconds'] / 60:.1f} min in all, "
+        f"{run['seconds_per_batch']:.2f} s per batch against {reference['seconds_per_batch']:.2f} s for "
+        f"`python train.py`'s settings on the same machine.\n\n"
+        + markdown_table(header, rows)
+        + f"\n\n{routes}."
+    )
