@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from typing import Any
 
 import torch
 
+from training_run.machine import cpu_name
 from training_run.settings import FIRST_RUN
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,16 +41,6 @@ KEPT_FILES = ("config.json", "metrics.jsonl")
 
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run_train(argv: list[str], out: Path) -> dict[str, Any]:
@@ -107,7 +97,7 @@ def main() -> None:
             shutil.copyfile(Path(scratch) / "first_run" / name, args.out / name)
     ratio = first_run["seconds_per_batch"] / reference["seconds_per_batch"]
     measurement = {
-        "cpu": cpu_model(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "reference": reference,

@@ -20,7 +20,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -41,16 +40,6 @@ def file_sha1(algo: str) -> str:
 
 def zoo_algos() -> list[str]:
     return sorted(p.stem for p in HYPERPARAMS.glob("*.yml"))
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 class FirstUpdateDone(Exception):
@@ -201,6 +190,8 @@ def main() -> None:
     import tempfile
 
     import torch
+
+    from training_run.machine import cpu_name
 
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     if results.get("env_id", args.env) != args.env or results.get("device", args.device) != args.device:
