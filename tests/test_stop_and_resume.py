@@ -335,7 +335,10 @@ def test_first_minutes_then_a_stop_signal_then_resume(
 
 def test_a_second_ctrl_c_stops_at_once(resume_argv: list, tmp_path: Path) -> None:
     out, stdout, stderr = tmp_path / "run", tmp_path / "stdout.txt", tmp_path / "stderr.txt"
-    proc = start_long_run([*resume_argv, "--epochs", 100_000, "--out", out], stdout, stderr)
+    # Batches of 192 pairs: long enough that the second Ctrl-C lands within the batch on a busy machine
+    # (with 32 pairs the batch could end first, and the run stop at the batch boundary).
+    argv = [*resume_argv, "--limit-train", 1920, "--batch-size", 192, "--epochs", 100_000, "--out", out]
+    proc = start_long_run(argv, stdout, stderr)
     try:
         wait_for(lambda: "time:" in stdout.read_text(), "time estimate", proc)
         os.kill(proc.pid, signal.SIGINT)
