@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -273,10 +274,17 @@ def test_kill_9_within_an_epoch_loses_only_the_batches_since_the_last_checkpoint
     assert deterministic_part(read_metrics(out)) == deterministic_part(uninterrupted)
 
 
-def start_long_run(argv: list, stdout_path: Path, stderr_path: Path) -> subprocess.Popen:
+def start_long_run(
+    argv: list, stdout_path: Path, stderr_path: Path, preexec_fn: Callable[[], object] | None = None
+) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        train_cmd(argv), cwd=REPO, stdout=stdout_path.open("wb"), stderr=stderr_path.open("wb"), env=env
+        train_cmd(argv),
+        cwd=REPO,
+        stdout=stdout_path.open("wb"),
+        stderr=stderr_path.open("wb"),
+        env=env,
+        preexec_fn=preexec_fn,
     )
 
 
@@ -333,12 +341,18 @@ def test_first_minutes_then_a_stop_signal_then_resume(
     assert deterministic_part(read_metrics(out)) == deterministic_part(uninterrupted)
 
 
-def test_a_second_ctrl_c_stops_at_once(resume_argv: list, tmp_path: Path) -> None:
+@pytest.mark.parametrize("started_ignoring", [False, True], ids=["", "started_with_sigint_ignored"])
+def test_a_second_ctrl_c_stops_at_once(started_ignoring: bool, resume_argv: list, tmp_path: Path) -> None:
+    """Also in a process that started with SIGINT ignored (a shell's background job, or a parent that
+    ignores it): the first Ctrl-C still asks for a stop, and the second must not be ignored."""
     out, stdout, stderr = tmp_path / "run", tmp_path / "stdout.txt", tmp_path / "stderr.txt"
-    # Batches of 192 pairs: long enough that the second Ctrl-C lands within the batch on a busy machine
-    # (with 32 pairs the batch could end first, and the run stop at the batch boundary).
-    argv = [*resume_argv, "--limit-train", 1920, "--batch-size", 192, "--epochs", 100_000, "--out", out]
-    proc = start_long_run(argv, stdout, stderr)
+    handler = signal.SIG_IGN if started_ignoring else signal.SIG_DFL  # SIG_DFL: as from a terminal
+
+    def start_with_sigint_handler() -> None:
+        signal.signal(signal.SIGINT, handler)
+
+    argv = [*resume_argv, "--epochs", 100_000, "--out", out]
+    proc = start_long_run(argv, stdout, stderr, start_with_sigint_handler)
     try:
         wait_for(lambda: "time:" in stdout.read_text(), "time estimate", proc)
         os.kill(proc.pid, signal.SIGINT)

@@ -39,6 +39,15 @@ class StopRequests:
         signum = self.signum or signal.SIGINT
         return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
 
+    def _at_once(self, signum: int) -> Any:
+        """The handler for a second signal: the one before ours, unless that ignored the signal (a process
+        started with SIGINT ignored, as by a shell's background job), which would leave the second Ctrl-C
+        without effect: then KeyboardInterrupt for SIGINT, the default death for SIGTERM."""
+        previous = self.previous[signum]
+        if previous not in (signal.SIG_IGN, None):
+            return previous
+        return signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+
     def __enter__(self) -> StopRequests:
         if self.enabled:
             self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
@@ -50,7 +59,7 @@ class StopRequests:
 
     def _handle(self, signum: int, frame: object) -> None:
         self.signum = signum
-        signal.signal(signum, self.previous[signum])  # the next one acts at once
+        signal.signal(signum, self._at_once(signum))  # the next one acts at once
         sys.stderr.write(
             f"\n{self.name}: stopping after this batch to write a checkpoint ({self.name} again stops at "
             "once, losing the batches since the last checkpoint)\n"
