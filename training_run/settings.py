@@ -371,7 +371,7 @@ class FirstRun:
     any route) and learns ten times slower than the pool (no bonus, no prior), so every task trains its own
     head from the first batch. The rest is for speed on a CPU: a narrower router (d_model 64), the
     ``grouped`` dispatch (only the modules the routes use run) and a per-module Adam that steps only those
-    (``--freeze-unused``; one Adam over the pool steps all 70 M weights every batch).
+    (``--freeze-unused``; one Adam over the pool steps all 65 M weights every batch).
 
     Attributes:
         settings: the run's ``{"section.field": value}`` settings beyond ``python train.py``'s.
