@@ -534,6 +534,7 @@ def cpu_first_run_table(results: Path) -> str:
     run, reference = measurement["first_run"], measurement["reference"]
     header = ["epoch", "batches", "test balanced accuracy %", "test accuracy %", "routes per task"]
     header += ["route overlap", "minutes (with evaluation)"]
+    records = folder.read_metrics()
     rows = [
         [
             str(r["epoch"]),
@@ -544,7 +545,7 @@ def cpu_first_run_table(results: Path) -> str:
             f"{r['route_overlap']:.2f}",
             f"{r['wall_clock_s'] / 60:.1f}",
         ]
-        for r in folder.read_metrics()
+        for r in records
     ]
     machine = (
         f"{measurement['cores']} cores ({measurement['cpu']}, torch {measurement['torch']}), load average "
@@ -556,7 +557,7 @@ def cpu_first_run_table(results: Path) -> str:
         f"overlap of two tasks' module sets (the static network's route: 4 shared modules of 6, 0.67). "
         f"At the last epoch, {last[4]} and {last[5]}"
     )
-    if float(last[4]) == 1.0 and last[5] == "0.67":
+    if records[-1]["routes_per_task"] == 1 and round(records[-1]["route_overlap"], 2) == 0.67:
         routes += ": every task still takes the static network's route, which the router started from"
     return (
         f"`{run['command']}` on {machine}: {run['process_seconds'] / 60:.1f} min in all, "
