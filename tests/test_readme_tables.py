@@ -139,3 +139,14 @@ def test_headline_verdict_says_by_how_much(results_table, tmp_path: Path, monkey
     assert "not reproduced" in verdict
     assert "on MIN-MTL our LRN ends 5.0 points below the paper's 53.0 % after 1 epochs" in verdict
     assert "beats it by 8.0 points" in verdict and "1.5 points below 99.5 % after 2 of" in verdict
+    assert "--preset paper" not in verdict  # no paper-preset column: no clause
+
+    _write_run(results / "min" / "paper_s0", 0, [0.2, 0.21], val=[0.2, 0.2])
+    headline = dict(results_table.HEADLINE)
+    headline["min"] = (*headline["min"], ("min/paper_s*",))
+    monkeypatch.setattr(results_table, "HEADLINE", headline)
+    verdict = results_table.headline_verdict(results)
+    assert (
+        "the paper's own setting (`--preset paper`) stays at 21.0 % on MIN-MTL (1 × 2 of 100 epochs)"
+        in verdict
+    )
