@@ -89,6 +89,8 @@ def run_copy(one_epoch_run: Path, tmp_path: Path) -> Path:
         (["--duplicates", "3"], ["--duplicates 3 (the run has 2)"]),
         (["--limit-train", "64"], ["--limit-train 64 (the run has 192)"]),
         (["--algo", "static"], ["--algo static (the run has maskable_ppo)"]),
+        # a switch is named as given, and as the run has it (not "--no-freeze-unused True")
+        (["--freeze-unused"], ["--freeze-unused (the run has --no-freeze-unused)"]),
     ],
 )
 def test_resume_refuses_a_changed_setting_in_one_line_and_changes_nothing(
@@ -323,7 +325,7 @@ def test_first_minutes_then_a_stop_signal_then_resume(
     assert re.fullmatch(
         r"time: [\d.]+ s per batch here, so the [\d,]+ batches left take about \d+ h \(evaluation not "
         r"counted\)\. These are GPU-sized settings; for a first look on this CPU \(LRN learns in minutes\): "
-        + re.escape(f"python train.py {' '.join(FIRST_RUN.argv())}"),  # no time: its settings are not timed
+        + re.escape(FIRST_RUN.command()),  # no time: its settings are not timed
         estimate,
     ), estimate
 
@@ -495,13 +497,16 @@ def test_time_estimate_line(monkeypatch: pytest.MonkeyPatch) -> None:
     assert estimate.batch_done(78_202) is None and estimate.batch_done(78_201) is None
     line = estimate.batch_done(78_200)
     assert line.startswith("time: 16.00 s per batch here, so the 78,200 batches left take about 348 h")
-    assert line.endswith("python train.py --limit-train 1280 --epochs 3 (about 2 min of training here)")
+    first = (
+        "python train.py --limit-train 1280 --epochs 3 --out runs/first-run"  # not python train.py's folder
+    )
+    assert line.endswith(f"{first} (about 2 min of training here)")
     assert estimate.batch_done(78_199) is None  # said once
     # A run of other settings (pool, depth, benchmark, router): the flags, without a time made up for them.
     clock = iter([0.0, 16.0, 32.0])
     estimate = guards.TimeEstimate(torch.device("cpu"), first_run_timed=False)
     estimate.batch_done(78_202), estimate.batch_done(78_201)
-    assert estimate.batch_done(78_200).endswith("python train.py --limit-train 1280 --epochs 3")
+    assert estimate.batch_done(78_200).endswith(first)
 
 
 def test_the_first_run_is_timed_against_train_py_settings_only() -> None:

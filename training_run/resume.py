@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from training_run.folder import CONFIG_FILE, RunFolder
-from training_run.settings import RunConfig, SettingError, changed, settings_of_dict, show, switch_of
+from training_run.settings import (
+    RunConfig,
+    SettingError,
+    changed,
+    given_as,
+    settings_of_dict,
+    show,
+    switch_of,
+)
 
 # "section.field" settings a resumed run may change, and why each is safe.
 ALLOWED_ON_RESUME: dict[str, str] = {
@@ -149,7 +157,7 @@ def resumed_config(folder: RunFolder, given: dict[str, Any]) -> RunConfig:
     )
     if refused:
         diffs = ", ".join(
-            f"{switch_of(k)} {show(new)} (the run has {show(old)})" for k, (old, new) in refused.items()
+            f"{given_as(k, new)} (the run has {had(k, old)})" for k, (old, new) in refused.items()
         )
         allowed = ", ".join(switch_of(k) for k in ALLOWED_ON_RESUME)
         raise ValueError(
@@ -171,3 +179,8 @@ def settings_changes(saved: dict[str, Any], cfg: RunConfig) -> dict[str, list[An
 def refused_changes(changes: dict[str, Any]) -> dict[str, Any]:
     """The entries of ``{"section.field": ...}`` that a resumed run may not change."""
     return {k: v for k, v in changes.items() if k not in ALLOWED_ON_RESUME and k != "run.out"}
+
+
+def had(key: str, value: Any) -> str:
+    """A saved setting as a refusal names it: ``--no-freeze-unused`` for a switch, its value else."""
+    return given_as(key, value) if isinstance(value, bool) else show(value)

@@ -20,7 +20,7 @@ from typing import Any
 
 from agents.algorithms import SB3_SETUPS
 from routing_env.config import RoutingConfig
-from training_run.cli import FLAGS, NO_BONUS_HELP, RESUME_HELP, field_docs
+from training_run.cli import FLAGS, NO_BONUS_HELP, RESUME_HELP, default_text, field_docs
 from training_run.report import tables
 from training_run.settings import PRESETS, flag_of
 
@@ -95,13 +95,13 @@ def presets_table(_results: Path) -> str:
 
 
 def flags_table(_results: Path) -> str:
-    """Every train.py flag, its default and meaning (as ``training_run.cli`` generates them)."""
+    """Every train.py flag, its default under the default preset (the field's beside it where they
+    differ) and meaning (as ``training_run.cli`` generates them)."""
     rows = []
     for flag in FLAGS:
-        option, default = flag.option, flag.default
-        if flag.parse is bool:
-            option, default = "--[no-]" + option[2:], "on" if default else "off"
-        rows.append([f"`{option}`", f"`{default}`", markdown(flag.doc, cell=True)])
+        option = "--[no-]" + flag.option[2:] if flag.parse is bool else flag.option
+        default = default_text(flag, code=lambda text: f"`{text}`")
+        rows.append([f"`{option}`", default, markdown(flag.doc, cell=True)])
     rows.append(["`--no-bonus`", "off", NO_BONUS_HELP.replace("--bonus-weight 0", "`--bonus-weight 0`")])
     rows.append(["`--resume`", "off", RESUME_HELP.replace("--out", "`--out`")])
     return tables.markdown_table(["flag", "default", "meaning"], rows)

@@ -21,6 +21,7 @@ from agents.route_stats import module_set_overlap
 from training_run.folder import RunFolder
 from training_run.report.describe import describe, run_settings
 from training_run.report.plots import plot_runs
+from training_run.settings import FIRST_RUN
 
 # Figures docs/results.md shows: (file under results/, run folders under results/), one curve per run.
 FIGURES = [
@@ -559,10 +560,14 @@ def cpu_first_run_table(results: Path) -> str:
     )
     if records[-1]["routes_per_task"] == 1 and round(records[-1]["route_overlap"], 2) == 0.67:
         routes += ": every task still takes the static network's route, which the router started from"
+    command = (
+        f"{run['command']} --out {FIRST_RUN.out}"  # the advice's folder (the measurement used a scratch one)
+    )
     return (
-        f"`{run['command']}` on {machine}: {run['process_seconds'] / 60:.1f} min in all, "
+        f"`{command}` on {machine}: {run['process_seconds'] / 60:.1f} min in all, "
         f"{run['seconds_per_batch']:.2f} s per batch against {reference['seconds_per_batch']:.2f} s for "
-        f"`python train.py`'s settings on the same machine.\n\n"
+        f"`python train.py`'s settings on the same machine. The time depends on the CPU and its load: "
+        f"train.py times its first batches, and its advice gives the time on yours.\n\n"
         + markdown_table(header, rows)
         + f"\n\n{routes}."
     )
