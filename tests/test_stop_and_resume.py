@@ -119,14 +119,45 @@ def test_resume_takes_the_saved_settings_and_records_what_changed(
     """``--out X --resume`` alone continues with the run's own settings (not the flags' defaults);
     config.json records each allowed change."""
     assert run_main(["--out", run_copy, "--resume", "--epochs", 3]) == 0
-    assert f"resumed {run_copy} after epoch 0" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"resumed {run_copy} after epoch 0" in out
     assert deterministic_part(read_metrics(run_copy)) == deterministic_part(uninterrupted)
+    # a run that ends says what it reached, where its plots are and how to evaluate it
+    last = uninterrupted[-1]
+    summary = out[out.index(f"finished: {run_copy}, 3 epochs") :]
+    assert f"last epoch 2: test accuracy {100 * last['test_accuracy']:.2f}%" in summary
+    assert "accuracy.png" in summary and f"python -m training_run.evaluate {run_copy}" in summary
     config = json.loads((run_copy / "config.json").read_text())
     assert config["epochs"] == 3 and config["env"]["max_pairs"] == 192 and config["env"]["duplicates"] == 2
     (resumed,) = config["resumed"]
     assert resumed["from"] == "after epoch 0"
     assert resumed["changed"]["run.epochs"] == [1, 3]
     assert set(resumed["changed"]) == {"run.epochs", "run.out"}  # the folder was copied elsewhere
+
+
+def test_resuming_a_complete_run_says_so_and_writes_nothing(
+    run_copy: Path, capsys: pytest.CaptureFixture
+) -> None:
+    before = snapshot(run_copy)
+    assert run_main(["--out", run_copy, "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert f"{run_copy} is complete: its checkpoint holds all 1 epochs" in out
+    assert "--epochs N above 1 trains it longer" in out
+    assert f"finished: {run_copy}, 1 epochs" in out  # the run's summary
+    assert snapshot(run_copy) == before  # no "resumed" entry in config.json
+
+
+def test_resume_without_out_names_the_folder_it_continues(
+    one_epoch_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    default = Path(RunConfig.from_settings({}).out)  # runs/RoutingMNIST-v0-maskable_ppo-s0
+    shutil.copytree(one_epoch_run, tmp_path / default)
+    monkeypatch.chdir(tmp_path)
+    assert run_main(["--resume"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(
+        f"--resume without --out: the run in {default}, train.py's folder for these flags\n"
+    )
 
 
 def test_config_json_is_rewritten_only_after_the_checkpoint_loads(

@@ -389,14 +389,10 @@ def _train(plan: RunPlan, on_epoch: EpochReport | None) -> list[dict[str, Any]]:
     announce(cfg, device)
     train_env = RoutingSB3VecEnv.from_config(cfg.env)
     engine = train_env.engine
-    test_engine, bench = make_engine(
-        cfg.test_env,
-        batch_size=min(cfg.eval_batch_size, cfg.limit_test or cfg.eval_batch_size),
-        pool=engine.pool,
-    )
+    test_engine, bench = make_engine(cfg.test_env, batch_size=cfg.eval_batch("test"), pool=engine.pool)
     val_engine = None
     if cfg.env.val_fraction > 0:
-        val_engine, _ = make_engine(cfg.val_env, cfg.eval_batch_size, engine.pool)
+        val_engine, _ = make_engine(cfg.val_env, cfg.eval_batch("val"), engine.pool)
     trainer = ALGORITHMS[cfg.algo].build(
         train_env, seed=cfg.seed, agent=cfg.agent, router=cfg.router, routing_network=cfg.routing_network
     )

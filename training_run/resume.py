@@ -97,6 +97,15 @@ def plan_run(cfg: RunConfig, given: dict[str, Any], resume: bool) -> RunPlan:
     if not resume:
         refuse_plain_start(folder)
         return RunPlan(cfg, folder)
+    plan = plan_resume(folder, given)
+    if "run.out" not in given:  # the folder the other flags name: say which
+        which = f"--resume without --out: the run in {folder.path}, train.py's folder for these flags"
+        plan.note = which if plan.note is None else f"{which}\n{plan.note}"
+    return plan
+
+
+def plan_resume(folder: RunFolder, given: dict[str, Any]) -> RunPlan:
+    """The plan of ``--resume`` in ``folder`` (see :func:`plan_run`)."""
     if not folder.has_config():
         if folder.has_checkpoint():
             raise ValueError(
@@ -122,7 +131,13 @@ def plan_run(cfg: RunConfig, given: dict[str, Any], resume: bool) -> RunPlan:
             f"--resume: --epochs {cfg.epochs} is fewer than the {done} epochs {folder.path} has trained"
         )
     changes = settings_changes(saved, cfg)
-    return RunPlan(cfg, folder, resume=True, saved=saved, changes=changes, done_epochs=done)
+    plan = RunPlan(cfg, folder, resume=True, saved=saved, changes=changes, done_epochs=done)
+    if plan.finished:
+        plan.note = (
+            f"{folder.path} is complete: its checkpoint holds all {done} epochs, so nothing trains and "
+            f"nothing is written (--epochs N above {done} trains it longer)"
+        )
+    return plan
 
 
 def refuse_plain_start(folder: RunFolder) -> None:

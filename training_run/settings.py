@@ -69,7 +69,7 @@ class RunConfig:
         out: run folder; default ``runs/<env>-<algo>-s<seed>``.
         limit_test: evaluate on only this many test pairs (and validation pairs, with ``val_fraction``).
         eval_batch_size: episodes per evaluation batch.
-        checkpoint: write a checkpoint after every epoch (a MIN-MTL one is ~7 GB).
+        checkpoint: write a checkpoint after every epoch (its size: docs/training.md, "The run folder").
         checkpoint_every_minutes: within an epoch, also write a checkpoint between two batches once
             this many minutes have passed since the last one (0: after every batch), so that a stopped
             run loses minutes, not its epoch.

@@ -132,13 +132,22 @@ PAGES: dict[str, dict[str, Callable[[Path], str]]] = {
         "headline-verdict": tables.headline_verdict,
         "cpu-first-run": tables.cpu_first_run_table,
     },
-    "docs/environment.md": {"env-docstring": env_docstring, "env-kwargs": env_kwargs_table},
+    "docs/environment.md": {
+        "env-docstring": env_docstring,
+        "env-kwargs": env_kwargs_table,
+        "evaluate-example": example_file("examples/evaluate_run.py"),
+        "checkpoint-sizes": tables.checkpoint_sizes,
+    },
     "docs/benchmarks.md": {
         "benchmark-example": example_file("examples/shapes_benchmark.py"),
         "mtlbenchmark-fields": mtlbenchmark_fields,
     },
     "docs/algorithms.md": {"algorithms-table": algorithms_table},
-    "docs/training.md": {"presets-table": presets_table, "flags-table": flags_table},
+    "docs/training.md": {
+        "presets-table": presets_table,
+        "flags-table": flags_table,
+        "checkpoint-sizes": tables.checkpoint_sizes,
+    },
     "docs/results.md": {
         "results-table": tables.results_table,
         "seeds-table": tables.seeds_table,
