@@ -388,11 +388,6 @@ def read_weights(path: Path) -> dict[str, Any]:
     return content
 
 
-def is_weights_file(path: Path) -> bool:
-    """``path`` is a file (a run folder is a folder): what :func:`read_weights` would read."""
-    return Path(path).is_file()
-
-
 def finite_or_null(value: Any) -> Any:
     """``value`` with every NaN or infinity inside it replaced by None."""
     if isinstance(value, float) and not math.isfinite(value):

@@ -125,6 +125,47 @@ def algorithms_table(_results: Path) -> str:
     return tables.markdown_table(header, rows)
 
 
+def param_docs(obj: Any) -> dict[str, str]:
+    """The ``:param name: text`` entries of a docstring, ``{name: text}`` (continuation lines joined)."""
+    entries: dict[str, str] = {}
+    name = None
+    for line in inspect.getdoc(obj).splitlines():
+        head = re.match(r"^:param (\w+): (.*)$", line)
+        if head:
+            name = head.group(1)
+            entries[name] = head.group(2)
+        elif name and line.startswith("    "):
+            entries[name] += " " + line.strip()
+        else:
+            name = None
+    return entries
+
+
+# RouterPolicy's arguments that SB3 itself passes (not a user's policy_kwargs).
+SB3_PASSES = ("self", "observation_space", "action_space", "lr_schedule", "use_sde")
+
+
+def router_policy_table(_results: Path) -> str:
+    """``RouterPolicy``'s keyword arguments (``policy_kwargs``), from its signature and docstring, then the
+    router's architecture it takes as ``**router_kwargs`` (``RouterConfig``'s fields), each with its
+    train.py flag."""
+    from agents.config import RouterConfig
+    from agents.policy import RouterPolicy
+
+    docs = param_docs(RouterPolicy)
+    rows = []
+    for name, param in inspect.signature(RouterPolicy.__init__).parameters.items():
+        if name in SB3_PASSES or param.kind is inspect.Parameter.VAR_KEYWORD:
+            continue
+        default = getattr(param.default, "__name__", repr(param.default))  # a class by its name
+        rows.append([f"`{name}`", f"`{default}`", "", markdown(docs[name], cell=True)])
+    router_docs = field_docs(RouterConfig)
+    for f in dataclasses.fields(RouterConfig):
+        flag = f"`{flag_of('router.' + f.name)}`"
+        rows.append([f"`{f.name}`", f"`{_default(f)!r}`", flag, markdown(router_docs[f.name], cell=True)])
+    return tables.markdown_table(["keyword", "default", "train.py flag", "meaning"], rows)
+
+
 # page (relative to the repository) -> {block name -> what fills it, from the results folder}
 PAGES: dict[str, dict[str, Callable[[Path], str]]] = {
     "README.md": {
@@ -142,7 +183,7 @@ PAGES: dict[str, dict[str, Callable[[Path], str]]] = {
         "benchmark-example": example_file("examples/shapes_benchmark.py"),
         "mtlbenchmark-fields": mtlbenchmark_fields,
     },
-    "docs/algorithms.md": {"algorithms-table": algorithms_table},
+    "docs/algorithms.md": {"algorithms-table": algorithms_table, "router-policy-table": router_policy_table},
     "docs/training.md": {
         "presets-table": presets_table,
         "flags-table": flags_table,
