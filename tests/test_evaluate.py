@@ -10,6 +10,7 @@ A finished run of the resume tests' small settings (conftest.py's ``resume_argv`
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,13 @@ from training_run import evaluate
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory, resume_argv: list) -> Path:
     out = tmp_path_factory.mktemp("runs") / "finished"
-    assert run_main([*resume_argv, "--epochs", 1, "--out", out]) == 0
+    assert run_main([*resume_argv, "--epochs", 1, "--save-weights", "--out", out]) == 0
     return out
+
+
+def accuracy_line(record: dict) -> str:
+    balanced = 100 * record["test_balanced_accuracy"]
+    return f"test: accuracy {100 * record['test_accuracy']:.2f}%, balanced {balanced:.2f}%"
 
 
 def test_the_command_prints_the_runs_last_test_accuracy_and_draws_its_routes(
@@ -38,8 +44,7 @@ def test_the_command_prints_the_runs_last_test_accuracy_and_draws_its_routes(
     assert evaluate.main(argv) == 0
     out = capsys.readouterr().out
     assert f"weights after epoch {last['epoch']}" in out
-    accuracy = f"test: accuracy {100 * last['test_accuracy']:.2f}%, balanced "
-    accuracy += f"{100 * last['test_balanced_accuracy']:.2f}%"
+    accuracy = accuracy_line(last)
     assert accuracy in out
     written = json.loads((finished_run / "evaluation-test.json").read_text())
     for key in (
@@ -75,6 +80,20 @@ def test_load_run_gives_the_trained_env_and_model_for_sb3s_predict(finished_run:
     fresh = type(run.env).from_config(run.env.config)
     trained, untrained = run.env.engine.pool.state_dict(), fresh.engine.pool.state_dict()
     assert any(not torch.equal(trained[k], untrained[k]) for k in trained)
+
+
+def test_a_run_made_with_save_weights_writes_them_when_it_ends(
+    finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``train.py --save-weights``: weights.pt beside the checkpoint, a fraction of its size; a folder that
+    holds no checkpoint (``--no-checkpoint``, or one removed to share the folder) evaluates from it."""
+    checkpoint = sum(p.stat().st_size for p in (finished_run / "checkpoint").iterdir())
+    assert (finished_run / "weights.pt").stat().st_size < checkpoint / 2
+    shared = tmp_path / "shared-run"
+    shutil.copytree(finished_run, shared, ignore=shutil.ignore_patterns("checkpoint*"))
+    capsys.readouterr()
+    assert evaluate.main([str(shared), "--device", "cpu"]) == 0
+    assert accuracy_line(read_metrics(finished_run)[-1]) in capsys.readouterr().out
 
 
 def test_bad_input_is_one_line(finished_run: Path, tmp_path: Path) -> None:

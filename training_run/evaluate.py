@@ -183,6 +183,8 @@ def load_run(
         ValueError: one line: no run there, no checkpoint, no validation split, a damaged file.
     """
     path = Path(path)
+    if path.is_dir() and not RunFolder(path).has_checkpoint() and RunFolder(path).weights_path.exists():
+        path = RunFolder(path).weights_path  # a run made with --no-checkpoint --save-weights
     if path.is_file():
         content = read_weights(path)
         saved, state = content["config"], content["state"]
@@ -192,7 +194,8 @@ def load_run(
             raise ValueError(f"{path} holds no run (no config.json)")
         if not folder.has_checkpoint():
             raise ValueError(
-                f"{path} has no checkpoint (a run made with --no-checkpoint, or stopped before one)"
+                f"{path} has no checkpoint and no {folder.weights_path.name} (a run made with "
+                "--no-checkpoint, or stopped before its first checkpoint)"
             )
         saved, content = folder.read_config(), None
     config = RunConfig.from_dict(saved)

@@ -12,12 +12,13 @@ A run folder holds:
   (:class:`Checkpoint`), written as ``checkpoint.tmp`` and renamed into place (``checkpoint.old`` holds
   the one before while the renames run);
 * the plots of :data:`PLOT_FILES`;
+* with ``--save-weights``, ``weights.pt`` (:data:`WEIGHTS_FILE`), written when the run ends;
 * what ``python -m training_run.evaluate`` writes: ``evaluation-<split>.json`` and ``routes-<split>.png``.
 
-A *weights file* (:func:`save_weights`, ``python -m training_run.evaluate RUN --save-weights FILE``) is
-one file that holds a trained model to share: the run's ``config.json``, the pool's weights and the
-agent's, without the optimizers' state, data walk or RNG states (about a third of a checkpoint); it
-evaluates, it does not resume.
+A *weights file* (:func:`save_weights`; ``weights.pt``, or ``python -m training_run.evaluate RUN
+--save-weights FILE``) is one file that holds a trained model to share: the run's ``config.json``, the
+pool's weights and the agent's, without the optimizers' state, data walk or RNG states (about a third of a
+checkpoint); it evaluates, it does not resume.
 
 Every write is atomic (a temporary file or folder renamed into place), so a kill at any moment leaves
 the previous complete state. Imports neither torch nor matplotlib (torch loads inside the checkpoint's
@@ -42,6 +43,7 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tb"
 CHECKPOINT_DIR = "checkpoint"
+WEIGHTS_FILE = "weights.pt"
 # What plot_run writes into a run folder, by what it shows.
 PLOT_FILES = {
     "accuracy": "accuracy.png",
@@ -86,6 +88,11 @@ class RunFolder:
     def plot_path(self, name: str) -> Path:
         """Where the plot ``name`` (a key of :data:`PLOT_FILES`) goes."""
         return self.path / PLOT_FILES[name]
+
+    @property
+    def weights_path(self) -> Path:
+        """The weights file a run made with ``--save-weights`` writes when it ends."""
+        return self.path / WEIGHTS_FILE
 
     def evaluation_path(self, split: str) -> Path:
         """Where ``python -m training_run.evaluate`` writes its scores of ``split``."""
@@ -132,9 +139,10 @@ class RunFolder:
                     break
 
     def clear(self) -> None:
-        """Remove what a run left here (metrics, TensorBoard logs, checkpoints, plots), so a run that
-        starts over does not mix with it; ``config.json`` is rewritten by the run that starts."""
-        for name in (METRICS_FILE, TENSORBOARD_DIR, *Checkpoint.FOLDERS):
+        """Remove what a run left here (metrics, TensorBoard logs, checkpoints, weights, plots,
+        evaluations), so a run that starts over does not mix with it; ``config.json`` is rewritten by the
+        run that starts."""
+        for name in (METRICS_FILE, TENSORBOARD_DIR, WEIGHTS_FILE, *Checkpoint.FOLDERS):
             path = self.path / name
             if path.is_dir():
                 shutil.rmtree(path)
@@ -142,6 +150,8 @@ class RunFolder:
                 path.unlink()
         for png in PLOT_FILES.values():
             (self.path / png).unlink(missing_ok=True)
+        for evaluated in (*self.path.glob("evaluation-*.json"), *self.path.glob("routes-*.png")):
+            evaluated.unlink()
 
     # ----------------------------------------------------------------- config.json
     def has_config(self) -> bool:

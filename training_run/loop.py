@@ -33,7 +33,7 @@ from routing_env.benchmarks import MTLBenchmark
 from routing_env.build import get_benchmark, make_engine
 from routing_env.engine import RoutingEngine
 from routing_env.sb3_vec_env import RoutingSB3VecEnv
-from training_run.folder import CONFIG_FILE, MetricsLog, RunFolder
+from training_run.folder import CONFIG_FILE, MetricsLog, RunFolder, save_weights
 from training_run.guards import DivergenceGuard, StopRequests, TimeEstimate
 from training_run.machine import device_name, run_device, set_threads, use_tf32
 from training_run.resume import RunPlan
@@ -425,6 +425,12 @@ def _train(plan: RunPlan, on_epoch: EpochReport | None) -> list[dict[str, Any]]:
         if plan.resume:
             metrics.truncate(start.epoch - 1)
         loop = EpochLoop(cfg, folder, trainer, train_env, test_engine, val_engine, bench, metrics, on_epoch)
-        return loop.run(start)
+        records = loop.run(start)
     finally:
         metrics.close()
+    if cfg.save_weights:
+        pool = {k: v.detach().cpu() for k, v in engine.pool.state_dict().items()}
+        state = {"epoch": cfg.epochs - 1, "next_batch": 0}
+        written = save_weights(folder.weights_path, config, state, pool, trainer.weights())
+        print(f"wrote {written} ({written.stat().st_size / 1e6:,.0f} MB: the weights alone, to share)")
+    return records

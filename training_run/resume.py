@@ -31,6 +31,7 @@ ALLOWED_ON_RESUME: dict[str, str] = {
     "run.progress": "the progress bar",
     "run.checkpoint": "whether checkpoints are written from now on",
     "run.checkpoint_every_minutes": "how often checkpoints are written",
+    "run.save_weights": "whether the weights alone are written when the run ends",
     "run.threads": "CPU threads",
     "run.tf32": "CUDA matmul precision (results are no longer bit-identical)",
     "run.eval_batch_size": "how evaluation is batched (memory)",

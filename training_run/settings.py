@@ -73,6 +73,9 @@ class RunConfig:
         checkpoint_every_minutes: within an epoch, also write a checkpoint between two batches once
             this many minutes have passed since the last one (0: after every batch), so that a stopped
             run loses minutes, not its epoch.
+        save_weights: when the run ends, also write ``weights.pt``: the pool's and the agent's weights
+            alone, with the run's settings (no optimizer state: about a third of a checkpoint), to share;
+            ``python -m training_run.evaluate`` evaluates it. The checkpoint stays what ``--resume`` needs.
         progress: show a progress bar.
         tf32: use TF32 matmuls and convolutions on CUDA (about 2x faster on Hopper).
         threads: torch's CPU threads; default the cores this process may use (CPU affinity and cgroup
@@ -94,6 +97,7 @@ class RunConfig:
     eval_batch_size: int = 512
     checkpoint: bool = True
     checkpoint_every_minutes: float = 10.0
+    save_weights: bool = False
     progress: bool = True
     tf32: bool = True
     threads: int | None = None
