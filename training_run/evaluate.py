@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {run.draw_routes(pairs, args.render, args.picture or default)}")
     if args.save_weights:
         written = run.save_weights(args.save_weights)
-        print(f"wrote {written} ({written.stat().st_size / 2**20:.0f} MiB: the weights alone)")
+        print(f"wrote {written} ({written.stat().st_size / 1e6:,.0f} MB: the weights alone)")
     return 0
 
 

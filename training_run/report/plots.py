@@ -135,7 +135,8 @@ def plot_routes(
                 ax.set_axis_off()
                 continue
             ax.imshow(column[r]["frame"], interpolation="nearest")
-            heading = f"task {t} ({task_names[t]})\n" if r == 0 else ""
+            name = f" ({task_names[t]})" if len(task_names[t]) <= 16 else ""  # MIN-MTL's are lists of classes
+            heading = f"task {t}{name}\n" if r == 0 else ""
             ax.set_title(heading + column[r]["title"], fontsize=7)
             ax.set_xlabel("\n".join(column[r]["route"]), fontsize=6, family="monospace")
     kinds = list(dict.fromkeys(name.split("[")[0] for name in action_names[:-1]))
