@@ -22,6 +22,7 @@ from datagen import real_data_root, requires_real_data
 from test_stop_and_resume import wait_for
 from test_train import REPO, read_metrics, run_main
 
+from training_run import evaluate
 from training_run.settings import FIRST_RUN, FirstRun, RunConfig
 
 RECORD = REPO / "results" / "cpu_first_run"
@@ -97,7 +98,8 @@ def test_readme_quick_start_plain_run_ctrl_c_then_the_advised_command(
     fake_data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     """A new user in a fresh checkout: README's plain run, Ctrl-C after the advice, then the advised
-    command (in the same folder, data from $ROUTING_ENV_DATA) runs: it has a run folder of its own."""
+    command (in the same folder, data from $ROUTING_ENV_DATA) runs: it has a run folder of its own; then
+    README's evaluate command on it."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "ROUTING_ENV_DATA": str(fake_data_root)}
     stdout, stderr = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     plain = [*readme_plain_run(), *SMALL_AND_LONG]
@@ -129,6 +131,11 @@ def test_readme_quick_start_plain_run_ctrl_c_then_the_advised_command(
     assert run_main([*advised.split()[2:], *SHORTENED]) == 0
     assert len(read_metrics(tmp_path / FIRST_RUN.out)) == 1
     assert (plain_folder / "checkpoint" / "state.json").exists()  # the stopped run is still there
+
+    # README's next step: evaluate the first run and draw its routes
+    evaluate_line = re.search(r"`python -m training_run\.evaluate ([^`]+)`", readme_section("Quick start"))
+    assert evaluate.main([*evaluate_line.group(1).split(), "--device", "cpu"]) == 0
+    assert (tmp_path / FIRST_RUN.out / "routes-test.png").exists()
 
 
 def test_readme_says_the_first_runs_time_depends_on_the_machine() -> None:
