@@ -26,7 +26,8 @@ from training_run import evaluate
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory, resume_argv: list) -> Path:
     out = tmp_path_factory.mktemp("runs") / "finished"
-    assert run_main([*resume_argv, "--epochs", 1, "--save-weights", "--out", out]) == 0
+    argv = [*resume_argv, "--epochs", 1, "--val-fraction", 0.1, "--save-weights", "--out", out]
+    assert run_main(argv) == 0
     return out
 
 
@@ -59,6 +60,14 @@ def test_the_command_prints_the_runs_last_test_accuracy_and_draws_its_routes(
     assert (
         picture.size[0] > 1000
         and len(np.unique(np.asarray(picture.convert("RGB")).reshape(-1, 3), axis=0)) > 8
+    )
+
+    # the validation split, as the run scored it
+    assert evaluate.main([str(finished_run), "--split", "val", "--device", "cpu"]) == 0
+    balanced = 100 * last["val_balanced_accuracy"]
+    assert (
+        f"val: accuracy {100 * last['val_accuracy']:.2f}%, balanced {balanced:.2f}%"
+        in capsys.readouterr().out
     )
 
     # the weights file: a fraction of the checkpoint, and the same evaluation
@@ -99,9 +108,14 @@ def test_a_run_made_with_save_weights_writes_them_when_it_ends(
 def test_bad_input_is_one_line(finished_run: Path, tmp_path: Path) -> None:
     not_weights = tmp_path / "notes.txt"
     not_weights.write_text("not a model")
+    no_val = tmp_path / "no-val"  # the run as if made without a validation split
+    shutil.copytree(finished_run, no_val)
+    config = json.loads((no_val / "config.json").read_text())
+    config["env"]["val_fraction"] = 0.0
+    (no_val / "config.json").write_text(json.dumps(config))
     for argv, message in [
         (
-            [finished_run, "--split", "val"],
+            [no_val, "--split", "val"],
             "the run has no validation split (it was made without --val-fraction)",
         ),
         ([tmp_path], f"{tmp_path} holds no run (no config.json)"),

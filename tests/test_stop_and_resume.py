@@ -124,7 +124,7 @@ def test_resume_takes_the_saved_settings_and_records_what_changed(
     assert deterministic_part(read_metrics(run_copy)) == deterministic_part(uninterrupted)
     # a run that ends says what it reached, where its plots are and how to evaluate it
     last = uninterrupted[-1]
-    summary = out[out.index(f"finished: {run_copy}, 3 epochs") :]
+    summary = out[out.index(f"finished: {run_copy}, epochs: 3") :]
     assert f"last epoch 2: test accuracy {100 * last['test_accuracy']:.2f}%" in summary
     assert "accuracy.png" in summary and f"python -m training_run.evaluate {run_copy}" in summary
     config = json.loads((run_copy / "config.json").read_text())
@@ -141,9 +141,9 @@ def test_resuming_a_complete_run_says_so_and_writes_nothing(
     before = snapshot(run_copy)
     assert run_main(["--out", run_copy, "--resume"]) == 0
     out = capsys.readouterr().out
-    assert f"{run_copy} is complete: its checkpoint holds all 1 epochs" in out
+    assert f"{run_copy} is complete: its checkpoint holds every epoch (1)" in out
     assert "--epochs N above 1 trains it longer" in out
-    assert f"finished: {run_copy}, 1 epochs" in out  # the run's summary
+    assert f"finished: {run_copy}, epochs: 1" in out  # the run's summary
     assert snapshot(run_copy) == before  # no "resumed" entry in config.json
 
 

@@ -135,7 +135,7 @@ def plan_resume(folder: RunFolder, given: dict[str, Any]) -> RunPlan:
     plan = RunPlan(cfg, folder, resume=True, saved=saved, changes=changes, done_epochs=done)
     if plan.finished:
         plan.note = (
-            f"{folder.path} is complete: its checkpoint holds all {done} epochs, so nothing trains and "
+            f"{folder.path} is complete: its checkpoint holds every epoch ({done}), so nothing trains and "
             f"nothing is written (--epochs N above {done} trains it longer)"
         )
     return plan

@@ -110,7 +110,7 @@ def run_summary(folder: RunFolder) -> str:
         return f"test accuracy {100 * r['test_accuracy']:.2f}% (balanced {balanced:.2f}%)"
 
     lines = [
-        f"finished: {folder.path}, {len(records)} epochs in {last['wall_clock_s'] / 60:.1f} min",
+        f"finished: {folder.path}, epochs: {len(records)}, {last['wall_clock_s'] / 60:.1f} min",
         f"  last epoch {last['epoch']}: {scores(last)}",
     ]
     if picked is not None:
