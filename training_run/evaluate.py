@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", help="where the benchmark's data lies, if not where the run read it")
     args = p.parse_args(argv)
     if args.render < 0:
-        p.error(f"--render takes a number of pairs per task >= 0, got {args.render}")
+        sys.exit(f"error: --render takes a number of pairs per task >= 0, got {args.render}")
     try:
         run = load_run(args.run, args.split, args.device, args.data_root)
     except (ValueError, DataError) as e:
