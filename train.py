@@ -33,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
             sys.exit(f"error: {e}")
         if plan.note:
             print(plan.note)
+        from training_run.report.describe import run_summary
+
+        if plan.finished:
+            print(run_summary(folder))
+            return 0
         from routing_env.benchmarks import DataError
         from training_run.loop import TrainingDiverged, TrainingInterrupted, train
 
@@ -43,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         except TrainingInterrupted as e:
             print(e, file=sys.stderr)
             return e.exit_code
+        print(run_summary(folder))
     except KeyboardInterrupt:  # before the loop, a second Ctrl-C, or a run without checkpoints
         if folder.has_checkpoint():
             then = f"continue from its last checkpoint with: {folder.resume_command()}"

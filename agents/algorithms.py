@@ -70,6 +70,24 @@ class SB3Setup:
     def resolved_policy(self) -> Any:
         return load(self.policy) if ":" in self.policy else self.policy
 
+    def build(self, env: Any, policy: Any = None, **kwargs: Any) -> Any:
+        """The algorithm on ``env`` with the table's policy, or ``policy`` (its ``policy_kwargs`` over the
+        table's where the policy is the table's).
+
+        Args:
+            env: the routing env, as :attr:`env` says (a ``RoutingSB3VecEnv``, or the flattened single env).
+            policy: another policy (a class or an SB3 policy name).
+            kwargs: the algorithm's constructor arguments.
+
+        Raises:
+            ValueError: one line, for a policy that cannot take the env (:func:`check_policy`).
+        """
+        given = kwargs.pop("policy_kwargs", None) or {}
+        policy_kwargs = given if policy is not None else {**self.resolved_policy_kwargs(), **given}
+        policy = self.resolved_policy() if policy is None else policy
+        check_policy(policy, policy_kwargs, env.observation_space)
+        return load(self.algo_class)(policy, env, policy_kwargs=policy_kwargs, **kwargs)
+
     def policy_text(self) -> str:
         """The policy as docs/algorithms.md writes it."""
         text = f"`{self.policy.rpartition(':')[2]}`"
@@ -82,6 +100,32 @@ class SB3Setup:
         if self.env == "flat":
             text += " on `FlattenObservation(gym.make(...))`"
         return text
+
+
+# The smallest image SB3's NatureCNN (the image extractor of its MultiInput policies) takes: its 8/4, 4/2 and
+# 3/1 convolutions leave nothing of a smaller one.
+NATURE_CNN_MIN_SIDE = 36
+
+
+def check_policy(policy: Any, policy_kwargs: dict[str, Any], observation_space: Any) -> None:
+    """Refuse, in one line that names the fix, a policy that cannot take the env's observation: SB3's
+    ``MultiInput*Policy`` with its default extractor on images smaller than NatureCNN's 36x36 (MNIST-MTL's
+    28x28), which otherwise fails deep in torch with a kernel-size error.
+
+    Raises:
+        ValueError: the line.
+    """
+    if not (isinstance(policy, str) and policy.startswith("MultiInput")):
+        return
+    if "features_extractor_class" in policy_kwargs or "image" not in getattr(observation_space, "spaces", {}):
+        return
+    shape = tuple(observation_space["image"].shape)  # (C, H, W)
+    if min(shape[1:]) < NATURE_CNN_MIN_SIDE:
+        raise ValueError(
+            f"{policy}'s default extractor (SB3's NatureCNN) needs images of {NATURE_CNN_MIN_SIDE}x"
+            f"{NATURE_CNN_MIN_SIDE} or more, this env's are {shape[1]}x{shape[2]}: pass "
+            "policy_kwargs=dict(features_extractor_class=agents.RouterFeaturesExtractor)"
+        )
 
 
 @dataclass(frozen=True)

@@ -24,22 +24,20 @@ def balanced_accuracy(correct: torch.Tensor, labels: torch.Tensor, n_classes: in
 
 
 @torch.no_grad()
-def evaluate(
-    act: ActFn, engine: RoutingEngine, n_tasks: int, n_classes: int, prefix: str = "test"
-) -> dict[str, Any]:
-    """Route every pair of ``engine``'s split once (a sequential engine with a frozen pool).
+def route_pairs(act: ActFn, engine: RoutingEngine) -> dict[str, torch.Tensor]:
+    """Route every pair of ``engine``'s split once (a sequential engine with a frozen pool), in the split's
+    order.
 
-    Returns ``{prefix}_accuracy``, ``{prefix}_balanced_accuracy`` (mean over tasks of the mean per-class
-    recall: always answering "no" on MNIST-MTL scores 90 % accuracy but 50 % balanced), ``{prefix}_loss``
-    and ``{prefix}_pairs``, and the per-task values, the number of pool modules no route uses, the
-    task x module usage counts and what the routes say about sharing
-    (:func:`agents.route_stats.route_statistics`).
+    Returns:
+        per pair: ``correct`` ``(N,)`` bool, ``task``, ``label``, ``prediction`` and ``pair_index``
+        ``(N,)`` int64, ``route`` ``(N, D)`` action ids, ``loss`` ``(N,)``.
     """
     if engine.training or not engine.config.sequential:
         raise ValueError("evaluate() needs a sequential engine with a frozen pool (split='test')")
     engine.seed(0)  # restart the walk at the first pair
     n_pairs = len(engine.data)
-    collected: dict[str, list[torch.Tensor]] = {k: [] for k in ("correct", "task", "label", "route", "loss")}
+    keys = ("correct", "task", "label", "prediction", "pair_index", "route", "loss")
+    collected: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     for _ in range(math.ceil(n_pairs / engine.batch_size)):
         engine.begin_batch()
         out = None
@@ -48,8 +46,29 @@ def evaluate(
         first_pass = out.final["epoch"] == 0  # the last batch wraps around: count each pair once
         for key in collected:
             collected[key].append(out.final[key][first_pass])
-    res = {k: torch.cat(v) for k, v in collected.items()}
-    n_modules = engine.pool.n_modules
+    return {k: torch.cat(v) for k, v in collected.items()}
+
+
+def evaluate(
+    act: ActFn, engine: RoutingEngine, n_tasks: int, n_classes: int, prefix: str = "test"
+) -> dict[str, Any]:
+    """Route every pair of ``engine``'s split once (:func:`route_pairs`) and score the routes
+    (:func:`scores`)."""
+    return scores(route_pairs(act, engine), n_tasks, n_classes, engine.pool.n_modules, prefix)
+
+
+def scores(
+    pairs: dict[str, torch.Tensor], n_tasks: int, n_classes: int, n_modules: int, prefix: str = "test"
+) -> dict[str, Any]:
+    """What :func:`route_pairs` found, scored.
+
+    Returns ``{prefix}_accuracy``, ``{prefix}_balanced_accuracy`` (mean over tasks of the mean per-class
+    recall: always answering "no" on MNIST-MTL scores 90 % accuracy but 50 % balanced), ``{prefix}_loss``
+    and ``{prefix}_pairs``, and the per-task values, the number of pool modules no route uses, the
+    task x module usage counts and what the routes say about sharing
+    (:func:`agents.route_stats.route_statistics`).
+    """
+    res = pairs
     per_task_acc, per_task_bal = [], []
     for t in range(n_tasks):
         sel = res["task"] == t

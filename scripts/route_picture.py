@@ -7,7 +7,9 @@ right or wrong answer), with each route's modules written under it and the kinds
     python scripts/route_picture.py --env RoutingMNIST-v0 --out /tmp/route.png
 
 The routes are random valid actions (the env's own action masks, seeded): the picture shows the MDP, not a
-trained router's choices. Needs the benchmark's data (``--data-root``, else ``$ROUTING_ENV_DATA``).
+trained router's choices (``python -m training_run.evaluate RUN --render N`` draws those, with the same
+:func:`training_run.report.plots.plot_routes`). Needs the benchmark's data (``--data-root``, else
+``$ROUTING_ENV_DATA``).
 """
 
 from __future__ import annotations
@@ -17,30 +19,25 @@ import sys
 from pathlib import Path
 
 import gymnasium as gym
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: the packages of this checkout
     sys.path.insert(0, str(ROOT))
 
 import routing_env  # noqa: E402,F401  (registers the env ids)
-from routing_env.render import BANK_COLOURS, PASS_COLOUR  # noqa: E402
+from training_run.report.plots import plot_routes  # noqa: E402
 
 
-def routes(env_id: str, n_tasks: int, seed: int, data_root: str | None) -> tuple[list[dict], list[str]]:
+def routes(
+    env_id: str, n_tasks: int, seed: int, data_root: str | None
+) -> tuple[list[dict], list[str], list[str]]:
     """One finished episode for each of the first ``n_tasks`` tasks met on the test pairs (a random one of
-    each task's first pairs): its rendered frame, task, label and route names; and the module kinds' names
-    in bank order."""
+    each task's first pairs): its rendered frame, title and route names; the tasks' names; the actions'."""
     kwargs = {"data_root": data_root} if data_root else {}
     env = gym.make(env_id, render_mode="rgb_array", device="cpu", split="test", seed=seed, **kwargs)
     base = env.unwrapped
     rng = np.random.default_rng(seed)
-    kinds = list(dict.fromkeys(name.split("[")[0] for name in base.action_names[:-1]))
     episodes: dict[int, dict] = {}
     obs, _ = env.reset(seed=seed)
     while len(episodes) < n_tasks:
@@ -51,29 +48,11 @@ def routes(env_id: str, n_tasks: int, seed: int, data_root: str | None) -> tuple
         task = int(obs["task"])
         if task not in episodes and rng.random() < 0.2:  # the test pairs come in label order: vary them
             names = [base.action_names[a] for a in info["route"]]
-            episodes[task] = {"frame": env.render(), "task": task, "label": info["label"], "route": names}
+            episodes[task] = {"frame": env.render(), "title": f"label {info['label']}", "route": names}
         obs, _ = env.reset()
     env.close()
-    return [episodes[t] for t in sorted(episodes)], kinds
-
-
-def draw(episodes: list[dict], kinds: list[str], out: Path) -> Path:
-    """The frames side by side, each route's modules under it, the module kinds' colours below."""
-    fig, axes = plt.subplots(1, len(episodes), figsize=(2.3 * len(episodes), 4.0))
-    for ax, ep in zip(np.atleast_1d(axes), episodes, strict=True):
-        ax.imshow(ep["frame"], interpolation="nearest")
-        ax.set_title(f"task {ep['task']}, label {ep['label']}", fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_xlabel("\n".join(ep["route"]), fontsize=7, family="monospace")
-    handles = [Patch(color=BANK_COLOURS[i % len(BANK_COLOURS)] / 255, label=k) for i, k in enumerate(kinds)]
-    handles.append(Patch(color=PASS_COLOUR / 255, label="PASS"))
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.09, 1, 1))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    task_names = base.benchmark.task_names or [str(t) for t in range(base.benchmark.n_tasks)]
+    return [episodes[t] for t in sorted(episodes)], task_names, list(base.action_names)
 
 
 def main() -> None:
@@ -84,8 +63,9 @@ def main() -> None:
     p.add_argument("--data-root", default=None)
     p.add_argument("--out", type=Path, default=ROOT / "results" / "route.png")
     args = p.parse_args()
-    episodes, kinds = routes(args.env, args.tasks, args.seed, args.data_root)
-    print(f"wrote {draw(episodes, kinds, args.out)}")
+    episodes, task_names, action_names = routes(args.env, args.tasks, args.seed, args.data_root)
+    title = f"{args.env}: random valid routes through a fresh pool (seed {args.seed})"
+    print(f"wrote {plot_routes([[e] for e in episodes], task_names, action_names, args.out, title)}")
 
 
 if __name__ == "__main__":

@@ -54,20 +54,32 @@ def kw(fake_data_root: Path) -> dict[str, Any]:
 
 
 def build(setup: SB3Setup, kw: dict[str, Any]):
-    """The algorithm on its env, as the table says, with a tiny router."""
-    policy_kwargs = setup.resolved_policy_kwargs()
+    """The algorithm on its env, as the table says (``SB3Setup.build``), with a tiny router."""
+    policy_kwargs: dict[str, Any] = {}
     if setup.policy.endswith("RouterPolicy"):
         policy_kwargs.update(ROUTER)
-    elif "features_extractor_class" in policy_kwargs:
+    elif "features_extractor_class" in setup.policy_kwargs:
         policy_kwargs["features_extractor_kwargs"] = dict(ROUTER)
     if setup.env == "vec":
         env = RoutingSB3VecEnv("RoutingMNIST-v0", num_envs=N_ENVS, **kw)
     else:
         env = gym.wrappers.FlattenObservation(gym.make("RoutingMNIST-v0", batch_size=N_ENVS, **kw))
-    algo = load(setup.algo_class)
-    return algo(
-        setup.resolved_policy(), env, policy_kwargs=policy_kwargs, seed=0, device="cpu", **SMALL[setup.name]
-    )
+    return setup.build(env, policy_kwargs=policy_kwargs, seed=0, device="cpu", **SMALL[setup.name])
+
+
+def test_the_default_multi_input_policy_on_mnist_is_one_line_naming_the_extractor(kw: dict[str, Any]) -> None:
+    """SB3's own MultiInputPolicy runs NatureCNN on MNIST's 28x28 images and fails deep in torch; built
+    from the table's entry it is one line that names the extractor to use."""
+    (dqn,) = [s for s in SB3_SETUPS if s.name == "DQN"]
+    env = RoutingSB3VecEnv("RoutingMNIST-v0", num_envs=N_ENVS, **kw)
+    with pytest.raises(ValueError) as info:
+        dqn.build(env, policy="MultiInputPolicy", seed=0, device="cpu", **SMALL["DQN"])
+    line = str(info.value)
+    assert len(line.splitlines()) == 1
+    assert "needs images of 36x36 or more, this env's are 28x28" in line
+    assert line.endswith("pass policy_kwargs=dict(features_extractor_class=agents.RouterFeaturesExtractor)")
+    with pytest.raises(RuntimeError, match="[Kk]ernel size"):  # what SB3 alone says
+        load(dqn.algo_class)("MultiInputPolicy", env, device="cpu")
 
 
 def test_the_table_names_every_discrete_dict_algorithm() -> None:

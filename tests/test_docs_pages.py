@@ -36,7 +36,10 @@ def test_check_names_a_stale_page_and_rewriting_makes_it_current(tmp_path: Path,
         "# T\n<!-- presets-table:begin -->\nstale text\n<!-- presets-table:end -->\n"
         "<!-- flags-table:begin -->\n<!-- flags-table:end -->\n"
     )
-    monkeypatch.setattr(pages, "PAGES", {"docs/training.md": pages.PAGES["docs/training.md"]})
+    blocks = {
+        k: v for k, v in pages.PAGES["docs/training.md"].items() if k in ("presets-table", "flags-table")
+    }
+    monkeypatch.setattr(pages, "PAGES", {"docs/training.md": blocks})  # blocks from the code, not results/
     assert pages.stale_pages(tmp_path) == ["docs/training.md"]
     text = pages.built("docs/training.md", tmp_path)
     assert "| `best` |" in text and "| `--preset` |" in text and "stale text" not in text
@@ -85,3 +88,24 @@ def test_zoo_timings_are_of_the_shipped_files() -> None:
             rerun = f"{algo}.yml changed since it was timed: python scripts/time_zoo.py --algos {algo}"
             assert record["file_sha1"] == time_zoo.file_sha1(algo), (path, rerun)
             assert record["finished"], f"{path}: {algo}.yml's first update did not finish ({record['error']})"
+
+
+def test_docs_list_every_router_policy_keyword() -> None:
+    """docs/algorithms.md's RouterPolicy table holds every keyword a user may pass in ``policy_kwargs``:
+    the policy's own (its signature, less what SB3 passes) and the router's architecture."""
+    import dataclasses
+    import inspect
+
+    from agents.config import RouterConfig
+    from agents.policy import RouterPolicy
+
+    own = [
+        name
+        for name, p in inspect.signature(RouterPolicy.__init__).parameters.items()
+        if name not in pages.SB3_PASSES and p.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+    table = pages.router_policy_table(ROOT / "results")
+    for name in [*own, *(f.name for f in dataclasses.fields(RouterConfig))]:
+        assert f"| `{name}` |" in table, name
+    assert "| `task_prior_std` | `0.0` | `--task-prior-std` |" in table
+    assert "<!-- router-policy-table:begin -->" in (ROOT / "docs" / "algorithms.md").read_text()

@@ -24,6 +24,7 @@ FLOORS = [
     "training_run.report.plots",
     "training_run.resume",
     "training_run.loop",
+    "training_run.evaluate",
     "training_run.cli",
     "training_run.sweep",
     "training_run.report.tables",

@@ -114,3 +114,28 @@ def test_a_plan_is_trained_once(tmp_path: Path) -> None:
     plan.take()
     with pytest.raises(ValueError, match="was trained already: plan the run again"):
         plan.take()
+
+
+def test_help_and_flags_table_show_the_defaults_a_plain_run_uses() -> None:
+    """``python train.py`` runs ``--preset best``: its values are the defaults the help and
+    docs/training.md's table show, with the field's own default beside them where they differ."""
+    from training_run.cli import build_parser
+    from training_run.report.pages import flags_table
+
+    help_text = " ".join(build_parser().format_help().split())  # argparse wraps lines anywhere
+    for flag, shown in [
+        ("--bonus-weight BONUS_WEIGHT", "0.1 under --preset best; the field's default: 1.0"),
+        ("--freeze-unused, --no-freeze-unused", "off under --preset best; the field's default: on"),
+        (
+            "--reward-timing {per_step,terminal}",
+            "terminal under --preset best; the field's default: per_step",
+        ),
+        ("--task-prior-std TASK_PRIOR_STD", "3.0 under --preset best for a RouterPolicy algorithm"),
+        ("--preset {best,paper}", "best"),
+        ("--duplicates DUPLICATES", "10"),  # no preset sets it: the field's default alone
+    ]:
+        default = help_text.split(f" {flag} ", 1)[1].split("(default: ", 1)[1].split(")", 1)[0]
+        assert default.startswith(shown) if "under" in shown else default == shown, (flag, default)
+    rows = {line.split(" | ")[0].strip("| `"): line for line in flags_table(REPO / "results").splitlines()}
+    assert "`0.1` under `--preset best`; the field's default: `1.0`" in rows["--bonus-weight"]
+    assert "`off` under `--preset best`; the field's default: `on`" in rows["--[no-]freeze-unused"]

@@ -89,6 +89,8 @@ def run_copy(one_epoch_run: Path, tmp_path: Path) -> Path:
         (["--duplicates", "3"], ["--duplicates 3 (the run has 2)"]),
         (["--limit-train", "64"], ["--limit-train 64 (the run has 192)"]),
         (["--algo", "static"], ["--algo static (the run has maskable_ppo)"]),
+        # a switch is named as given, and as the run has it (not "--no-freeze-unused True")
+        (["--freeze-unused"], ["--freeze-unused (the run has --no-freeze-unused)"]),
     ],
 )
 def test_resume_refuses_a_changed_setting_in_one_line_and_changes_nothing(
@@ -117,14 +119,45 @@ def test_resume_takes_the_saved_settings_and_records_what_changed(
     """``--out X --resume`` alone continues with the run's own settings (not the flags' defaults);
     config.json records each allowed change."""
     assert run_main(["--out", run_copy, "--resume", "--epochs", 3]) == 0
-    assert f"resumed {run_copy} after epoch 0" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"resumed {run_copy} after epoch 0" in out
     assert deterministic_part(read_metrics(run_copy)) == deterministic_part(uninterrupted)
+    # a run that ends says what it reached, where its plots are and how to evaluate it
+    last = uninterrupted[-1]
+    summary = out[out.index(f"finished: {run_copy}, epochs: 3") :]
+    assert f"last epoch 2: test accuracy {100 * last['test_accuracy']:.2f}%" in summary
+    assert "accuracy.png" in summary and f"python -m training_run.evaluate {run_copy}" in summary
     config = json.loads((run_copy / "config.json").read_text())
     assert config["epochs"] == 3 and config["env"]["max_pairs"] == 192 and config["env"]["duplicates"] == 2
     (resumed,) = config["resumed"]
     assert resumed["from"] == "after epoch 0"
     assert resumed["changed"]["run.epochs"] == [1, 3]
     assert set(resumed["changed"]) == {"run.epochs", "run.out"}  # the folder was copied elsewhere
+
+
+def test_resuming_a_complete_run_says_so_and_writes_nothing(
+    run_copy: Path, capsys: pytest.CaptureFixture
+) -> None:
+    before = snapshot(run_copy)
+    assert run_main(["--out", run_copy, "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert f"{run_copy} is complete: its checkpoint holds every epoch (1)" in out
+    assert "--epochs N above 1 trains it longer" in out
+    assert f"finished: {run_copy}, epochs: 1" in out  # the run's summary
+    assert snapshot(run_copy) == before  # no "resumed" entry in config.json
+
+
+def test_resume_without_out_names_the_folder_it_continues(
+    one_epoch_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    default = Path(RunConfig.from_settings({}).out)  # runs/RoutingMNIST-v0-maskable_ppo-s0
+    shutil.copytree(one_epoch_run, tmp_path / default)
+    monkeypatch.chdir(tmp_path)
+    assert run_main(["--resume"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(
+        f"--resume without --out: the run in {default}, train.py's folder for these flags\n"
+    )
 
 
 def test_config_json_is_rewritten_only_after_the_checkpoint_loads(
@@ -323,7 +356,7 @@ def test_first_minutes_then_a_stop_signal_then_resume(
     assert re.fullmatch(
         r"time: [\d.]+ s per batch here, so the [\d,]+ batches left take about \d+ h \(evaluation not "
         r"counted\)\. These are GPU-sized settings; for a first look on this CPU \(LRN learns in minutes\): "
-        + re.escape(f"python train.py {' '.join(FIRST_RUN.argv())}"),  # no time: its settings are not timed
+        + re.escape(FIRST_RUN.command()),  # no time: its settings are not timed
         estimate,
     ), estimate
 
@@ -495,13 +528,16 @@ def test_time_estimate_line(monkeypatch: pytest.MonkeyPatch) -> None:
     assert estimate.batch_done(78_202) is None and estimate.batch_done(78_201) is None
     line = estimate.batch_done(78_200)
     assert line.startswith("time: 16.00 s per batch here, so the 78,200 batches left take about 348 h")
-    assert line.endswith("python train.py --limit-train 1280 --epochs 3 (about 2 min of training here)")
+    first = (
+        "python train.py --limit-train 1280 --epochs 3 --out runs/first-run"  # not python train.py's folder
+    )
+    assert line.endswith(f"{first} (about 2 min of training here)")
     assert estimate.batch_done(78_199) is None  # said once
     # A run of other settings (pool, depth, benchmark, router): the flags, without a time made up for them.
     clock = iter([0.0, 16.0, 32.0])
     estimate = guards.TimeEstimate(torch.device("cpu"), first_run_timed=False)
     estimate.batch_done(78_202), estimate.batch_done(78_201)
-    assert estimate.batch_done(78_200).endswith("python train.py --limit-train 1280 --epochs 3")
+    assert estimate.batch_done(78_200).endswith(first)
 
 
 def test_the_first_run_is_timed_against_train_py_settings_only() -> None:

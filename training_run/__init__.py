@@ -11,6 +11,7 @@ that import only downwards:
   results tables and the generated blocks of README and docs/ (``pages``);
 * :mod:`training_run.resume`: :func:`plan_run` -> :class:`RunPlan` (start, continue, or refuse; no torch);
 * :mod:`training_run.loop`: the epoch loop and :func:`train`, which trains a plan;
+* :mod:`training_run.evaluate`: a trained run (``python -m training_run.evaluate RUN``, :func:`load_run`);
 * :mod:`training_run.cli`: train.py's flags <-> settings;
 * :mod:`training_run.sweep`: sweep files on Ray Tune (``python -m training_run.sweep FILE``).
 

@@ -11,13 +11,25 @@ import dataclasses
 import json
 import re
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
 from agents.algorithms import ALGORITHMS
 from routing_env.config import literal_choices
 from routing_env.registration import routing_env_ids
-from training_run.settings import FLAG_NAMES, SECTIONS, RunConfig, SettingError, changed, default_of, flag_of
+from training_run.settings import (
+    DEFAULT_PRESET,
+    FLAG_NAMES,
+    PRESETS,
+    SECTIONS,
+    RunConfig,
+    SettingError,
+    changed,
+    default_of,
+    flag_of,
+    preset_default,
+)
 
 RESUME_HELP = "continue the run in --out from its checkpoint, with its saved settings"
 NO_BONUS_HELP = "no collapse bonus (--bonus-weight 0)"
@@ -130,6 +142,27 @@ def _flag(key: str) -> Flag:
     return Flag(key, FLAG_NAMES[key], parse, pair, choices, default_of(key), field_docs(cls).get(name, ""))
 
 
+def shown_value(value: Any, switch: bool) -> str:
+    """A default as the help writes it: ``on`` / ``off`` for a switch."""
+    return ("on" if value else "off") if switch else str(value)
+
+
+def default_text(flag: Flag, code: Callable[[str], str] = str) -> str:
+    """A flag's default as a plain ``python train.py`` gets it: the value :data:`DEFAULT_PRESET` sets,
+    with the field's own default beside it where they differ (``0.1 under --preset best; the field's
+    default: 1.0``). ``code`` marks up a value and a flag (backticks in the docs)."""
+    switch = flag.parse is bool
+    value = preset_default(flag.key)
+    text = code(shown_value(value, switch))
+    if flag.key in PRESETS[DEFAULT_PRESET] and changed(value, flag.default):
+        algorithms = " for a RouterPolicy algorithm" if flag.key.startswith("router.") else ""
+        field_default = code(shown_value(flag.default, switch))
+        text += (
+            f" under {code('--preset ' + DEFAULT_PRESET)}{algorithms}; the field's default: {field_default}"
+        )
+    return text
+
+
 # Every flag that sets a setting, in the help's order.
 FLAGS: list[Flag] = [_flag(key) for key in FLAG_NAMES]
 # Flags that are no setting of their own: --no-bonus sets env.bonus_weight 0.
@@ -167,7 +200,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                 flag.option,
                 dest=flag.key,
                 action=argparse.BooleanOptionalAction,
-                help=f"{help_text} (default: {'on' if flag.default else 'off'})",
+                help=f"{help_text} (default: {default_text(flag)})",
                 default=argparse.SUPPRESS,
             )
             continue
@@ -179,7 +212,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
             choices=flag.choices,
             default=argparse.SUPPRESS,
             metavar=None if flag.choices else flag.name.upper(),
-            help=f"{help_text} (default: {flag.default})",
+            help=f"{help_text} (default: {default_text(flag)})",
         )
     parser.add_argument("--no-bonus", action="store_true", help=NO_BONUS_HELP)
     parser.add_argument("--resume", action="store_true", help=RESUME_HELP)

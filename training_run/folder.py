@@ -11,7 +11,14 @@ A run folder holds:
 * ``checkpoint/``: the agent, the env's pool and data walk, RNG states and where the run stands
   (:class:`Checkpoint`), written as ``checkpoint.tmp`` and renamed into place (``checkpoint.old`` holds
   the one before while the renames run);
-* the plots of :data:`PLOT_FILES`.
+* the plots of :data:`PLOT_FILES`;
+* with ``--save-weights``, ``weights.pt`` (:data:`WEIGHTS_FILE`), written when the run ends;
+* what ``python -m training_run.evaluate`` writes: ``evaluation-<split>.json`` and ``routes-<split>.png``.
+
+A *weights file* (:func:`save_weights`; ``weights.pt``, or ``python -m training_run.evaluate RUN
+--save-weights FILE``) is one file that holds a trained model to share: the run's ``config.json``, the
+pool's weights and the agent's, without the optimizers' state, data walk or RNG states (about a third of a
+checkpoint); it evaluates, it does not resume.
 
 Every write is atomic (a temporary file or folder renamed into place), so a kill at any moment leaves
 the previous complete state. Imports neither torch nor matplotlib (torch loads inside the checkpoint's
@@ -36,6 +43,7 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tb"
 CHECKPOINT_DIR = "checkpoint"
+WEIGHTS_FILE = "weights.pt"
 # What plot_run writes into a run folder, by what it shows.
 PLOT_FILES = {
     "accuracy": "accuracy.png",
@@ -81,6 +89,19 @@ class RunFolder:
         """Where the plot ``name`` (a key of :data:`PLOT_FILES`) goes."""
         return self.path / PLOT_FILES[name]
 
+    @property
+    def weights_path(self) -> Path:
+        """The weights file a run made with ``--save-weights`` writes when it ends."""
+        return self.path / WEIGHTS_FILE
+
+    def evaluation_path(self, split: str) -> Path:
+        """Where ``python -m training_run.evaluate`` writes its scores of ``split``."""
+        return self.path / f"evaluation-{split}.json"
+
+    def routes_path(self, split: str) -> Path:
+        """Where ``python -m training_run.evaluate --render N`` draws the routes of ``split``."""
+        return self.path / f"routes-{split}.png"
+
     def resume_command(self) -> str:
         """The command that continues the run here."""
         return f"python train.py --out {shlex.quote(str(self.path))} --resume"
@@ -118,9 +139,10 @@ class RunFolder:
                     break
 
     def clear(self) -> None:
-        """Remove what a run left here (metrics, TensorBoard logs, checkpoints, plots), so a run that
-        starts over does not mix with it; ``config.json`` is rewritten by the run that starts."""
-        for name in (METRICS_FILE, TENSORBOARD_DIR, *Checkpoint.FOLDERS):
+        """Remove what a run left here (metrics, TensorBoard logs, checkpoints, weights, plots,
+        evaluations), so a run that starts over does not mix with it; ``config.json`` is rewritten by the
+        run that starts."""
+        for name in (METRICS_FILE, TENSORBOARD_DIR, WEIGHTS_FILE, *Checkpoint.FOLDERS):
             path = self.path / name
             if path.is_dir():
                 shutil.rmtree(path)
@@ -128,6 +150,8 @@ class RunFolder:
                 path.unlink()
         for png in PLOT_FILES.values():
             (self.path / png).unlink(missing_ok=True)
+        for evaluated in (*self.path.glob("evaluation-*.json"), *self.path.glob("routes-*.png")):
+            evaluated.unlink()
 
     # ----------------------------------------------------------------- config.json
     def has_config(self) -> bool:
@@ -290,6 +314,29 @@ class Checkpoint:
         os.replace(self.tmp, self.folder)
         shutil.rmtree(self.old, ignore_errors=True)
 
+    def complete(self) -> Path:
+        """The folder that holds the last complete checkpoint (``checkpoint.old`` when a save was killed
+        between its two renames), without moving anything.
+
+        Raises:
+            FileNotFoundError: there is none.
+        """
+        for folder in (self.folder, self.old):
+            if (folder / "state.json").exists():
+                return folder
+        raise FileNotFoundError(f"no checkpoint in {self.folder}")
+
+    def load_for_evaluation(self, trainer: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Load the agent into ``trainer``; return (state.json, the pool's state dict). Reads only; the
+        optimizers' state, data walk and RNG states are left where they are."""
+        import torch
+
+        folder = self.complete()
+        trainer.load(folder)
+        state = json.loads((folder / "state.json").read_text())
+        env_state = torch.load(folder / "env.pt", map_location="cpu", weights_only=False)
+        return state, env_state["pool"]
+
     def load(self, trainer: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         """Load the agent into ``trainer``; return (state.json, env state, rng state). Tensors load on
         the CPU (the env copies them to its device), so a run may continue on another device."""
@@ -305,6 +352,50 @@ class Checkpoint:
         env_state = torch.load(self.folder / "env.pt", map_location="cpu", weights_only=False)
         rng = torch.load(self.folder / "rng.pt", map_location="cpu", weights_only=False)
         return state, env_state, rng
+
+
+# A weights file's ``format`` (what :func:`read_weights` reads).
+WEIGHTS_FORMAT = "lrn-weights-1"
+
+
+def save_weights(
+    path: Path, config: dict[str, Any], state: dict[str, Any], pool: dict[str, Any], agent: dict[str, Any]
+) -> Path:
+    """Write a weights file (module docstring) through a temporary file renamed into place.
+
+    Args:
+        path: the file.
+        config: the run's ``config.json``.
+        state: where the run stood (the checkpoint's ``state.json``).
+        pool: the pool's state dict.
+        agent: the agent's weights (``Trainer.weights()``).
+    """
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    content = {"format": WEIGHTS_FORMAT, "config": config, "state": state, "pool": pool, "agent": agent}
+    torch.save(content, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_weights(path: Path) -> dict[str, Any]:
+    """A weights file's content (``config``, ``state``, ``pool``, ``agent``); tensors on the CPU.
+
+    Raises:
+        ValueError: one line when it is not a weights file.
+    """
+    import torch
+
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a damaged or foreign file: one line, not the unpickler's traceback
+        raise ValueError(f"{path} is not a weights file ({type(e).__name__}: {e})") from e
+    if not isinstance(content, dict) or content.get("format") != WEIGHTS_FORMAT:
+        raise ValueError(f"{path} is not a weights file (python -m training_run.evaluate RUN --save-weights)")
+    return content
 
 
 def finite_or_null(value: Any) -> Any:

@@ -33,7 +33,7 @@ from routing_env.benchmarks import MTLBenchmark
 from routing_env.build import get_benchmark, make_engine
 from routing_env.engine import RoutingEngine
 from routing_env.sb3_vec_env import RoutingSB3VecEnv
-from training_run.folder import CONFIG_FILE, MetricsLog, RunFolder
+from training_run.folder import CONFIG_FILE, MetricsLog, RunFolder, save_weights
 from training_run.guards import DivergenceGuard, StopRequests, TimeEstimate
 from training_run.machine import device_name, run_device, set_threads, use_tf32
 from training_run.resume import RunPlan
@@ -389,14 +389,10 @@ def _train(plan: RunPlan, on_epoch: EpochReport | None) -> list[dict[str, Any]]:
     announce(cfg, device)
     train_env = RoutingSB3VecEnv.from_config(cfg.env)
     engine = train_env.engine
-    test_engine, bench = make_engine(
-        cfg.test_env,
-        batch_size=min(cfg.eval_batch_size, cfg.limit_test or cfg.eval_batch_size),
-        pool=engine.pool,
-    )
+    test_engine, bench = make_engine(cfg.test_env, batch_size=cfg.eval_batch("test"), pool=engine.pool)
     val_engine = None
     if cfg.env.val_fraction > 0:
-        val_engine, _ = make_engine(cfg.val_env, cfg.eval_batch_size, engine.pool)
+        val_engine, _ = make_engine(cfg.val_env, cfg.eval_batch("val"), engine.pool)
     trainer = ALGORITHMS[cfg.algo].build(
         train_env, seed=cfg.seed, agent=cfg.agent, router=cfg.router, routing_network=cfg.routing_network
     )
@@ -429,6 +425,12 @@ def _train(plan: RunPlan, on_epoch: EpochReport | None) -> list[dict[str, Any]]:
         if plan.resume:
             metrics.truncate(start.epoch - 1)
         loop = EpochLoop(cfg, folder, trainer, train_env, test_engine, val_engine, bench, metrics, on_epoch)
-        return loop.run(start)
+        records = loop.run(start)
     finally:
         metrics.close()
+    if cfg.save_weights:
+        pool = {k: v.detach().cpu() for k, v in engine.pool.state_dict().items()}
+        state = {"epoch": cfg.epochs - 1, "next_batch": 0}
+        written = save_weights(folder.weights_path, config, state, pool, trainer.weights())
+        print(f"wrote {written} ({written.stat().st_size / 1e6:,.0f} MB: the weights alone, to share)")
+    return records

@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from training_run.folder import CONFIG_FILE, RunFolder
-from training_run.settings import RunConfig, SettingError, changed, settings_of_dict, show, switch_of
+from training_run.settings import (
+    RunConfig,
+    SettingError,
+    changed,
+    given_as,
+    settings_of_dict,
+    show,
+    switch_of,
+)
 
 # "section.field" settings a resumed run may change, and why each is safe.
 ALLOWED_ON_RESUME: dict[str, str] = {
@@ -23,6 +31,7 @@ ALLOWED_ON_RESUME: dict[str, str] = {
     "run.progress": "the progress bar",
     "run.checkpoint": "whether checkpoints are written from now on",
     "run.checkpoint_every_minutes": "how often checkpoints are written",
+    "run.save_weights": "whether the weights alone are written when the run ends",
     "run.threads": "CPU threads",
     "run.tf32": "CUDA matmul precision (results are no longer bit-identical)",
     "run.eval_batch_size": "how evaluation is batched (memory)",
@@ -89,6 +98,15 @@ def plan_run(cfg: RunConfig, given: dict[str, Any], resume: bool) -> RunPlan:
     if not resume:
         refuse_plain_start(folder)
         return RunPlan(cfg, folder)
+    plan = plan_resume(folder, given)
+    if "run.out" not in given:  # the folder the other flags name: say which
+        which = f"--resume without --out: the run in {folder.path}, train.py's folder for these flags"
+        plan.note = which if plan.note is None else f"{which}\n{plan.note}"
+    return plan
+
+
+def plan_resume(folder: RunFolder, given: dict[str, Any]) -> RunPlan:
+    """The plan of ``--resume`` in ``folder`` (see :func:`plan_run`)."""
     if not folder.has_config():
         if folder.has_checkpoint():
             raise ValueError(
@@ -114,7 +132,13 @@ def plan_run(cfg: RunConfig, given: dict[str, Any], resume: bool) -> RunPlan:
             f"--resume: --epochs {cfg.epochs} is fewer than the {done} epochs {folder.path} has trained"
         )
     changes = settings_changes(saved, cfg)
-    return RunPlan(cfg, folder, resume=True, saved=saved, changes=changes, done_epochs=done)
+    plan = RunPlan(cfg, folder, resume=True, saved=saved, changes=changes, done_epochs=done)
+    if plan.finished:
+        plan.note = (
+            f"{folder.path} is complete: its checkpoint holds every epoch ({done}), so nothing trains and "
+            f"nothing is written (--epochs N above {done} trains it longer)"
+        )
+    return plan
 
 
 def refuse_plain_start(folder: RunFolder) -> None:
@@ -149,7 +173,7 @@ def resumed_config(folder: RunFolder, given: dict[str, Any]) -> RunConfig:
     )
     if refused:
         diffs = ", ".join(
-            f"{switch_of(k)} {show(new)} (the run has {show(old)})" for k, (old, new) in refused.items()
+            f"{given_as(k, new)} (the run has {had(k, old)})" for k, (old, new) in refused.items()
         )
         allowed = ", ".join(switch_of(k) for k in ALLOWED_ON_RESUME)
         raise ValueError(
@@ -171,3 +195,8 @@ def settings_changes(saved: dict[str, Any], cfg: RunConfig) -> dict[str, list[An
 def refused_changes(changes: dict[str, Any]) -> dict[str, Any]:
     """The entries of ``{"section.field": ...}`` that a resumed run may not change."""
     return {k: v for k, v in changes.items() if k not in ALLOWED_ON_RESUME and k != "run.out"}
+
+
+def had(key: str, value: Any) -> str:
+    """A saved setting as a refusal names it: ``--no-freeze-unused`` for a switch, its value else."""
+    return given_as(key, value) if isinstance(value, bool) else show(value)

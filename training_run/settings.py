@@ -69,10 +69,13 @@ class RunConfig:
         out: run folder; default ``runs/<env>-<algo>-s<seed>``.
         limit_test: evaluate on only this many test pairs (and validation pairs, with ``val_fraction``).
         eval_batch_size: episodes per evaluation batch.
-        checkpoint: write a checkpoint after every epoch (a MIN-MTL one is ~7 GB).
+        checkpoint: write a checkpoint after every epoch (its size: docs/training.md, "The run folder").
         checkpoint_every_minutes: within an epoch, also write a checkpoint between two batches once
             this many minutes have passed since the last one (0: after every batch), so that a stopped
             run loses minutes, not its epoch.
+        save_weights: when the run ends, also write ``weights.pt``: the pool's and the agent's weights
+            alone, with the run's settings (no optimizer state: about a third of a checkpoint), to share;
+            ``python -m training_run.evaluate`` evaluates it. The checkpoint stays what ``--resume`` needs.
         progress: show a progress bar.
         tf32: use TF32 matmuls and convolutions on CUDA (about 2x faster on Hopper).
         threads: torch's CPU threads; default the cores this process may use (CPU affinity and cgroup
@@ -94,6 +97,7 @@ class RunConfig:
     eval_batch_size: int = 512
     checkpoint: bool = True
     checkpoint_every_minutes: float = 10.0
+    save_weights: bool = False
     progress: bool = True
     tf32: bool = True
     threads: int | None = None
@@ -146,6 +150,13 @@ class RunConfig:
     def val_env(self) -> RoutingConfig:
         """The validation env: the held-out ``val_fraction`` of the training pairs, ``limit_test`` of them."""
         return self.env.replace(split="val", max_pairs=self.limit_test)
+
+    def eval_batch(self, split: str) -> int:
+        """Episodes per batch of the evaluation of ``split`` (``"test"`` or ``"val"``): what the run's
+        epochs used, so a later evaluation of its weights walks the same batches."""
+        if split == "test":
+            return min(self.eval_batch_size, self.limit_test or self.eval_batch_size)
+        return self.eval_batch_size
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> RunConfig:
@@ -270,9 +281,21 @@ def default_of(key: str) -> Any:
 
 
 def switch_of(key: str) -> str:
-    """The flag as a user types it: ``--no-progress`` for a setting that is on by default."""
+    """The flag as a help or message names it: ``--[no-]progress`` for a switch, ``--lr`` else."""
     flag = flag_of(key)
-    return "--no-" + flag[2:] if key in FLAG_NAMES and default_of(key) is True else flag
+    return "--[no-]" + flag[2:] if key in FLAG_NAMES and isinstance(default_of(key), bool) else flag
+
+
+def given_as(key: str, value: Any) -> str:
+    """A setting's value as the flags that give it: ``--freeze-unused`` or ``--no-freeze-unused`` for a
+    switch, ``--lr 0.001`` else."""
+    return " ".join(flag_words(key, value)) if isinstance(value, bool) else f"{flag_of(key)} {show(value)}"
+
+
+def preset_default(key: str, preset: str | None = DEFAULT_PRESET) -> Any:
+    """The value of a setting where a run from the command line gives none: what ``preset`` sets, else
+    the field's default (:func:`default_of`)."""
+    return PRESETS.get(preset, {}).get(key, default_of(key)) if preset else default_of(key)
 
 
 def with_flags(message: str, sections: list[str]) -> str:
@@ -378,6 +401,8 @@ class FirstRun:
         batch_cost: its mean time per batch over that of ``python train.py``'s settings, both measured on
             one CPU by ``scripts/cpu_first_run.py``: what turns the time per batch a run of those settings
             measures into this run's time.
+        out: its run folder, not the one ``python train.py`` defaults to: the advice comes while that
+            run goes on, and its folder (stopped with Ctrl-C) holds a run of other settings.
     """
 
     settings: tuple[tuple[str, Any], ...] = (
@@ -395,13 +420,19 @@ class FirstRun:
         ("run.epochs", 3),
     )
     batch_cost: float = 0.19
+    out: str = "runs/first-run"
 
     def config(self) -> RunConfig:
-        return RunConfig.from_settings(dict(self.settings))
+        return RunConfig.from_settings({**dict(self.settings), "run.out": self.out})
 
     def argv(self) -> list[str]:
-        """The train.py flags of this run."""
-        return [word for key, value in self.settings for word in _flag_words(key, value)]
+        """The train.py flags of its settings (without ``--out``: what ``scripts/cpu_first_run.py``
+        measured, into a folder of its own)."""
+        return [word for key, value in self.settings for word in flag_words(key, value)]
+
+    def command(self) -> str:
+        """The command that starts it, with its own ``--out``."""
+        return " ".join(["python train.py", *self.argv(), "--out", self.out])
 
     def batches(self) -> int:
         """Its batches in all."""
@@ -416,15 +447,14 @@ class FirstRun:
     def advice(self, reference_seconds_per_batch: float | None) -> str:
         """The line that suggests this run: its flags, and its time when the time per batch of a run that
         :meth:`timed_by` accepts is given."""
-        command = "python train.py " + " ".join(self.argv())
-        line = f"for a first look on this CPU (LRN learns in minutes): {command}"
+        line = f"for a first look on this CPU (LRN learns in minutes): {self.command()}"
         if reference_seconds_per_batch is None:
             return line
         minutes = max(1, round(self.batches() * self.batch_cost * reference_seconds_per_batch / 60))
         return f"{line} (about {minutes} min of training here)"
 
 
-def _flag_words(key: str, value: Any) -> list[str]:
+def flag_words(key: str, value: Any) -> list[str]:
     """A setting as train.py's flag words: ``--freeze-unused`` (``--no-freeze-unused``) for a switch,
     ``--lr 0.001`` else."""
     if isinstance(value, bool):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -43,6 +43,13 @@ class Trainer(Protocol):
 
     def load(self, folder: Path) -> None:
         """Read the agent from a checkpoint folder."""
+
+    def weights(self) -> dict[str, Any]:
+        """What the agent needs to act, without its optimizer's state (a shared model's agent part);
+        tensors on the CPU."""
+
+    def load_weights(self, weights: dict[str, Any]) -> None:
+        """Take :meth:`weights` of a trainer of the same settings."""
 
 
 def parameter_norm(tensors: Iterable[torch.Tensor]) -> float:

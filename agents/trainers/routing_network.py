@@ -316,6 +316,12 @@ class RoutingNetworkTrainer:
     def load(self, folder: Path) -> None:
         self.load_state_dict(torch.load(Path(folder) / TABLES_FILE, weights_only=False))
 
+    def weights(self) -> dict[str, Any]:
+        return self.state_dict()  # the tables are the router; no optimizer state besides them
+
+    def load_weights(self, weights: dict[str, Any]) -> None:
+        self.load_state_dict(weights)
+
 
 def build(
     env: Any, seed: int = 0, routing_network: RoutingNetworkConfig | None = None

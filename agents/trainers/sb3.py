@@ -149,6 +149,13 @@ class SB3Trainer:
         # checkpoint. Drop those seeds: the reset just begins the next batch of the restored walk.
         self.env._reset_seeds()
 
+    def weights(self) -> dict[str, Any]:
+        """The policy's parameters and buffers (the router; not its optimizer's moments)."""
+        return {k: v.detach().cpu() for k, v in self.model.policy.state_dict().items()}
+
+    def load_weights(self, weights: dict[str, Any]) -> None:
+        self.model.policy.load_state_dict(weights)
+
 
 def _trainer(
     algo_class: type[BaseAlgorithm],

@@ -60,6 +60,12 @@ class StaticTrainer:
     def load(self, folder: Path) -> None:
         pass
 
+    def weights(self) -> dict[str, Any]:
+        return {}  # the route is fixed; the pool's weights travel with the env
+
+    def load_weights(self, weights: dict[str, Any]) -> None:
+        pass
+
 
 def build(env: Any) -> StaticTrainer:
     """The trainer of ``--algo static`` (the static network has no settings of its own)."""

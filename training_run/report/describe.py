@@ -1,10 +1,11 @@
-"""A run's setting in words, from its ``config.json`` (the results tables, the figures' legends)."""
+"""A run in words: its setting, from its ``config.json`` (the results tables, the figures' legends), and
+what it reached (:func:`run_summary`, which train.py prints when a run ends)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from training_run.folder import RunFolder
+from training_run.folder import PLOT_FILES, RunFolder
 from training_run.settings import settings_of_dict
 
 # What runs made before a setting existed did: the behaviour of the code that made them.
@@ -87,3 +88,42 @@ def run_label(folder: RunFolder) -> str:
         return folder.path.name
     config = folder.read_config()
     return f"{describe(config)}, seed {run_settings(config).get('run.seed')}"
+
+
+def val_picked(records: list[dict]) -> dict | None:
+    """The epoch the validation split picks (highest validation accuracy, the earliest of ties); None for
+    runs without a validation split. Never the best test epoch."""
+    with_val = [r for r in records if r.get("val_accuracy") is not None]
+    return max(with_val, key=lambda r: (r["val_accuracy"], -r["epoch"])) if with_val else None
+
+
+def run_summary(folder: RunFolder) -> str:
+    """What a finished run reached, in a few lines: its folder and time, the last epoch's test scores, the
+    epoch its validation split picks, its plots and the command that evaluates it."""
+    records = folder.read_metrics()
+    if not records:
+        return f"{folder.path}: no epoch finished"
+    last, picked = records[-1], val_picked(records)
+
+    def scores(r: dict) -> str:
+        balanced = 100 * r["test_balanced_accuracy"]
+        return f"test accuracy {100 * r['test_accuracy']:.2f}% (balanced {balanced:.2f}%)"
+
+    lines = [
+        f"finished: {folder.path}, epochs: {len(records)}, {last['wall_clock_s'] / 60:.1f} min",
+        f"  last epoch {last['epoch']}: {scores(last)}",
+    ]
+    if picked is not None:
+        lines.append(
+            f"  the validation split picks epoch {picked['epoch']} (val accuracy "
+            f"{100 * picked['val_accuracy']:.2f}%): {scores(picked)}"
+        )
+    else:
+        lines.append("  no validation split picks an epoch (--val-fraction 0.1 holds one out)")
+    plots = [name for name in PLOT_FILES.values() if (folder.path / name).exists()]
+    if plots:
+        lines.append(f"  plots in {folder.path}: {', '.join(plots)}")
+    lines.append(
+        f"  evaluate it and draw its routes: python -m training_run.evaluate {folder.path} --render 3"
+    )
+    return "\n".join(lines)

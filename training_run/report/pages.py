@@ -20,7 +20,7 @@ from typing import Any
 
 from agents.algorithms import SB3_SETUPS
 from routing_env.config import RoutingConfig
-from training_run.cli import FLAGS, NO_BONUS_HELP, RESUME_HELP, field_docs
+from training_run.cli import FLAGS, NO_BONUS_HELP, RESUME_HELP, default_text, field_docs
 from training_run.report import tables
 from training_run.settings import PRESETS, flag_of
 
@@ -95,13 +95,13 @@ def presets_table(_results: Path) -> str:
 
 
 def flags_table(_results: Path) -> str:
-    """Every train.py flag, its default and meaning (as ``training_run.cli`` generates them)."""
+    """Every train.py flag, its default under the default preset (the field's beside it where they
+    differ) and meaning (as ``training_run.cli`` generates them)."""
     rows = []
     for flag in FLAGS:
-        option, default = flag.option, flag.default
-        if flag.parse is bool:
-            option, default = "--[no-]" + option[2:], "on" if default else "off"
-        rows.append([f"`{option}`", f"`{default}`", markdown(flag.doc, cell=True)])
+        option = "--[no-]" + flag.option[2:] if flag.parse is bool else flag.option
+        default = default_text(flag, code=lambda text: f"`{text}`")
+        rows.append([f"`{option}`", default, markdown(flag.doc, cell=True)])
     rows.append(["`--no-bonus`", "off", NO_BONUS_HELP.replace("--bonus-weight 0", "`--bonus-weight 0`")])
     rows.append(["`--resume`", "off", RESUME_HELP.replace("--out", "`--out`")])
     return tables.markdown_table(["flag", "default", "meaning"], rows)
@@ -125,6 +125,47 @@ def algorithms_table(_results: Path) -> str:
     return tables.markdown_table(header, rows)
 
 
+def param_docs(obj: Any) -> dict[str, str]:
+    """The ``:param name: text`` entries of a docstring, ``{name: text}`` (continuation lines joined)."""
+    entries: dict[str, str] = {}
+    name = None
+    for line in inspect.getdoc(obj).splitlines():
+        head = re.match(r"^:param (\w+): (.*)$", line)
+        if head:
+            name = head.group(1)
+            entries[name] = head.group(2)
+        elif name and line.startswith("    "):
+            entries[name] += " " + line.strip()
+        else:
+            name = None
+    return entries
+
+
+# RouterPolicy's arguments that SB3 itself passes (not a user's policy_kwargs).
+SB3_PASSES = ("self", "observation_space", "action_space", "lr_schedule", "use_sde")
+
+
+def router_policy_table(_results: Path) -> str:
+    """``RouterPolicy``'s keyword arguments (``policy_kwargs``), from its signature and docstring, then the
+    router's architecture it takes as ``**router_kwargs`` (``RouterConfig``'s fields), each with its
+    train.py flag."""
+    from agents.config import RouterConfig
+    from agents.policy import RouterPolicy
+
+    docs = param_docs(RouterPolicy)
+    rows = []
+    for name, param in inspect.signature(RouterPolicy.__init__).parameters.items():
+        if name in SB3_PASSES or param.kind is inspect.Parameter.VAR_KEYWORD:
+            continue
+        default = getattr(param.default, "__name__", repr(param.default))  # a class by its name
+        rows.append([f"`{name}`", f"`{default}`", "", markdown(docs[name], cell=True)])
+    router_docs = field_docs(RouterConfig)
+    for f in dataclasses.fields(RouterConfig):
+        flag = f"`{flag_of('router.' + f.name)}`"
+        rows.append([f"`{f.name}`", f"`{_default(f)!r}`", flag, markdown(router_docs[f.name], cell=True)])
+    return tables.markdown_table(["keyword", "default", "train.py flag", "meaning"], rows)
+
+
 # page (relative to the repository) -> {block name -> what fills it, from the results folder}
 PAGES: dict[str, dict[str, Callable[[Path], str]]] = {
     "README.md": {
@@ -132,13 +173,22 @@ PAGES: dict[str, dict[str, Callable[[Path], str]]] = {
         "headline-verdict": tables.headline_verdict,
         "cpu-first-run": tables.cpu_first_run_table,
     },
-    "docs/environment.md": {"env-docstring": env_docstring, "env-kwargs": env_kwargs_table},
+    "docs/environment.md": {
+        "env-docstring": env_docstring,
+        "env-kwargs": env_kwargs_table,
+        "evaluate-example": example_file("examples/evaluate_run.py"),
+        "checkpoint-sizes": tables.checkpoint_sizes,
+    },
     "docs/benchmarks.md": {
         "benchmark-example": example_file("examples/shapes_benchmark.py"),
         "mtlbenchmark-fields": mtlbenchmark_fields,
     },
-    "docs/algorithms.md": {"algorithms-table": algorithms_table},
-    "docs/training.md": {"presets-table": presets_table, "flags-table": flags_table},
+    "docs/algorithms.md": {"algorithms-table": algorithms_table, "router-policy-table": router_policy_table},
+    "docs/training.md": {
+        "presets-table": presets_table,
+        "flags-table": flags_table,
+        "checkpoint-sizes": tables.checkpoint_sizes,
+    },
     "docs/results.md": {
         "results-table": tables.results_table,
         "seeds-table": tables.seeds_table,

@@ -109,6 +109,46 @@ def plot_runs(runs: list[Path], out: Path, key: str = "test_accuracy") -> Path:
     return _save(fig, out)
 
 
+def plot_routes(
+    columns: list[list[dict[str, Any]]], task_names: list[str], action_names: list[str], out: Path, title: str
+) -> Path:
+    """Routes as ``RoutingEnv(render_mode="rgb_array")`` draws them, a column per task: each frame
+    (``"frame"``, ``(H, W, 3)`` uint8) with its ``"title"`` above and its ``"route"`` (module names)
+    under it, and the module kinds' colours in a legend (:data:`routing_env.render.BANK_COLOURS`)."""
+    from matplotlib.patches import Patch
+
+    from routing_env.render import BANK_COLOURS, PASS_COLOUR
+
+    n_rows = max(1, max(len(column) for column in columns))
+    frames = [frame for column in columns for frame in column]
+    depth = max((len(frame["route"]) for frame in frames), default=1)
+    aspect = max((frame["frame"].shape[0] / frame["frame"].shape[1] for frame in frames), default=1.0)
+    row_height = 1.7 * aspect + 0.5 + 0.11 * depth  # the frame, two lines above it, a line per step under it
+    fig = Figure(figsize=(1.9 * len(columns) + 0.4, row_height * n_rows + 0.8), layout="constrained")
+    axes = fig.subplots(n_rows, len(columns), squeeze=False)
+    for t, column in enumerate(columns):
+        for r in range(n_rows):
+            ax = axes[r, t]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r >= len(column):
+                ax.set_axis_off()
+                continue
+            ax.imshow(column[r]["frame"], interpolation="nearest")
+            name = f" ({task_names[t]})" if len(task_names[t]) <= 16 else ""  # MIN-MTL's are lists of classes
+            heading = f"task {t}{name}\n" if r == 0 else ""
+            ax.set_title(heading + column[r]["title"], fontsize=7)
+            ax.set_xlabel("\n".join(column[r]["route"]), fontsize=6, family="monospace")
+    kinds = list(dict.fromkeys(name.split("[")[0] for name in action_names[:-1]))
+    handles = [Patch(color=BANK_COLOURS[i % len(BANK_COLOURS)] / 255, label=k) for i, k in enumerate(kinds)]
+    handles.append(Patch(color=PASS_COLOUR / 255, label="PASS"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=7, frameon=False)
+    fig.suptitle(textwrap.fill(title, 160), fontsize=8)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    return Path(out)
+
+
 def _save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")

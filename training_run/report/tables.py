@@ -19,8 +19,9 @@ import torch
 
 from agents.route_stats import module_set_overlap
 from training_run.folder import RunFolder
-from training_run.report.describe import describe, run_settings
+from training_run.report.describe import describe, run_settings, val_picked
 from training_run.report.plots import plot_runs
+from training_run.settings import FIRST_RUN
 
 # Figures docs/results.md shows: (file under results/, run folders under results/), one curve per run.
 FIGURES = [
@@ -116,13 +117,6 @@ def rows(results: Path) -> list[list[str]]:
                 ]
             )
     return out
-
-
-def val_picked(records: list[dict]) -> dict | None:
-    """The epoch the validation split picks (highest validation accuracy, the earliest of ties); None for
-    runs without a validation split. Never the best test epoch."""
-    with_val = [r for r in records if r.get("val_accuracy") is not None]
-    return max(with_val, key=lambda r: (r["val_accuracy"], -r["epoch"])) if with_val else None
 
 
 def _runs(results: Path, bench: str) -> list[tuple[Path, dict, list[dict]]]:
@@ -574,10 +568,34 @@ def cpu_first_run_table(results: Path) -> str:
     )
     if records[-1]["routes_per_task"] == 1 and round(records[-1]["route_overlap"], 2) == 0.67:
         routes += ": every task still takes the static network's route, which the router started from"
+    command = (
+        f"{run['command']} --out {FIRST_RUN.out}"  # the advice's folder (the measurement used a scratch one)
+    )
     return (
-        f"`{run['command']}` on {machine}: {run['process_seconds'] / 60:.1f} min in all, "
+        f"`{command}` on {machine}: {run['process_seconds'] / 60:.1f} min in all, "
         f"{run['seconds_per_batch']:.2f} s per batch against {reference['seconds_per_batch']:.2f} s for "
-        f"`python train.py`'s settings on the same machine.\n\n"
+        f"`python train.py`'s settings on the same machine. The time depends on the CPU and its load: "
+        f"train.py times its first batches, and its advice gives the time on yours.\n\n"
         + markdown_table(header, rows)
         + f"\n\n{routes}."
+    )
+
+
+def checkpoint_sizes(results: Path) -> str:
+    """What a checkpoint and a weights file of ``python train.py``'s settings take on disk, as
+    ``scripts/checkpoint_sizes.py`` measured them (``results/checkpoints/sizes.json``)."""
+    sizes = json.loads((results / "checkpoints" / "sizes.json").read_text())
+    files = sizes["checkpoint_files"]
+
+    def mb(n: int) -> str:
+        return f"{n / 1e6:,.0f} MB"
+
+    return (
+        f"A checkpoint of `python train.py`'s settings ({sizes['env_id']}, {sizes['duplicates']} duplicates, "
+        f"depth {sizes['max_depth']}: {sizes['pool_parameters'] / 1e6:.1f} M pool weights) takes "
+        f"{mb(sizes['checkpoint_bytes'])}: `env.pt` {mb(files['env.pt'])} (the pool's weights, its Adam "
+        f"moments and the data walk), `agent.zip` {mb(files['agent.zip'])} (the router and its optimizer); "
+        f"its weights file (`python -m training_run.evaluate RUN --save-weights FILE`: the pool's and the "
+        f"router's weights alone) takes {mb(sizes['weights_file_bytes'])} and evaluates to the same test "
+        f"accuracy (`scripts/checkpoint_sizes.py`)."
     )
