@@ -234,6 +234,7 @@ ENV_SETTINGS = (
 RENAMED = {
     "run.env_id": "env",
     "env.max_pairs": "limit_train",
+    "router.precision": "router_precision",
     "routing_network.learner": "rn_learner",
     "routing_network.lr": "rn_lr",
     "routing_network.rho": "rn_rho",
