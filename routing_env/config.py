@@ -76,6 +76,9 @@ class RoutingConfig:
         cuda_graph: on a GPU, replay fixed-shape programs as CUDA graphs: the pool's training step (a
             sync-free dispatch mode) and, for train.py's router algorithms, a batch's rollout and each PPO
             minibatch update (False runs the same programs eagerly).
+        compile: torch.compile (inductor) the fixed-shape programs: the pool's forward and, for train.py's
+            router algorithms, the router's step of a rollout and each PPO minibatch's losses (CUDA graphs
+            replay the compiled kernels); where compiling fails, one warning line and they run eagerly.
         precision: the pool's arithmetic on a GPU: ``"fp32"`` or ``"bf16"`` (autocast; weights, Adam
             and the loss stay fp32).
         augment: not in the paper: random crops (4-pixel padding) of training images, and horizontal flips
@@ -109,6 +112,7 @@ class RoutingConfig:
     pool: Pool = "lrn"
     freeze_unused: bool = True
     cuda_graph: bool = True
+    compile: bool = False
     precision: Precision = "fp32"
     augment: bool = False
     weight_decay: float = 0.0

@@ -152,6 +152,7 @@ class RoutingEngine:
             graphed,
             bf16=config.precision == "bf16" and self.device.type == "cuda",
             module_dropout=config.module_dropout,
+            compile=config.compile,
         )
         self.augment = bool(config.augment) and config.split == "train"
         self.hflip = hflip

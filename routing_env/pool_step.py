@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from routing_env.compiling import Compiled
 from routing_env.modules import ModulePool
 from routing_env.network import SYNC_FREE_MODES, RoutePlan, run_routes
 from routing_env.pool_optimizer import PoolOptimizer
@@ -62,6 +63,7 @@ class PoolStep:
             optimizer built with ``capturable=True`` and one update per batch).
         bf16: run the modules under bf16 autocast (CUDA).
         module_dropout: dropout rate on hidden modules' outputs while training.
+        compile: run the networks' forward through torch.compile (:mod:`routing_env.compiling`).
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class PoolStep:
         cuda_graph: bool = False,
         bf16: bool = False,
         module_dropout: float = 0.0,
+        compile: bool = False,
     ) -> None:
         self.pool, self.bank_steps, self.logits_type = pool, bank_steps, logits_type
         self.dispatch, self.optimizer, self.cuda_graph = dispatch, optimizer, cuda_graph
@@ -83,6 +86,7 @@ class PoolStep:
                 f"a CUDA-graph pool step needs a capturable optimizer and a dispatch of {SYNC_FREE_MODES}"
             )
         self.plan = RoutePlan(pool, bank_steps)
+        self.forward = Compiled(self._forward, compile, "the pool's forward")
         self.reset_graph()
 
     def reset_graph(self) -> None:
@@ -92,7 +96,10 @@ class PoolStep:
         self._static: dict[str, torch.Tensor] = {}
 
     def logits(self, images: torch.Tensor, route: torch.Tensor, training: bool = False) -> torch.Tensor:
-        dropout = self.module_dropout if training else 0.0
+        """The networks' logits ``(B, K)`` in fp32."""
+        return self.forward(images, route, self.module_dropout if training else 0.0)
+
+    def _forward(self, images: torch.Tensor, route: torch.Tensor, dropout: float) -> torch.Tensor:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
             logits = run_routes(self.plan, self.logits_type, images, route, self.dispatch, dropout)
         return logits.float()

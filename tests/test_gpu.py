@@ -328,3 +328,32 @@ def test_graphed_model_saves_loads_and_continues(data_root: Path, tmp_path: Path
     on_cpu = LRNMaskablePPO.load(tmp_path / "agent.zip", env=cpu_env, device="cpu")
     on_cpu.learn(batch)
     assert all(torch.isfinite(p).all() for p in on_cpu.policy.parameters())
+
+
+def test_compiled_programs_replay_in_cuda_graphs_as_the_eager_ones_do(data_root: Path) -> None:
+    """``compile=True`` with inductor: the pool's forward, the router's rollout step and the PPO losses
+    compile (no fallback) and are captured in the CUDA graphs (2 eager warm-ups compile, then the
+    capture), and 4 batches give the rollouts, pool losses and router that the uncompiled graphs give."""
+    models = {}
+    for compile in (False, True):
+        env = RoutingSB3VecEnv(
+            "RoutingMNIST-v0", num_envs=64, max_depth=5, data_root=data_root, download=False, device="cuda",
+            duplicates=3, max_pairs=2048, seed=0, bonus_weight=0.5, compile=compile,
+        )  # fmt: skip
+        model = _model(env, torch_compile=compile, cuda_graph=True)
+        model.learn(4 * 64 * 5)
+        models[compile] = model
+    eager, compiled = models[False], models[True]
+    assert compiled._episode_program.sample.active and compiled._minibatch_update.losses.active
+    assert compiled.env.engine.pool_step.forward.active
+    assert compiled._episode_program.program.captured == 1
+    assert compiled._minibatch_update.program.captured == 1
+    assert compiled.env.engine.pool_step._graph is not None
+    buffers = eager.rollout_buffer, compiled.rollout_buffer
+    same = (buffers[0].t_actions == buffers[1].t_actions).float().mean()
+    assert same > 0.99, float(same)  # the same draws; a fused kernel's rounding may flip a near tie
+    torch.testing.assert_close(buffers[1].t_values, buffers[0].t_values, rtol=1e-3, atol=1e-3)
+    stats = eager.env.engine.stats(), compiled.env.engine.stats()
+    assert stats[1]["train_loss"] == pytest.approx(stats[0]["train_loss"], rel=1e-2)
+    for p, q in zip(compiled.policy.parameters(), eager.policy.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-2)

@@ -227,7 +227,7 @@ SECTIONS: dict[str, type] = {
 ENV_SETTINGS = (
     "duplicates", "max_depth", "batch_size", "bonus_weight", "bonus_warmup", "bonus_scope", "lr", "lr_decay",
     "max_pairs", "data_seed", "data_root", "download", "device", "dispatch", "invalid_action_penalty",
-    "freeze_unused", "cuda_graph", "precision", "val_fraction", "augment", "weight_decay",
+    "freeze_unused", "cuda_graph", "compile", "precision", "val_fraction", "augment", "weight_decay",
     "module_dropout", "benchmark_kwargs",
 )  # fmt: skip
 # Settings whose flag (and sweep key) is not their field's name.
