@@ -18,9 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from routing_env.compiling import Compiled
+from routing_env.config import RoutingConfig
 from routing_env.modules import ModulePool
 from routing_env.network import SYNC_FREE_MODES, RoutePlan, run_routes
 from routing_env.pool_optimizer import PoolOptimizer
+from routing_env.rules import RouteRules
 
 WARMUP_STEPS = 2  # eager steps (on a side stream) before the capture, as torch.cuda.graph requires
 
@@ -88,6 +90,52 @@ class PoolStep:
         self.plan = RoutePlan(pool, bank_steps)
         self.forward = Compiled(self._forward, compile, "the pool's forward")
         self.reset_graph()
+
+    @classmethod
+    def of_engine(
+        cls,
+        pool: ModulePool,
+        rules: RouteRules,
+        config: RoutingConfig,
+        dispatch: str,
+        update_every: int,
+        batch_size: int,
+    ) -> PoolStep:
+        """The pool step of an engine with env settings ``config``: its optimizer (none for a frozen pool),
+        a CUDA graph where one can replay it (a GPU, a sync-free dispatch, one update per batch), bf16 and
+        compile as ``config`` says."""
+        device = pool.action_bank.device
+        graphed = (
+            config.cuda_graph
+            and device.type == "cuda"
+            and dispatch in SYNC_FREE_MODES
+            and update_every == batch_size
+            and bool(config.train_modules)
+        )
+        optimizer = (
+            PoolOptimizer(
+                pool,
+                config.lr,
+                config.lr_decay,
+                update_every,
+                config.freeze_unused,
+                capturable=graphed,
+                weight_decay=config.weight_decay,
+            )
+            if config.train_modules
+            else None
+        )
+        return cls(
+            pool,
+            rules.bank_steps,
+            rules.logits_type,
+            dispatch,
+            optimizer,
+            graphed,
+            bf16=config.precision == "bf16" and device.type == "cuda",
+            module_dropout=config.module_dropout,
+            compile=config.compile,
+        )
 
     def reset_graph(self) -> None:
         """Forget the captured graph (after the optimizer's state tensors were replaced, e.g. on load)."""
