@@ -535,7 +535,8 @@ def top_kernels(fn, n: int = 8) -> list[list[Any]]:
     Their names tell whether a convolution runs on tensor cores (cuDNN/CUTLASS ``tensorop``, ``xmma``,
     ``16816``, ``s1688`` kernels) or as an fp32 implicit GEMM."""
     fn()  # cuDNN picks its algorithms outside the profile
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
         fn()
         torch.cuda.synchronize()
     kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
