@@ -12,6 +12,7 @@ compiled program draws what the eager one draws and a CUDA graph can replay the 
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -59,7 +60,8 @@ class Compiled:
             return self.fn(*args)
         first = self.calls == 0
         try:
-            out = self.compiled(*args)
+            with _backward_compiled_with_forward():
+                out = self.compiled(*args)
         except Exception as e:
             # A compile error surfaces at a call: at the first, or at a recompile (a new shape).
             if not (first or isinstance(e, torch._dynamo.exc.TorchDynamoException)):
@@ -74,3 +76,13 @@ class Compiled:
         reason = (str(error).strip().splitlines() or [""])[0][:200]
         self.failed = f"{type(error).__name__}: {reason}"
         sys.stderr.write(f"warning: torch.compile failed for {self.what} ({self.failed}); it runs eagerly\n")
+
+
+def _backward_compiled_with_forward() -> contextlib.AbstractContextManager:
+    """AOTAutograd compiles a backward at its first use by default, in the caller's ``backward()``, where
+    :class:`Compiled` cannot catch a failure: compile it with the forward instead."""
+    from torch._functorch import config
+
+    if not hasattr(config, "force_non_lazy_backward_lowering"):
+        return contextlib.nullcontext()
+    return config.patch(force_non_lazy_backward_lowering=True)
