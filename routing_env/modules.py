@@ -312,7 +312,8 @@ class ModuleBank(nn.Module):
         batch, _, height, width = h.shape
         pixels = height * width
         order = torch.argsort(dup, stable=True)  # (B,): the samples grouped by duplicate
-        counts = F.one_hot(dup, self.spec.duplicates).sum(0)  # (d,); bincount would read its size on the host
+        # (d,) samples per duplicate; bincount (and one_hot's checks) would read the device on the host
+        counts = dup.new_zeros(self.spec.duplicates).scatter_add_(0, dup, torch.ones_like(dup))
         ends = (counts.cumsum(0) * pixels).to(torch.int32)  # (d,): each group's last row + 1
         dtype = torch.bfloat16 if h.is_cuda else h.dtype  # CUTLASS's grouped kernel is bf16's
         patches = F.unfold(h[order].to(dtype), 3, padding=1)  # (B, C_in * 9, H * W)
