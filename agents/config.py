@@ -9,7 +9,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from routing_env.config import check_choices, from_known_kwargs
+from routing_env.config import Precision, check_choices, from_known_kwargs
 
 MinibatchUnit = Literal["episodes", "transitions"]
 RewardTiming = Literal["per_step", "terminal"]
@@ -66,7 +66,8 @@ class AgentConfig:
 
 @dataclass
 class RouterConfig:
-    """The LRN router's architecture (the paper's: d_model 256, 4 heads, d_ff 512, one layer each).
+    """The LRN router's architecture (the paper's: d_model 256, 4 heads, d_ff 512, one layer each) and
+    arithmetic.
 
     Attributes:
         d_model: width of every embedding and of the transformer.
@@ -91,6 +92,10 @@ class RouterConfig:
             encoder's token is ~20 times smaller than an embedding).
         critic_encoder: ``"shared"`` (the critic pools the actor's encoding) or ``"separate"`` (its own
             encoder: the value loss no longer shapes the actor's).
+        precision: the router's arithmetic, in the rollout, the update and evaluation: ``"fp32"`` or
+            ``"bf16"`` (the conv encoder and the transformers under bf16 autocast, on tensor cores on a
+            GPU; the parameters, Adam, the output layers (action scores, value), the losses, GAE and the
+            value targets stay fp32).
     """
 
     d_model: int = 256
@@ -105,6 +110,7 @@ class RouterConfig:
     decoder_queries: DecoderQueries = "all"
     normalize_instance: bool = False
     critic_encoder: CriticEncoder = "shared"
+    precision: Precision = "fp32"
 
     def __post_init__(self) -> None:
         check_choices(self)

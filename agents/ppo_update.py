@@ -22,6 +22,7 @@ from stable_baselines3.common.type_aliases import Schedule
 from agents.cuda_graph import CapturedProgram
 from agents.policy import RouterPolicy
 from agents.rollout_buffer import DeviceRolloutBuffer
+from routing_env.compiling import Compiled
 
 # What each minibatch update leaves on the device, in order (SB3's train/ log keys).
 STATS = ("policy_gradient_loss", "value_loss", "entropy_loss", "clip_fraction", "approx_kl", "loss")
@@ -40,6 +41,8 @@ class MinibatchUpdate:
         normalize_advantage: normalise the advantages per minibatch (SB3's).
         clip_value: clip the value prediction around the old value (``clip_range_vf`` is set).
         capture: replay CUDA graphs (the policy is on a CUDA device).
+        compile: compute the losses through torch.compile (:class:`routing_env.compiling.Compiled`); the
+            backward, the clipping and the optimizer's step stay as they are.
     """
 
     def __init__(
@@ -52,6 +55,7 @@ class MinibatchUpdate:
         normalize_advantage: bool,
         clip_value: bool,
         capture: bool,
+        compile: bool = False,
     ) -> None:
         self.policy, self.buffer, self.optimizer = policy, buffer, policy.optimizer
         self.ent_coef, self.vf_coef, self.max_grad_norm = (
@@ -66,6 +70,7 @@ class MinibatchUpdate:
         # 1 - clip_range, 1 + clip_range, clip_range, clip_range_vf: device scalars the graphs read
         self.ranges = torch.zeros(4, device=buffer.device)
         self.flat = buffer.flat()
+        self.losses = Compiled(self._losses, compile, "the PPO minibatch losses")
         self.program = CapturedProgram(
             self._update,
             self.capture,
@@ -107,6 +112,15 @@ class MinibatchUpdate:
         return self.program(indices)[0]
 
     def _update(self, indices: torch.Tensor) -> tuple[torch.Tensor]:
+        loss, stats = self.losses(indices)
+        self.optimizer.zero_grad(set_to_none=True)  # Python only: in a graph the backward writes fresh grads
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+        self.optimizer.step()
+        return (stats,)
+
+    def _losses(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """SB3's loss on the transitions ``indices`` and :data:`STATS` ``(6,)``."""
         flat = self.flat
         obs = {key: value[indices] for key, value in flat["obs"].items()}
         old_values, old_log_prob = flat["values"][indices], flat["log_probs"][indices]
@@ -129,11 +143,7 @@ class MinibatchUpdate:
             log_ratio = log_prob - old_log_prob
             approx_kl = torch.mean((torch.exp(log_ratio) - 1) - log_ratio)
             stats = torch.stack([policy_loss, value_loss, entropy_loss, clip_fraction, approx_kl, loss])
-        self.optimizer.zero_grad(set_to_none=True)  # Python only: in a graph the backward writes fresh grads
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
-        self.optimizer.step()
-        return (stats,)
+        return loss, stats
 
 
 def _make_capturable(optimizer: torch.optim.Optimizer, device: torch.device) -> bool:
@@ -176,6 +186,7 @@ class DevicePPOUpdate:
 
     fused_update: bool
     cuda_graph: bool
+    torch_compile: bool
     _minibatch_update: MinibatchUpdate | None = None  # built on first use; not saved
 
     def _excluded_save_params(self) -> list[str]:
@@ -214,7 +225,7 @@ class DevicePPOUpdate:
         update = self._minibatch_update
         if update is None or not update.fits(self.policy, self.rollout_buffer, settings):
             capture = self.cuda_graph and self.device.type == "cuda"
-            update = MinibatchUpdate(self.policy, self.rollout_buffer, *settings, capture=capture)
+            update = MinibatchUpdate(self.policy, self.rollout_buffer, *settings, capture, self.torch_compile)
             self._minibatch_update = update
         return update
 

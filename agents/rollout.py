@@ -34,6 +34,7 @@ from agents.cuda_graph import CapturedProgram
 from agents.policy import RouterPolicy
 from agents.ppo_update import DevicePPOUpdate
 from agents.rollout_buffer import DeviceRolloutBuffer
+from routing_env.compiling import Compiled
 from routing_env.engine import EpisodeOutput, RoutingEngine
 from routing_env.sb3_vec_env import RoutingSB3VecEnv
 
@@ -73,11 +74,15 @@ class EpisodeProgram:
     ``episode_steps`` (its rules, on its state tensors) with the policy's sampling between the steps
     (:meth:`RouterPolicy.sample_tensors`); every step's observation, action, value and log-probability
     land in ``(max_depth, B, ...)`` tensors kept between batches. With ``capture``, replayed as one CUDA
-    graph (:class:`agents.cuda_graph.CapturedProgram`).
+    graph (:class:`agents.cuda_graph.CapturedProgram`); with ``compile``, the policy's step runs through
+    torch.compile (:class:`routing_env.compiling.Compiled`).
     """
 
-    def __init__(self, policy: RouterPolicy, engine: RoutingEngine, capture: bool) -> None:
+    def __init__(
+        self, policy: RouterPolicy, engine: RoutingEngine, capture: bool, compile: bool = False
+    ) -> None:
         self.policy, self.engine = policy, engine
+        self.sample = Compiled(policy.sample_tensors, compile, "the router's step of a rollout")
         depth, batch = engine.max_depth, engine.batch_size
         self.obs: dict[str, torch.Tensor] = {}  # (D, B, ...) per key, allocated at the first (eager) call
         self.actions = torch.zeros(depth, batch, dtype=torch.long, device=engine.device)
@@ -89,7 +94,7 @@ class EpisodeProgram:
         return policy is self.policy and engine is self.engine
 
     def _choose(self, k: int, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        actions, values, log_probs = self.policy.sample_tensors(obs)
+        actions, values, log_probs = self.sample(obs)
         for key, value in obs.items():
             if key not in self.obs:
                 self.obs[key] = value.new_zeros((self.engine.max_depth, *value.shape))
@@ -123,6 +128,8 @@ class DeviceRollouts:
     :param fused_update: PPO and MaskablePPO update each minibatch as one program
         (:mod:`agents.ppo_update`; False: SB3's ``train()``). A2C ignores it.
     :param cuda_graph: on a CUDA device, replay those programs as CUDA graphs (False: run them eagerly).
+    :param torch_compile: run the router's step of a rollout and each PPO minibatch's losses through
+        torch.compile (:mod:`routing_env.compiling`; the env's ``compile`` setting).
     """
 
     def __init__(
@@ -132,12 +139,14 @@ class DeviceRollouts:
         fused_rollout: bool = True,
         fused_update: bool = True,
         cuda_graph: bool = True,
+        torch_compile: bool = False,
         **kwargs: Any,
     ) -> None:
         if reward_timing not in REWARD_TIMINGS:
             raise ValueError(f"reward_timing must be one of {REWARD_TIMINGS}, got {reward_timing!r}")
         self.reward_timing = reward_timing
         self.fused_rollout, self.fused_update, self.cuda_graph = fused_rollout, fused_update, cuda_graph
+        self.torch_compile = torch_compile
         self._episode_program: EpisodeProgram | None = None
         kwargs.setdefault("rollout_buffer_class", DeviceRolloutBuffer)
         super().__init__(*args, **kwargs)
@@ -191,7 +200,8 @@ class DeviceRollouts:
         program = self._episode_program
         if program is None or not program.fits(self.policy, engine):
             capture = self.cuda_graph and engine.device.type == "cuda"
-            program = self._episode_program = EpisodeProgram(self.policy, engine, capture)
+            program = EpisodeProgram(self.policy, engine, capture, self.torch_compile)
+            self._episode_program = program
         depth = engine.max_depth
         starts = torch.zeros(depth, env.num_envs, device=self.device)
         starts[0] = 1.0  # every batch begins new episodes

@@ -159,9 +159,21 @@ class LRNRouter(nn.Module):
         self.critic_value = nn.Linear(d, 1)  # W_c
         self._graphed: GraphedInference | None = None
 
+    def arithmetic(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """The context of the router's body (conv encoder, transformers): bf16 autocast with
+        ``precision="bf16"``, else nothing. Autocast's weight cache is off, so that a captured CUDA graph
+        or a compiled program holds no cast copy from outside itself."""
+        bf16 = self.config.precision == "bf16"
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=False)
+
     def encode(self, x: RouterInput, for_critic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoded state tokens ``(B, T, d)`` and their padding mask ``(B, T)`` (True = padding); with
-        ``for_critic``, the critic's own encoding where it has one."""
+        ``for_critic``, the critic's own encoding where it has one. With ``precision="bf16"`` the tokens
+        are bf16."""
+        with self.arithmetic(x.image.device):
+            return self._encode(x, for_critic)
+
+    def _encode(self, x: RouterInput, for_critic: bool) -> tuple[torch.Tensor, torch.Tensor]:
         parts = self.critic_state if for_critic and self.critic_state is not None else self
         batch = x.task.shape[0]
         route = x.route.clamp(0, self.n_actions)
@@ -191,11 +203,11 @@ class LRNRouter(nn.Module):
         queries = self.action_embedding.weight[: self.n_actions]  # (A, d)
         queries = queries[None].expand(states.shape[0], -1, -1)  # (B, A, d)
         query_padding = ~mask if self.config.decoder_queries == "valid" else None
-        with attention_backend(self.attention):
+        with attention_backend(self.attention), self.arithmetic(states.device):
             out = self.decoder(
                 queries, states, tgt_key_padding_mask=query_padding, memory_key_padding_mask=padding
             )  # (B, A, d)
-        logits = self.score(out).squeeze(-1)
+        logits = self.score(out.float()).squeeze(-1)  # the output layer in fp32 (any precision)
         if self.task_prior is not None or self.static_prior is not None:
             step = (~padding[:, 2:]).sum(1)  # (B,) route steps taken so far (PASS included)
         if self.task_prior is not None:
@@ -218,7 +230,8 @@ class LRNRouter(nn.Module):
         return self.critic_value(self.pool(states, padding)).squeeze(-1)
 
     def pool(self, states: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
-        """Attention pooling of the state tokens, ``(B, d)``."""
+        """Attention pooling of the state tokens, ``(B, d)``, in fp32 (any precision)."""
+        states = states.float()
         e = self.critic_attention(states).squeeze(-1).masked_fill(padding, float("-inf"))  # (B, T)
         alpha = torch.softmax(e, dim=1)
         return (alpha[..., None] * states).sum(dim=1)

@@ -21,9 +21,12 @@ Pool = Literal["lrn", "static", "routing_network"]
 # How the chosen modules run (routing_env/modules.py): "dense" (every duplicate of a bank on every sample,
 # as one wide layer), "gathered" / "gathered_nhwc" (convs as one grouped conv through per-sample weights,
 # linears dense), "patches" (convs as one batched matrix product over unfolded patches, linears dense),
-# "grouped" (one call per chosen duplicate, a host sync per bank), "compact" (each bank on only its
-# sub-batch, one host sync). "auto": routing_env/network.py's AUTO_DISPATCH.
-Dispatch = Literal["auto", "dense", "gathered", "gathered_nhwc", "patches", "grouped", "compact"]
+# "grouped_gemm" (convs as one grouped matrix product per bank over the patches of samples sorted by
+# duplicate, bf16), "grouped" (one call per chosen duplicate, a host sync per bank), "compact" (each
+# bank on only its sub-batch, one host sync). "auto": routing_env/network.py's AUTO_DISPATCH.
+Dispatch = Literal[
+    "auto", "dense", "gathered", "gathered_nhwc", "patches", "grouped_gemm", "grouped", "compact"
+]
 SPLITS, PRECISIONS, BONUS_SCOPES, POOLS, DISPATCH_MODES = (
     typing.get_args(t) for t in (Split, Precision, BonusScope, Pool, Dispatch)
 )
@@ -65,7 +68,8 @@ class RoutingConfig:
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         seed: seeds the pool's initial weights and the order episodes walk the data.
         dispatch: how the chosen modules run: ``"auto"`` (the device's default), ``"dense"``,
-            ``"gathered"``, ``"gathered_nhwc"``, ``"patches"``, ``"compact"`` or ``"grouped"`` (see
+            ``"gathered"``, ``"gathered_nhwc"``, ``"patches"``, ``"grouped_gemm"``, ``"compact"`` or
+            ``"grouped"`` (see
             ``routing_env/modules.py``).
         pool: ``"lrn"`` (the paper's pool), ``"static"`` (one fixed network with a head per task, routed
             by ``max_depth=5``; the static baseline) or ``"routing_network"`` (Rosenbaum et al. 2017: a
@@ -76,6 +80,9 @@ class RoutingConfig:
         cuda_graph: on a GPU, replay fixed-shape programs as CUDA graphs: the pool's training step (a
             sync-free dispatch mode) and, for train.py's router algorithms, a batch's rollout and each PPO
             minibatch update (False runs the same programs eagerly).
+        compile: torch.compile (inductor) the fixed-shape programs: the pool's forward and, for train.py's
+            router algorithms, the router's step of a rollout and each PPO minibatch's losses (CUDA graphs
+            replay the compiled kernels); where compiling fails, one warning line and they run eagerly.
         precision: the pool's arithmetic on a GPU: ``"fp32"`` or ``"bf16"`` (autocast; weights, Adam
             and the loss stay fp32).
         augment: not in the paper: random crops (4-pixel padding) of training images, and horizontal flips
@@ -109,6 +116,7 @@ class RoutingConfig:
     pool: Pool = "lrn"
     freeze_unused: bool = True
     cuda_graph: bool = True
+    compile: bool = False
     precision: Precision = "fp32"
     augment: bool = False
     weight_decay: float = 0.0

@@ -1,10 +1,13 @@
-"""The order in which episodes take the pairs of a split."""
+"""The order in which episodes take the pairs of a split, and the batches of pairs they take."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+
+from routing_env.augment import random_crop_flip
+from routing_env.benchmarks.base import MTLSplit
 
 
 class DataWalk:
@@ -75,3 +78,54 @@ class DataWalk:
         self.epoch = int(state["epoch"])
         self.first_pass = int(state.get("first_pass", self.epoch))
         self.generator.set_state(state["generator"])
+
+
+class PairDraws:
+    """The batches of pairs an engine's episodes take: a :class:`DataWalk` over ``data``, each batch's
+    images, tasks and labels gathered at once, its images randomly cropped (and flipped) with ``augment``.
+    Keeps the walk's and the augmentation's state before the last draw, so that a checkpoint taken before
+    that batch ran draws it again.
+
+    Args:
+        data: the split (on the engine's device).
+        sequential: walk in order (evaluation) instead of seeded shuffled passes.
+        augment: random crops of the images, and horizontal flips with ``hflip``.
+        hflip: mirrored images keep their labels (the benchmark says).
+    """
+
+    def __init__(self, data: MTLSplit, sequential: bool, augment: bool, hflip: bool) -> None:
+        self.data, self.augment, self.hflip = data, augment, hflip
+        device = data.images.device
+        # (3, N): each pair's image row, task and label, so that a batch takes them in one gather.
+        self.columns = torch.stack([data.image_index, data.tasks, data.labels])
+        self.walk = DataWalk(len(data), sequential, device)
+        self.augment_generator = torch.Generator(device=device)
+        self.before_draw: dict[str, Any] | None = None
+
+    def seed(self, seed: int | None) -> None:
+        """Restart the walk from a fresh (seeded) order, and the augmentation with it."""
+        self.walk.seed(seed)
+        self.augment_generator.manual_seed(self.walk.initial_seed)
+        self.before_draw = None
+
+    def draw(self, n: int) -> tuple[torch.Tensor, ...]:
+        """The next ``n`` pairs: images ``(n, C, H, W)`` uint8, tasks, labels, each pair's index and the pass
+        it was drawn in, ``(n,)`` each."""
+        self.before_draw = self.state_dict()
+        pair_index, pair_epoch = self.walk.draw(n)  # (n,), (n,)
+        image_index, tasks, labels = self.columns[:, pair_index]  # (n,) each
+        images = self.data.images[image_index]  # (n, C, H, W) uint8
+        if self.augment:
+            images = random_crop_flip(images, self.augment_generator, flip=self.hflip)
+        return images, tasks, labels, pair_index, pair_epoch
+
+    def state_dict(self, before_last_draw: bool = False) -> dict[str, Any]:
+        """The walk and the augmentation's generator; ``before_last_draw``: as they were before the last
+        :meth:`draw` (its batch is drawn again after :meth:`load_state_dict`)."""
+        if before_last_draw and self.before_draw is not None:
+            return self.before_draw
+        return {"walk": self.walk.state_dict(), "augment_generator": self.augment_generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.walk.load_state_dict(state["walk"])
+        self.augment_generator.set_state(state["augment_generator"])

@@ -25,15 +25,13 @@ from typing import Any
 
 import torch
 
-from routing_env.augment import random_crop_flip
 from routing_env.benchmarks.base import MTLSplit
 from routing_env.config import RoutingConfig, resolve_device
-from routing_env.data_walk import DataWalk
+from routing_env.data_walk import PairDraws
 from routing_env.modules import ModulePool
-from routing_env.network import SYNC_FREE_MODES, resolve_dispatch
-from routing_env.pool_optimizer import PoolOptimizer
+from routing_env.network import resolve_dispatch
 from routing_env.pool_step import PoolStep
-from routing_env.rewards import UsageWindow, final_reward, step_bonuses
+from routing_env.rewards import UsageWindow, batch_rewards, step_bonuses
 from routing_env.rules import RouteRules
 from routing_env.stats import EpisodeStats
 
@@ -115,50 +113,22 @@ class RoutingEngine:
         self.device = resolve_device(config.device)
         self.pool = pool.to(self.device)
         self.data = data.to(self.device)
-        # (3, N): each pair's image row, task and label, so that a batch takes them in one gather.
-        self._pair_columns = torch.stack([self.data.image_index, self.data.tasks, self.data.labels])
         self.batch_size = int(batch_size or config.batch_size)
         self.max_depth = int(config.max_depth)
         self.update_every = int(update_every or self.batch_size)
         self.dispatch = resolve_dispatch(config.dispatch, self.device, config.precision)
         self.rules = RouteRules(self.pool, self.max_depth, self.device)
         self.pad_action = pool.n_actions  # fills the unfilled part of a route
-        graphed = (
-            config.cuda_graph
-            and self.device.type == "cuda"
-            and self.dispatch in SYNC_FREE_MODES
-            and self.update_every == self.batch_size
-            and bool(config.train_modules)
+        self.pool_step = PoolStep.of_engine(
+            self.pool, self.rules, config, self.dispatch, self.update_every, self.batch_size
         )
-        self.optimizer = (
-            PoolOptimizer(
-                self.pool,
-                config.lr,
-                config.lr_decay,
-                self.update_every,
-                config.freeze_unused,
-                capturable=graphed,
-                weight_decay=config.weight_decay,
-            )
-            if config.train_modules
-            else None
+        self.optimizer = self.pool_step.optimizer
+        self.draws = PairDraws(
+            self.data, config.sequential, bool(config.augment) and config.split == "train", hflip
         )
-        self.pool_step = PoolStep(
-            self.pool,
-            self.rules.bank_steps,
-            self.rules.logits_type,
-            self.dispatch,
-            self.optimizer,
-            graphed,
-            bf16=config.precision == "bf16" and self.device.type == "cuda",
-            module_dropout=config.module_dropout,
-        )
-        self.augment = bool(config.augment) and config.split == "train"
-        self.hflip = hflip
-        self.augment_generator = torch.Generator(device=self.device)
+        self.walk = self.draws.walk
         window = max(self.update_every, self.batch_size)
         self.usage = UsageWindow(window, self.max_depth, self.pad_action, self.device)
-        self.walk = DataWalk(len(self.data), config.sequential, self.device)
         self._stats = EpisodeStats(self.device)
         self._allocate_batch_state()
         self.step_index = 0
@@ -185,11 +155,9 @@ class RoutingEngine:
         """Restart the walk over the data from a fresh (seeded) order and empty the collapse-bonus window,
         so that a re-seeded engine replays a fresh one's episodes (with a frozen pool); the pool and its
         optimizer are untouched."""
-        self.walk.seed(seed)
-        self.augment_generator.manual_seed(self.walk.initial_seed)
+        self.draws.seed(seed)
         self._set_pool_lr()
         self.step_index = 0
-        self._snapshot: dict[str, Any] | None = None
         self._has_batch = False
         self.usage.clear()
 
@@ -201,13 +169,8 @@ class RoutingEngine:
     @torch.inference_mode(False)  # tensors the pool trains on must not be inference tensors
     def begin_batch(self) -> None:
         """Start ``batch_size`` new episodes on the next pairs of the split."""
-        self._snapshot = {"walk": self.walk.state_dict(), "augment": self.augment_generator.get_state()}
-        self.pair_index, self.pair_epoch = self.walk.draw(self.batch_size)  # (B,), (B,)
+        images, tasks, self.labels, self.pair_index, self.pair_epoch = self.draws.draw(self.batch_size)
         self._set_pool_lr()
-        image_index, tasks, self.labels = self._pair_columns[:, self.pair_index]  # (B,) each
-        images = self.data.images[image_index]  # (B, C, H, W) uint8
-        if self.augment:
-            images = random_crop_flip(images, self.augment_generator, flip=self.hflip)
         self.images.copy_(images)
         self.tasks.copy_(tasks)
         self.route.fill_(self.pad_action)
@@ -327,23 +290,15 @@ class RoutingEngine:
         kinds = self.pool.action_bank[: self.pool.n_modules]  # (M,) each module's bank
         module_bonus = self.usage.bonus(self.config.bonus_scope, self.tasks, kinds)  # (M,); "task": (B, M)
         step_bonus = step_bonuses(self.route, module_bonus)  # (B, T)
-        bonus = step_bonus.sum(dim=1)  # (B,): route_bonus
-        # The bonus warm-up: episodes on pairs of the first ``bonus_warmup`` passes get no bonus.
-        weight = (self.pair_epoch >= self.config.bonus_warmup) * self.config.bonus_weight  # (B,) float
-        reward = final_reward(loss, bonus, weight)
-        # The same reward spread over the steps (paper eq. 7): each step's module's bonus, the loss last.
-        step_rewards = weight[:, None] * step_bonus  # (B, T)
-        step_rewards[:, -1] -= loss
+        cfg = self.config
+        rewards = batch_rewards(
+            loss, self.route, step_bonus, self.pair_epoch, cfg.bonus_weight, cfg.bonus_warmup
+        )
         correct = prediction == self.labels
-        self._stats.add_episodes(loss, correct, reward, bonus)
+        self._stats.add_episodes(loss, correct, rewards["reward"], rewards["bonus"])
         self._has_batch = False
         return {
-            "reward": reward,
-            "step_rewards": step_rewards,
-            "loss": loss,
-            "bonus": bonus,
-            "reward_loss": -loss,
-            "reward_bonus": weight * bonus,
+            **rewards,
             "correct": correct,
             "prediction": prediction,
             "route": self.route.clone(),
@@ -367,15 +322,14 @@ class RoutingEngine:
         """Pool, optimizer, data walk, bonus window and the running sums behind :meth:`stats`. Taken
         between batches it resumes exactly: the batch drawn but not yet stepped is drawn again after
         :meth:`load_state_dict`."""
-        unstarted = self._has_batch and self.step_index == 0 and self._snapshot is not None
-        walk = self._snapshot["walk"] if unstarted else self.walk.state_dict()
-        augment = self._snapshot["augment"] if unstarted else self.augment_generator.get_state()
+        draws = self.draws.state_dict(before_last_draw=self._has_batch and self.step_index == 0)
+        walk = draws["walk"]
         return {
             "pool": self.pool.state_dict(),
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
             "walk": {**walk, "order": walk["order"].cpu()},
             "usage": self.usage.state_dict(),
-            "augment_generator": augment,
+            "augment_generator": draws["augment_generator"],
             "stats": self._stats.sums.to("cpu", copy=True),  # updated in place: a copy
         }
 
@@ -384,11 +338,10 @@ class RoutingEngine:
         self.pool.load_state_dict(state["pool"])
         if self.optimizer is not None and state.get("optimizer") is not None:
             self.optimizer.load_state_dict(state["optimizer"])
-        self.walk.load_state_dict(state["walk"])
+        self.draws.load_state_dict(state)
         self.pool_step.reset_graph()  # the optimizer's state tensors were replaced
         self._set_pool_lr()
         self.usage.load_state_dict(state["usage"])
-        self.augment_generator.set_state(state["augment_generator"])
         if "stats" in state:  # checkpoints written before the sums travelled lack them
             self._stats.sums.copy_(state["stats"])
         self._has_batch = False

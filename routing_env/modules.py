@@ -19,6 +19,12 @@ How a bank runs on a batch where each sample picked one duplicate (or none):
 * ``patches``: convolutions as one batched matrix product per bank over the unfolded 3x3 patches, each
   sample with its own duplicate's weight matrix: tensor cores (TF32, or bf16 under autocast), and the
   patches (9x the input) are rebuilt in the backward pass rather than kept.
+* ``grouped_gemm``: convolutions as one grouped matrix product per bank (``torch._grouped_mm``): the
+  samples sorted by duplicate, their unfolded 3x3 patches as rows, each duplicate's weight one group, the
+  group sizes on the device. On a Hopper or Blackwell GPU that is one CUTLASS kernel on bf16 tensor cores
+  with no host sync; it runs in bf16 in either precision (``torch._grouped_mm``'s other dtypes, and other
+  GPUs, loop over the groups with a host sync, which no CUDA graph can hold). On a CPU it runs in the
+  input's dtype.
 * ``grouped``: one call per duplicate that was picked, on its sub-batch. No wasted arithmetic but a
   host sync per bank: fastest on a CPU.
 
@@ -43,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-BANK_MODES = ("dense", "gathered", "gathered_nhwc", "patches", "grouped")  # the network adds "compact"
+BANK_MODES = ("dense", "gathered", "gathered_nhwc", "patches", "grouped_gemm", "grouped")  # +"compact"
 
 
 @dataclass(frozen=True)
@@ -276,6 +282,8 @@ class ModuleBank(nn.Module):
             z = self._dense_conv(h, dup)
         elif mode == "patches":
             z = _PerSampleConv3x3.apply(h, self.weight.flatten(2)[dup], self.bias[dup])
+        elif mode == "grouped_gemm":
+            z = self._grouped_gemm_conv(h, dup)
         else:
             z = self._gathered_conv(h, dup, channels_last=mode == "gathered_nhwc")
         return self._conv_norm_relu(z, dup)
@@ -297,6 +305,29 @@ class ModuleBank(nn.Module):
             weight = weight.contiguous(memory_format=torch.channels_last)
         z = F.conv2d(x, weight, self.bias[dup].flatten(), padding=1, groups=batch)
         return z.contiguous().view(batch, -1, *z.shape[2:])  # (B, C_out, H, W)
+
+    def _grouped_gemm_conv(self, h: torch.Tensor, dup: torch.Tensor) -> torch.Tensor:
+        """The ``grouped_gemm`` convolution (module docstring): ``h`` ``(B, C_in, H, W)`` -> ``(B, C_out, H,
+        W)`` in ``h``'s dtype."""
+        batch, _, height, width = h.shape
+        pixels = height * width
+        order = torch.argsort(dup, stable=True)  # (B,): the samples grouped by duplicate
+        # (d,) samples per duplicate; bincount (and one_hot's checks) would read the device on the host
+        counts = dup.new_zeros(self.spec.duplicates).scatter_add_(0, dup, torch.ones_like(dup))
+        ends = (counts.cumsum(0) * pixels).to(torch.int32)  # (d,): each group's last row + 1
+        dtype = torch.bfloat16 if h.is_cuda else h.dtype  # CUTLASS's grouped kernel is bf16's
+        patches = F.unfold(h[order].to(dtype), 3, padding=1)  # (B, C_in * 9, H * W)
+        rows = patches.transpose(1, 2).reshape(batch * pixels, -1)  # (B * H * W, C_in * 9)
+        weight = self.weight.flatten(2).to(dtype)  # (d, C_out, C_in * 9)
+        out_channels = weight.shape[1]
+        # Rows of 16-byte multiples, as the kernel needs (an input conv's 9 or 27 inputs; few outputs)
+        pad_in, pad_out = -rows.shape[1] % 8, -out_channels % 8
+        rows, weight = F.pad(rows, (0, pad_in)), F.pad(weight, (0, pad_in, 0, pad_out))
+        out = torch._grouped_mm(rows, weight.transpose(1, 2), offs=ends)[
+            :, :out_channels
+        ]  # (B * H * W, C_out)
+        out = out.reshape(batch, pixels, -1)[order.argsort()].transpose(1, 2).to(h.dtype)  # (B, C_out, H * W)
+        return (out + self.bias[dup][:, :, None].to(h.dtype)).reshape(batch, -1, height, width)
 
     def _dense_linear(self, h: torch.Tensor, dup: torch.Tensor) -> torch.Tensor:
         batch, d = h.shape[0], self.spec.duplicates

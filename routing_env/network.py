@@ -17,7 +17,7 @@ from routing_env.config import DISPATCH_MODES
 from routing_env.modules import ModulePool
 
 # Dispatch modes with fixed shapes and no host sync: a training step in them can be one CUDA graph.
-SYNC_FREE_MODES = ("dense", "gathered", "gathered_nhwc", "patches")
+SYNC_FREE_MODES = ("dense", "gathered", "gathered_nhwc", "patches", "grouped_gemm")
 # What ``dispatch="auto"`` runs, per (device type, precision); ``scripts/benchmark.py --banks`` measures
 # the choices. Measured before the stage plan and the newer modes: gathered beat dense on an H100
 # (MNIST-MTL env epoch 10.4 s against 15.2 s, MIN-MTL 4 GB less memory); compact is ~2.5x faster than

@@ -17,9 +17,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from routing_env.compiling import Compiled
+from routing_env.config import RoutingConfig
 from routing_env.modules import ModulePool
 from routing_env.network import SYNC_FREE_MODES, RoutePlan, run_routes
 from routing_env.pool_optimizer import PoolOptimizer
+from routing_env.rules import RouteRules
 
 WARMUP_STEPS = 2  # eager steps (on a side stream) before the capture, as torch.cuda.graph requires
 
@@ -62,6 +65,7 @@ class PoolStep:
             optimizer built with ``capturable=True`` and one update per batch).
         bf16: run the modules under bf16 autocast (CUDA).
         module_dropout: dropout rate on hidden modules' outputs while training.
+        compile: run the networks' forward through torch.compile (:mod:`routing_env.compiling`).
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class PoolStep:
         cuda_graph: bool = False,
         bf16: bool = False,
         module_dropout: float = 0.0,
+        compile: bool = False,
     ) -> None:
         self.pool, self.bank_steps, self.logits_type = pool, bank_steps, logits_type
         self.dispatch, self.optimizer, self.cuda_graph = dispatch, optimizer, cuda_graph
@@ -83,7 +88,54 @@ class PoolStep:
                 f"a CUDA-graph pool step needs a capturable optimizer and a dispatch of {SYNC_FREE_MODES}"
             )
         self.plan = RoutePlan(pool, bank_steps)
+        self.forward = Compiled(self._forward, compile, "the pool's forward")
         self.reset_graph()
+
+    @classmethod
+    def of_engine(
+        cls,
+        pool: ModulePool,
+        rules: RouteRules,
+        config: RoutingConfig,
+        dispatch: str,
+        update_every: int,
+        batch_size: int,
+    ) -> PoolStep:
+        """The pool step of an engine with env settings ``config``: its optimizer (none for a frozen pool),
+        a CUDA graph where one can replay it (a GPU, a sync-free dispatch, one update per batch), bf16 and
+        compile as ``config`` says."""
+        device = pool.action_bank.device
+        graphed = (
+            config.cuda_graph
+            and device.type == "cuda"
+            and dispatch in SYNC_FREE_MODES
+            and update_every == batch_size
+            and bool(config.train_modules)
+        )
+        optimizer = (
+            PoolOptimizer(
+                pool,
+                config.lr,
+                config.lr_decay,
+                update_every,
+                config.freeze_unused,
+                capturable=graphed,
+                weight_decay=config.weight_decay,
+            )
+            if config.train_modules
+            else None
+        )
+        return cls(
+            pool,
+            rules.bank_steps,
+            rules.logits_type,
+            dispatch,
+            optimizer,
+            graphed,
+            bf16=config.precision == "bf16" and device.type == "cuda",
+            module_dropout=config.module_dropout,
+            compile=config.compile,
+        )
 
     def reset_graph(self) -> None:
         """Forget the captured graph (after the optimizer's state tensors were replaced, e.g. on load)."""
@@ -92,7 +144,10 @@ class PoolStep:
         self._static: dict[str, torch.Tensor] = {}
 
     def logits(self, images: torch.Tensor, route: torch.Tensor, training: bool = False) -> torch.Tensor:
-        dropout = self.module_dropout if training else 0.0
+        """The networks' logits ``(B, K)`` in fp32."""
+        return self.forward(images, route, self.module_dropout if training else 0.0)
+
+    def _forward(self, images: torch.Tensor, route: torch.Tensor, dropout: float) -> torch.Tensor:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
             logits = run_routes(self.plan, self.logits_type, images, route, self.dispatch, dropout)
         return logits.float()

@@ -128,6 +128,36 @@ def final_reward(loss: torch.Tensor, bonus: torch.Tensor, bonus_weight: float) -
     return -loss + bonus_weight * bonus
 
 
+def batch_rewards(
+    loss: torch.Tensor,
+    route: torch.Tensor,
+    step_bonus: torch.Tensor,
+    pair_epoch: torch.Tensor,
+    bonus_weight: float,
+    bonus_warmup: int,
+) -> dict[str, torch.Tensor]:
+    """The rewards of a batch of finished episodes: ``loss`` ``(B,)``, ``route`` ``(B, T)``, each step's
+    collapse bonus ``step_bonus`` ``(B, T)`` (:func:`step_bonuses`) and the pass each pair was drawn in,
+    ``pair_epoch`` ``(B,)``; episodes on pairs of the first ``bonus_warmup`` passes get no bonus.
+
+    Returns ``reward`` ``(B,)`` (eq. 6), ``step_rewards`` ``(B, T)`` (the same reward spread over the steps,
+    paper eq. 7: each step's module's bonus, the loss last), ``loss``, ``bonus`` (the route's bonus),
+    ``reward_loss`` and ``reward_bonus`` (the reward's two parts), all ``(B,)`` but ``step_rewards``.
+    """
+    bonus = step_bonus.sum(dim=1)  # (B,): route_bonus
+    weight = (pair_epoch >= bonus_warmup) * bonus_weight  # (B,) float
+    step_rewards = weight[:, None] * step_bonus  # (B, T)
+    step_rewards[:, -1] -= loss
+    return {
+        "reward": final_reward(loss, bonus, weight),
+        "step_rewards": step_rewards,
+        "loss": loss,
+        "bonus": bonus,
+        "reward_loss": -loss,
+        "reward_bonus": weight * bonus,
+    }
+
+
 class UsageWindow:
     """The routes (and their tasks) of the last ``size`` episodes: the batch whose module counts make the
     collapse bonus.

@@ -55,6 +55,7 @@ from typing import Any
 import torch
 
 from agents.algorithms import ALGORITHMS
+from agents.config import AgentConfig, RouterConfig
 from agents.evaluation import evaluate
 from agents.trainers.static import StaticTrainer
 from routing_env import RoutingConfig, RoutingSB3VecEnv, make_engine
@@ -66,6 +67,7 @@ from routing_env.network import SYNC_FREE_MODES
 from training_run.folder import RunFolder
 from training_run.loop import rng_state
 from training_run.machine import device_name
+from training_run.mps import cuda_mps
 
 
 def sync(device: torch.device) -> None:
@@ -98,10 +100,38 @@ def env_config(args: argparse.Namespace, benchmark: str, **overrides: Any) -> Ro
     return RoutingConfig(**{**settings, **overrides})
 
 
-def lrn_trainer(config: RoutingConfig):
-    """train.py's default trainer (MaskablePPO + router) on a fresh training env of ``config``."""
+def lrn_trainer(
+    config: RoutingConfig, agent: dict[str, Any] | None = None, router: dict[str, Any] | None = None
+):
+    """train.py's default trainer (MaskablePPO + router) on a fresh training env of ``config``, with
+    ``agent`` and ``router`` settings over the dataclasses' defaults."""
     env = RoutingSB3VecEnv.from_config(config)
-    return ALGORITHMS["maskable_ppo"].build(env), env
+    agent_config, router_config = AgentConfig(**(agent or {})), RouterConfig(**(router or {}))
+    return ALGORITHMS["maskable_ppo"].build(env, agent=agent_config, router=router_config), env
+
+
+# The sections a variant's ``section.field=value`` may set; a bare ``field=value`` is the env's.
+VARIANT_SECTIONS = ("env", "agent", "router")
+
+
+def split_settings(settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A variant's settings by section: ``router.precision=bf16`` is the router's, ``dispatch=dense`` (or
+    ``env.dispatch=dense``) the env's; another section is one error."""
+    sections: dict[str, dict[str, Any]] = {section: {} for section in VARIANT_SECTIONS}
+    for key, value in settings.items():
+        section, _, name = key.rpartition(".")
+        if (section or "env") not in sections:
+            raise SystemExit(
+                f"error: {key}: a variant sets env, agent or router settings (e.g. router.precision)"
+            )
+        sections[section or "env"][name] = value
+    return sections
+
+
+def trainer_of(args: argparse.Namespace, benchmark: str, settings: dict[str, Any]):
+    """:func:`lrn_trainer` of a variant's ``settings`` (:func:`split_settings`)."""
+    sections = split_settings(settings)
+    return lrn_trainer(env_config(args, benchmark, **sections["env"]), sections["agent"], sections["router"])
 
 
 def env_only(engine, n_batches: int, labelled: bool = False) -> None:
@@ -117,9 +147,11 @@ def env_only(engine, n_batches: int, labelled: bool = False) -> None:
 
 
 def measure(args: argparse.Namespace, overrides: dict[str, Any], device: torch.device) -> dict[str, float]:
-    """The env, LRN training, evaluation and the static network under ``overrides``."""
+    """The env, LRN training, evaluation and the static network under ``overrides`` (env settings, and
+    ``agent.``/``router.`` ones for LRN training)."""
     rows: dict[str, float] = {}
-    cfg = env_config(args, args.benchmark, **overrides)
+    sections = split_settings(overrides)
+    cfg = env_config(args, args.benchmark, **sections["env"])
     engine, bench = make_engine(cfg)
     batches_per_epoch = math.ceil(len(engine.data) / args.batch_size)
     per_epoch = batches_per_epoch / args.batches
@@ -129,7 +161,7 @@ def measure(args: argparse.Namespace, overrides: dict[str, Any], device: torch.d
     rows["env_epoch_seconds"] = s * per_epoch
     engine = None
 
-    trainer, env = lrn_trainer(cfg)
+    trainer, env = lrn_trainer(cfg, sections["agent"], sections["router"])
     trainer.learn_epoch(args.warmup, lambda n: None)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -313,7 +345,7 @@ def worker(args: argparse.Namespace) -> None:
     """One LRN training for --batches batches (the --parallel and --memory measurements): warms up, prints
     READY, waits for a line on stdin (so that parallel workers time the same span), prints a RESULT line."""
     device = torch.device(args.device)
-    trainer, env = lrn_trainer(env_config(args, args.benchmark, **parse_variant(["worker", *args.set])[1]))
+    trainer, env = trainer_of(args, args.benchmark, parse_variant(["worker", *args.set])[1])
     trainer.learn_epoch(args.warmup, lambda n: None)
     sync(device)
     print("READY", flush=True)
@@ -403,6 +435,22 @@ def run_workers(
     return out
 
 
+def run_parallel(args: argparse.Namespace, device: torch.device) -> dict[str, dict[str, Any]]:
+    """--parallel: N LRN trainings at once per benchmark (with the ``--parallel-set`` settings), on a GPU
+    under CUDA MPS where it is available (``--mps auto``), without (``off``) or each way (``both``: the
+    groups under MPS are keyed ``N+mps``). Each group's result says whether it ran under MPS."""
+    runs: dict[str, dict[str, Any]] = {bench: {} for bench in args.parallel_benchmarks}
+    ways = {"auto": (True,), "off": (False,), "both": (False, True)}[args.mps]
+    for use_mps in ways if device.type == "cuda" else (False,):
+        with cuda_mps(use_mps) if device.type == "cuda" else contextlib.nullcontext() as state:
+            for bench in args.parallel_benchmarks:
+                for n in args.parallel:
+                    key = f"{n}+mps" if args.mps == "both" and use_mps else str(n)
+                    result = run_workers(args, n, bench, args.batches, args.parallel_set)
+                    runs[bench][key] = {**result, "mps": bool(state and state.active)}
+    return runs
+
+
 # The shapes of the pool step measured by --banks: image (C, H, W), classes per task, training pairs.
 BANK_SHAPES = {
     "mnist": ((1, 28, 28), 2, mnist.N_DIGITS * mnist.N_DIGITS * mnist.TRAIN_PER_DIGIT),
@@ -467,8 +515,34 @@ def bank_worker(args: argparse.Namespace) -> None:
             "peak_gpu_memory_gb": torch.cuda.max_memory_allocated(device) / 1e9,
             "reserved_gpu_memory_gb": torch.cuda.max_memory_reserved(device) / 1e9,
             "process_gpu_memory_gb": process_memory_gb(os.getpid()),
+            "top_kernels": top_kernels(lambda: forward_backward(engine, *batches[0])),
         }
     print("RESULT " + json.dumps(result), flush=True)
+
+
+def forward_backward(
+    engine: RoutingEngine, images: torch.Tensor, route: torch.Tensor, labels: torch.Tensor
+) -> None:
+    """The pool step's forward and backward, eagerly (the kernels its graph replays), gradients dropped."""
+    with torch.enable_grad():
+        logits = engine.pool_step.logits(images, route, training=True)
+        torch.nn.functional.cross_entropy(logits, labels).backward()
+    engine.pool.zero_grad(set_to_none=True)
+
+
+def top_kernels(fn, n: int = 8) -> list[list[Any]]:
+    """The CUDA kernels that take most of ``fn``'s device time: ``[name, share of the time, launches]``.
+    Their names tell whether a convolution runs on tensor cores (cuDNN/CUTLASS ``tensorop``, ``xmma``,
+    ``16816``, ``s1688`` kernels) or as an fp32 implicit GEMM."""
+    fn()  # cuDNN picks its algorithms outside the profile
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        fn()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    total = sum(e.self_device_time_total for e in kernels) or 1.0
+    kernels.sort(key=lambda e: -e.self_device_time_total)
+    return [[e.key[:160], round(e.self_device_time_total / total, 3), e.count] for e in kernels[:n]]
 
 
 def run_banks(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
@@ -480,14 +554,20 @@ def run_banks(args: argparse.Namespace, device: torch.device) -> list[dict[str, 
     for benchmark in args.bank_benchmarks:
         for mode in modes:
             for precision in precisions:
-                settings = [f"dispatch={mode}", f"precision={precision}"]
+                settings = [f"dispatch={mode}", f"precision={precision}", *args.bank_set]
                 cmd = worker_command(args, "--bank-worker", benchmark, args.bank_steps, settings)
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 result = _result_line(proc.stdout)
                 if proc.returncode or result is None:
                     lines = proc.stderr.strip().splitlines() or ["no output"]
                     result = {"error": f"exit {proc.returncode}: {lines[-1][:300]}"}
-                rows.append({"benchmark": benchmark, "mode": mode, "precision": precision, **result})
+                row = {
+                    "benchmark": benchmark,
+                    "mode": mode,
+                    "precision": precision,
+                    "settings": args.bank_set,
+                }
+                rows.append({**row, **result})
                 print(_bank_line(rows[-1]), flush=True)
     return rows
 
@@ -546,6 +626,19 @@ def main() -> None:
         "--parallel-benchmarks", nargs="+", default=["mnist", "min"], choices=("cifar", "min", "mnist")
     )
     p.add_argument(
+        "--parallel-set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="settings of every --parallel training (as --variant's: compile=true router.precision=bf16)",
+    )
+    p.add_argument(
+        "--mps",
+        default="auto",
+        choices=("auto", "off", "both"),
+        help="--parallel under CUDA MPS where available (auto), never (off), or each way (both)",
+    )
+    p.add_argument(
         "--memory",
         nargs="*",
         default=[],
@@ -559,6 +652,13 @@ def main() -> None:
     p.add_argument("--bank-modes", nargs="+", default=None, choices=DISPATCH_MODES[1:])
     p.add_argument("--bank-precisions", nargs="+", default=None, choices=PRECISIONS)
     p.add_argument("--bank-steps", type=int, default=30, help="pool steps per --banks measurement")
+    p.add_argument(
+        "--bank-set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="env settings of every --banks step (compile=true)",
+    )
     p.add_argument("--set", nargs="*", default=[], help=argparse.SUPPRESS)  # a worker's env settings
     p.add_argument("--data-root", default=None)
     p.add_argument("--no-tf32", action="store_true")
@@ -602,9 +702,8 @@ def main() -> None:
         result = run_workers(args, 1, bench, max(args.batches // 2, 10), settings)
         report["memory"][spec] = {**result.pop("runs", [{}])[0], **result}
     report["banks"] = run_banks(args, device) if args.banks else []
-    report["parallel"] = {}
-    for bench in args.parallel_benchmarks if args.parallel else []:
-        report["parallel"][bench] = {str(n): run_workers(args, n, bench, args.batches) for n in args.parallel}
+    report["parallel"] = run_parallel(args, device) if args.parallel else {}
+    report["parallel_settings"] = args.parallel_set
     if args.profile:
         profile(args, device, out.with_suffix(""))
     report["torch"] = torch.__version__
@@ -643,14 +742,14 @@ def print_report(args: argparse.Namespace, report: dict[str, Any], rows: dict[st
     for bench, by_n in report["parallel"].items():
         print(f"\n{bench}: N LRN trainings at once on {name}")
         heads = ("total ep/s", 12), ("per run", 10), ("s/epoch", 9), ("GB/run", 8), ("card GB", 9), ("fit", 5)
-        print(f"{'N':>3s}" + "".join(f"{h:>{w}s}" for h, w in heads))
+        print(f"{'N':>6s}" + "".join(f"{h:>{w}s}" for h, w in heads))
         for n, r in by_n.items():
             if "error" in r:
-                print(f"{n:>3s}  {r['error']}")
+                print(f"{n:>6s}  {r['error']}")
                 continue
             gb = r.get("card_gb_per_run", float("nan"))
             print(
-                f"{n:>3s}{r['total_episodes_per_second']:12.0f}{r['per_run_episodes_per_second']:10.0f}"
+                f"{n:>6s}{r['total_episodes_per_second']:12.0f}{r['per_run_episodes_per_second']:10.0f}"
                 f"{r['epoch_seconds_per_run']:9.1f}{gb:8.2f}{r.get('card_memory_used_gb', float('nan')):9.1f}"
                 f"{r.get('runs_per_card_by_memory', '-'):>5}"
             )

@@ -17,18 +17,12 @@ Helpers (import them with ``from datagen import ...``): ``has_real_data(name)``,
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-
-TESTS_DIR = Path(__file__).resolve().parent
-if str(TESTS_DIR) not in sys.path:  # so that tests can `from datagen import ...` in any import mode
-    sys.path.insert(0, str(TESTS_DIR))
-
-from datagen import (  # noqa: E402
+from datagen import (  # tests/ is on the path: setup.cfg's pythonpath
     BENCHMARK_FOLDERS,
     FAKE_SIZES,
     real_data_root,

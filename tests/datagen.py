@@ -4,7 +4,7 @@ The fake images are learnable on purpose: the image of class ``c`` carries a bri
 (and, for colour images, colour) depends on ``c``, over mild noise, so a small model trained on them
 scores well above chance. The blocks are large enough to survive JPEG compression.
 
-Import from tests as ``from datagen import ...`` (tests/ is put on ``sys.path`` by conftest.py).
+Import from tests as ``from datagen import ...`` (setup.cfg's ``pythonpath`` puts tests/ on the path).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 FLOORS = [
     "training_run.settings",
     "training_run.machine",
+    "training_run.mps",
     "training_run.guards",
     "training_run.folder",
     "training_run.report.describe",

@@ -86,8 +86,9 @@ def test_dense_and_grouped_agree(case: str, trial: int) -> None:
     assert set(g_d) == set(g_g) == {n for n, _ in bank.named_parameters()}
     for name in g_d:
         torch.testing.assert_close(g_d[name], g_g[name], rtol=1e-4, atol=1e-5, msg=f"grad of {name}")
-    # convolutions through per-sample weights (one grouped conv; one batched product over patches)
-    for mode in ("gathered", "gathered_nhwc", "patches"):
+    # convolutions through per-sample weights (one grouped conv; one batched product over patches; one
+    # grouped product over the patches of samples sorted by duplicate)
+    for mode in ("gathered", "gathered_nhwc", "patches", "grouped_gemm"):
         out_a, gx_a, g_a = _run_bank(bank, h, dup, active, mode, seed=trial)
         torch.testing.assert_close(out_a[active], out_g[active], rtol=1e-5, atol=1e-5, msg=mode)
         torch.testing.assert_close(gx_a, gx_g, rtol=1e-4, atol=1e-5, msg=mode)
@@ -331,7 +332,9 @@ def _logits_and_grads(pool: ModulePool, run, weights: torch.Tensor):
     return logits.detach(), {n: p.grad.clone() for n, p in pool.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("mode", ["dense", "gathered", "gathered_nhwc", "patches", "grouped", "compact"])
+@pytest.mark.parametrize(
+    "mode", ["dense", "gathered", "gathered_nhwc", "patches", "grouped_gemm", "grouped", "compact"]
+)
 @pytest.mark.parametrize("pool_name", list(ROUTED_POOLS))
 def test_run_routes_runs_each_network_as_if_alone(pool_name: str, mode: str) -> None:
     pool, depth = ROUTED_POOLS[pool_name]()

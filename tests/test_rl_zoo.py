@@ -47,14 +47,16 @@ def zoo_args(algo: str, data_root: Path, logs: Path) -> list[str]:
 
 
 def run_python(args: list[str], timeout: int) -> subprocess.CompletedProcess:
-    """``python ARGS`` in the repo with one torch thread; fails the test with its stderr's tail."""
+    """``python ARGS`` in the repo with one torch thread, tests/ importable; fails the test with its
+    stderr's tail."""
+    path = os.pathsep.join(p for p in (str(REPO / "tests"), os.environ.get("PYTHONPATH")) if p)
     done = subprocess.run(
         [sys.executable, *args],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path},
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -79,8 +81,7 @@ def test_rl_zoo_train_ppo_command_line(fake_data_root: Path, tmp_path: Path) -> 
 RUN_ALL = """
 import sys
 from rl_zoo3.train import train
-sys.path.insert(0, {tests!r})
-from test_rl_zoo import zoo_args
+from test_rl_zoo import zoo_args  # tests/ is on PYTHONPATH (run_python)
 for algo in sys.argv[1:]:
     sys.argv = ["rl_zoo3.train", *zoo_args(algo, {root!r}, {logs!r})]
     train()
@@ -92,7 +93,7 @@ for algo in sys.argv[1:]:
 def test_rl_zoo_trains_every_algorithm_file(fake_data_root: Path, tmp_path: Path) -> None:
     """The other files, in one process (the zoo's imports cost more than these few steps)."""
     algos = [a for a in ZOO_ALGOS if a != "ppo"]
-    script = RUN_ALL.format(tests=str(REPO / "tests"), root=str(fake_data_root), logs=str(tmp_path))
+    script = RUN_ALL.format(root=str(fake_data_root), logs=str(tmp_path))
     done = run_python(["-c", script, *algos], timeout=400)
     for algo in algos:
         assert f"trained {algo}" in done.stdout

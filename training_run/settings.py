@@ -238,13 +238,14 @@ SECTIONS: dict[str, type] = {
 ENV_SETTINGS = (
     "duplicates", "max_depth", "batch_size", "bonus_weight", "bonus_warmup", "bonus_scope", "lr", "lr_decay",
     "max_pairs", "data_seed", "data_root", "download", "device", "dispatch", "invalid_action_penalty",
-    "freeze_unused", "cuda_graph", "precision", "val_fraction", "augment", "weight_decay",
+    "freeze_unused", "cuda_graph", "compile", "precision", "val_fraction", "augment", "weight_decay",
     "module_dropout", "benchmark_kwargs",
 )  # fmt: skip
 # Settings whose flag (and sweep key) is not their field's name.
 RENAMED = {
     "run.env_id": "env",
     "env.max_pairs": "limit_train",
+    "router.precision": "router_precision",
     "routing_network.learner": "rn_learner",
     "routing_network.lr": "rn_lr",
     "routing_network.rho": "rn_rho",

@@ -34,6 +34,7 @@ laptop, a GPU machine and a cluster.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import itertools
 import json
@@ -48,6 +49,7 @@ from typing import Any
 
 from training_run.cli import OneLineParser, command_line, names, settings_from_names
 from training_run.folder import RunFolder
+from training_run.mps import cuda_mps
 from training_run.resume import RunPlan, plan_run
 from training_run.settings import RunConfig, SettingError
 
@@ -62,7 +64,12 @@ SHORT = {"duplicates": "d", "max_depth": "L", "seed": "s", "task_prior_std": "p"
 # Tune's status table shows the first four numbers of a result: these.
 TABLE_COLUMNS = ("epoch", "test_accuracy", "test_balanced_accuracy", "train_accuracy")
 # Environment variables of the sweep's shell that its trials get too.
-FORWARDED_ENV = ("ROUTING_ENV_DATA", "PYTORCH_CUDA_ALLOC_CONF")
+FORWARDED_ENV = (
+    "ROUTING_ENV_DATA",
+    "PYTORCH_CUDA_ALLOC_CONF",
+    "CUDA_MPS_PIPE_DIRECTORY",
+    "CUDA_MPS_LOG_DIRECTORY",
+)
 INSTALL_HINT = "Ray Tune is not installed: pip install -e '.[sweep]'"
 
 
@@ -361,7 +368,11 @@ def _reporter(out: Path, with_checkpoint: bool) -> Callable[[dict[str, Any]], No
 
 
 def run_sweep(
-    sweep: Sweep, address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None
+    sweep: Sweep,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    mps: bool = True,
 ) -> int:
     """Run every trial of ``sweep`` that is not finished on Ray Tune; 0 when all finished, 1 when one
     failed for good. Finished runs (a rerun of the sweep) are skipped before Ray starts: no trial, no
@@ -372,10 +383,12 @@ def run_sweep(
         address: a Ray cluster's address; None: ``$RAY_ADDRESS``, a cluster started on this machine, or
             a new local Ray.
         num_cpus, num_gpus: the size of a new local Ray (default: the machine's).
+        mps: where trials share a card (``gpu`` below 1), run them under CUDA MPS on this machine
+            (:mod:`training_run.mps`: started before Ray, so Ray's workers are its clients; without MPS
+            they share the card by time slicing). False: never.
     """
     try:
-        import ray
-        from ray import tune
+        from ray import tune  # noqa: F401 (installed? the trials run in _run_on_ray)
     except ImportError as e:
         raise SweepError(INSTALL_HINT) from e
     plans = check_run_folders(sweep)
@@ -386,9 +399,26 @@ def run_sweep(
         return _summary(sweep, [])
     # Workers of a cluster started by `ray start` have that shell's environment, not this one's.
     forwarded = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-    if 0 < sweep.resources.get("gpu", 0) < 1:
+    shared_card = 0 < sweep.resources.get("gpu", 0) < 1
+    if shared_card:
         # Trials that share a card return freed memory to it instead of each keeping a cache.
         forwarded.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    with cuda_mps(mps) if shared_card else contextlib.nullcontext():
+        return _run_on_ray(sweep, todo, address, num_cpus, num_gpus, forwarded)
+
+
+def _run_on_ray(
+    sweep: Sweep,
+    todo: list[Trial],
+    address: str | None,
+    num_cpus: int | None,
+    num_gpus: int | None,
+    forwarded: dict[str, str],
+) -> int:
+    """The trials ``todo`` of ``sweep`` on Ray Tune (:func:`run_sweep`)."""
+    import ray
+    from ray import tune
+
     try:
         ray.init(
             address=address,
@@ -481,6 +511,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address", help="a Ray cluster's address (default: $RAY_ADDRESS, else local)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of a new local Ray (default: all)")
     parser.add_argument("--num-gpus", type=int, help="GPUs of a new local Ray (default: all)")
+    parser.add_argument(
+        "--no-mps", action="store_true", help="trials that share a card do not use CUDA MPS (time slicing)"
+    )
     args = parser.parse_args(argv)
     try:
         sweep = load_sweep(args.file)
@@ -489,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{t.out}: {t.command()}")
             print(f"{len(sweep.trials)} trials, each {sweep.resources}")
             return 0
-        return run_sweep(sweep, args.address, args.num_cpus, args.num_gpus)
+        return run_sweep(sweep, args.address, args.num_cpus, args.num_gpus, mps=not args.no_mps)
     except SweepError as e:
         sys.exit(f"error: {e}")
 

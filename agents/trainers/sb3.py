@@ -97,6 +97,7 @@ class SB3Trainer:
             kwargs = {**kwargs, "reward_timing": reward_timing}
         if issubclass(algo_class, DeviceRollouts):  # the env's switch turns off every CUDA graph of a run
             kwargs["cuda_graph"] = env.config.cuda_graph
+            kwargs["torch_compile"] = env.config.compile
             if env.engine.device.type == "cuda":  # one fused kernel per router update
                 kwargs["policy_kwargs"] = {**kwargs["policy_kwargs"], "optimizer_kwargs": {"fused": True}}
         # torch.distributions checks every sample's support with a host sync; our masks already

@@ -401,7 +401,7 @@ def bench_table(results: Path) -> str:
         if any(c != "-" for c in cells):
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     for bench in ("mnist", "min"):
-        for n in ("1", "2", "4", "8"):
+        for n in ("1", "2", "3", "4", "8", "1+mps", "2+mps", "3+mps", "4+mps", "8+mps"):
             cells = []
             for _, r in columns:
                 run = _parallel(r).get(bench, {}).get(n, {})
@@ -409,7 +409,9 @@ def bench_table(results: Path) -> str:
                     f"{run['total_episodes_per_second']:.0f}" if "total_episodes_per_second" in run else "-"
                 )
             if any(c != "-" for c in cells):
-                label = f"{n} {BENCHMARK_NAMES[bench]} LRN trainings at once, total episodes/s"
+                count, _, mps = n.partition("+")
+                under = " under CUDA MPS" if mps else ""
+                label = f"{count} {BENCHMARK_NAMES[bench]} LRN trainings at once{under}, total episodes/s"
                 lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
