@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from agents.route_stats import route_statistics, task_module_usage
+from agents.route_stats import oracle_statistics, route_statistics, task_module_usage
 from routing_env.engine import RoutingEngine
 
 # Maps the engine's observation tensors to one action per episode, (B,) int64.
@@ -33,13 +33,16 @@ def evaluate(
     recall: always answering "no" on MNIST-MTL scores 90 % accuracy but 50 % balanced), ``{prefix}_loss``
     and ``{prefix}_pairs``, and the per-task values, the number of pool modules no route uses, the
     task x module usage counts and what the routes say about sharing
-    (:func:`agents.route_stats.route_statistics`).
+    (:func:`agents.route_stats.route_statistics`); on a benchmark with an oracle routing (the probes),
+    also how close the routes come to it (:func:`agents.route_stats.oracle_statistics`).
     """
     if engine.training or not engine.config.sequential:
         raise ValueError("evaluate() needs a sequential engine with a frozen pool (split='test')")
     engine.seed(0)  # restart the walk at the first pair
     n_pairs = len(engine.data)
-    collected: dict[str, list[torch.Tensor]] = {k: [] for k in ("correct", "task", "label", "route", "loss")}
+    collected: dict[str, list[torch.Tensor]] = {
+        k: [] for k in ("correct", "task", "kind", "label", "route", "loss")
+    }
     for _ in range(math.ceil(n_pairs / engine.batch_size)):
         engine.begin_batch()
         out = None
@@ -58,6 +61,10 @@ def evaluate(
     routes = res["route"]  # (N, D)
     usage = task_module_usage(routes, res["task"], n_tasks, n_modules)  # (T, M)
     valid_bal = [b for b in per_task_bal if not math.isnan(b)]
+    oracle = {}
+    if engine.oracle_routes is not None:
+        kinds = res["kind"] if engine.data.kinds is not None else None
+        oracle = oracle_statistics(routes, res["task"], kinds, engine.oracle_routes, n_tasks, n_modules)
     return {
         f"{prefix}_pairs": int(routes.shape[0]),
         f"{prefix}_accuracy": float(res["correct"].float().mean()),
@@ -69,4 +76,5 @@ def evaluate(
         "mean_route_modules": float((routes < n_modules).sum(1).float().mean()),
         "module_usage": usage.long().tolist(),
         **route_statistics(routes, res["task"], n_tasks, n_modules),
+        **oracle,
     }

@@ -98,6 +98,9 @@ class RoutingEngine:
             ``batch_size`` (the single env runs one episode at a time and updates every
             ``config.batch_size``).
         hflip: with ``config.augment``, mirrored images keep their labels (the benchmark says).
+        oracle_routes: the benchmark's oracle routing resolved against ``pool``, ``(n_tasks, n_kinds,
+            max_depth)`` action ids (:mod:`routing_env.oracle_route`), or None; what
+            ``config.loss_source="oracle"`` scores routes against.
     """
 
     def __init__(
@@ -108,6 +111,7 @@ class RoutingEngine:
         batch_size: int | None = None,
         update_every: int | None = None,
         hflip: bool = True,
+        oracle_routes: torch.Tensor | None = None,
     ) -> None:
         if len(data) == 0:
             raise ValueError("the data split is empty")
@@ -115,8 +119,13 @@ class RoutingEngine:
         self.device = resolve_device(config.device)
         self.pool = pool.to(self.device)
         self.data = data.to(self.device)
-        # (3, N): each pair's image row, task and label, so that a batch takes them in one gather.
-        self._pair_columns = torch.stack([self.data.image_index, self.data.tasks, self.data.labels])
+        # (4, N): each pair's image row, task, label and kind of instance (0 without kinds), so that a batch
+        # takes them in one gather.
+        kinds = self.data.kinds if self.data.kinds is not None else torch.zeros_like(self.data.tasks)
+        self._pair_columns = torch.stack([self.data.image_index, self.data.tasks, self.data.labels, kinds])
+        self.oracle_routes = None if oracle_routes is None else oracle_routes.to(self.device)
+        if config.loss_source == "oracle" and self.oracle_routes is None:
+            raise ValueError("loss_source='oracle' needs the benchmark's oracle routing (oracle_routes)")
         self.batch_size = int(batch_size or config.batch_size)
         self.max_depth = int(config.max_depth)
         self.update_every = int(update_every or self.batch_size)
@@ -204,7 +213,7 @@ class RoutingEngine:
         self._snapshot = {"walk": self.walk.state_dict(), "augment": self.augment_generator.get_state()}
         self.pair_index, self.pair_epoch = self.walk.draw(self.batch_size)  # (B,), (B,)
         self._set_pool_lr()
-        image_index, tasks, self.labels = self._pair_columns[:, self.pair_index]  # (B,) each
+        image_index, tasks, self.labels, self.kinds = self._pair_columns[:, self.pair_index]  # (B,) each
         images = self.data.images[image_index]  # (B, C, H, W) uint8
         if self.augment:
             images = random_crop_flip(images, self.augment_generator, flip=self.hflip)
@@ -321,8 +330,14 @@ class RoutingEngine:
         return valid
 
     def _finish(self) -> dict[str, torch.Tensor]:
-        # Rewards use the loss before the pool's update, as the paper's MDP defines them.
-        loss, prediction = self.pool_step(self.images, self.route, self.labels, self.batch_size)  # (B,), (B,)
+        step_loss = None  # (B, T): where each step's share of the loss is known (the oracle's table)
+        if self.config.loss_source == "oracle":
+            step_loss = (self.route != self.oracle_routes[self.tasks, self.kinds]).float() / self.max_depth
+            loss = step_loss.sum(dim=1)  # (B,)
+            wrong = (self.labels + 1) % self.pool.types[self.rules.logits_type].shape[0]  # another class
+            prediction = torch.where(loss == 0, self.labels, wrong)
+        else:  # rewards use the loss before the pool's update, as the paper's MDP defines them
+            loss, prediction = self.pool_step(self.images, self.route, self.labels, self.batch_size)  # (B,)
         self.usage.push(self.route, self.tasks)
         kinds = self.pool.action_bank[: self.pool.n_modules]  # (M,) each module's bank
         module_bonus = self.usage.bonus(self.config.bonus_scope, self.tasks, kinds)  # (M,); "task": (B, M)
@@ -331,9 +346,13 @@ class RoutingEngine:
         # The bonus warm-up: episodes on pairs of the first ``bonus_warmup`` passes get no bonus.
         weight = (self.pair_epoch >= self.config.bonus_warmup) * self.config.bonus_weight  # (B,) float
         reward = final_reward(loss, bonus, weight)
-        # The same reward spread over the steps (paper eq. 7): each step's module's bonus, the loss last.
+        # The same reward spread over the steps (paper eq. 7): each step's module's bonus, the loss last (the
+        # oracle's table loss at the steps that incur it).
         step_rewards = weight[:, None] * step_bonus  # (B, T)
-        step_rewards[:, -1] -= loss
+        if step_loss is None:
+            step_rewards[:, -1] -= loss
+        else:
+            step_rewards -= step_loss
         correct = prediction == self.labels
         self._stats.add_episodes(loss, correct, reward, bonus)
         self._has_batch = False
@@ -348,6 +367,7 @@ class RoutingEngine:
             "prediction": prediction,
             "route": self.route.clone(),
             "task": self.tasks.clone(),
+            "kind": self.kinds,
             "label": self.labels,
             "pair_index": self.pair_index,
             "epoch": self.pair_epoch,
