@@ -58,7 +58,7 @@ PRESETS: dict[Preset, dict[str, Any]] = {
         "env.batch_size": 64,
         "router.d_model": 64,
         "router.d_ff": 128,
-        "router.conv_channels": (8, 16),
+        "router.conv_channels": [8, 16],
         "agent.router_lr": 1e-3,
         "agent.ent_coef": 0.05,
         "agent.gamma": 0.0,
