@@ -33,12 +33,15 @@ def evaluate(
     recall: always answering "no" on MNIST-MTL scores 90 % accuracy but 50 % balanced), ``{prefix}_loss``
     and ``{prefix}_pairs``, and the per-task values, the number of pool modules no route uses, the
     task x module usage counts and what the routes say about sharing
-    (:func:`agents.route_stats.route_statistics`); on a benchmark with an oracle routing (the probes),
+    (:func:`agents.route_stats.route_statistics`). An ``act`` with ``act.reads_kind`` true (the fixed
+    oracle routing) also gets each pair's kind of instance in the observation, under ``"kind"``. On a
+    benchmark with an oracle routing (the probes),
     also how close the routes come to it (:func:`agents.route_stats.oracle_statistics`).
     """
     if engine.training or not engine.config.sequential:
         raise ValueError("evaluate() needs a sequential engine with a frozen pool (split='test')")
     engine.seed(0)  # restart the walk at the first pair
+    reads_kind = bool(getattr(act, "reads_kind", False))
     n_pairs = len(engine.data)
     collected: dict[str, list[torch.Tensor]] = {
         k: [] for k in ("correct", "task", "kind", "label", "route", "loss")
@@ -47,7 +50,10 @@ def evaluate(
         engine.begin_batch()
         out = None
         for _ in range(engine.max_depth):
-            out = engine.step(act(engine.observation()))
+            obs = engine.observation()
+            if reads_kind:  # the fixed oracle routing's act; agents never see the kind
+                obs["kind"] = engine.kinds
+            out = engine.step(act(obs))
         first_pass = out.final["epoch"] == 0  # the last batch wraps around: count each pair once
         for key in collected:
             collected[key].append(out.final[key][first_pass])
