@@ -646,7 +646,7 @@ def _target(name: str, value: float | None, goal: float, unit: str = "", above: 
         return f"{name}: not measured"
     gap = (goal - value) if above else (value - goal)
     verdict = "met" if gap <= 1e-9 else f"missed by {gap:.2f}{unit}"
-    return f"{name} {value:.2f}{unit} (target {'>=' if above else '<='} {goal:g}{unit}): {verdict}"
+    return f"{name} {value:+.2f}{unit} (target {'>=' if above else '<='} {goal:g}{unit}): {verdict}"
 
 
 def _probe_checks(probe: str, record: dict) -> list[str]:
@@ -667,9 +667,11 @@ def _probe_checks(probe: str, record: dict) -> list[str]:
         checks.append(f"{minutes:.1f} min per run, evaluations included (target <= 5)")
         return checks
     oracle_acc, static_acc, lrn_acc = pct("oracle"), pct("static"), pct("lrn")
-    if oracle_acc is not None and static_acc is not None:
-        goal = "" if probe == "share" else " (target >= 5)"
-        checks.append(f"oracle routing {oracle_acc - static_acc:+.2f} points over the static route{goal}")
+    if oracle_acc is not None and static_acc is not None:  # the construction's own target
+        goal = 0 if probe == "share" else 5
+        checks.append(
+            _target("the oracle routing over the static route", oracle_acc - static_acc, goal, " points")
+        )
     if probe == "share":
         overlap, oracle_overlap = mean("lrn", "route_overlap"), mean("lrn", "oracle_route_overlap")
         gap = None if overlap is None or oracle_overlap is None else abs(overlap - oracle_overlap)
