@@ -197,7 +197,7 @@ def test_the_probe_verdict_says_by_how_much_a_target_is_missed(tmp_path: Path) -
     verdict = probes_verdict(tmp_path)
     assert "**per instance** (LRN, 2 seeds, last epoch)" in verdict
     assert "the oracle routing over the static route +10.00 points (target >= 5 points): met" in verdict
-    assert "kind information +0.50 (target >= 0.8): missed by 0.30" in verdict
+    assert "kind information 0.50 (target >= 0.8): missed by 0.30" in verdict
     assert "LRN over the static route +5.00 points (target >= 3 points): met" in verdict
     assert "LRN below the oracle by +5.00 points (target <= 1 points): missed by 4.00 points" in verdict
     assert "router alone**: not measured yet" in verdict

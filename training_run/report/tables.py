@@ -640,13 +640,16 @@ def _probe_mean(record: dict, method: str, key: str, where: str = "last") -> flo
     return statistics.mean(values) if values else None
 
 
-def _target(name: str, value: float | None, goal: float, unit: str = "", above: bool = True) -> str:
-    """``name value: met`` or ``missed by x``."""
+def _target(
+    name: str, value: float | None, goal: float, unit: str = "", above: bool = True, signed: bool = True
+) -> str:
+    """``name value: met`` or ``missed by x`` (``signed``: the value is a difference, shown with its sign)."""
     if value is None:
         return f"{name}: not measured"
     gap = (goal - value) if above else (value - goal)
     verdict = "met" if gap <= 1e-9 else f"missed by {gap:.2f}{unit}"
-    return f"{name} {value:+.2f}{unit} (target {'>=' if above else '<='} {goal:g}{unit}): {verdict}"
+    shown = f"{value:+.2f}" if signed else f"{value:.2f}"
+    return f"{name} {shown}{unit} (target {'>=' if above else '<='} {goal:g}{unit}): {verdict}"
 
 
 def _probe_checks(probe: str, record: dict) -> list[str]:
@@ -663,7 +666,7 @@ def _probe_checks(probe: str, record: dict) -> list[str]:
     if probe == "router":
         rate = mean("lrn", "oracle_route_rate")
         minutes = statistics.mean(r["process_seconds"] for r in record["runs"] if r["method"] == "lrn") / 60
-        checks.append(_target("oracle routes", None if rate is None else 100 * rate, 95, " %"))
+        checks.append(_target("oracle routes", None if rate is None else 100 * rate, 95, " %", signed=False))
         checks.append(f"{minutes:.1f} min per run, evaluations included (target <= 5)")
         return checks
     oracle_acc, static_acc, lrn_acc = pct("oracle"), pct("static"), pct("lrn")
@@ -677,7 +680,7 @@ def _probe_checks(probe: str, record: dict) -> list[str]:
         gap = None if overlap is None or oracle_overlap is None else abs(overlap - oracle_overlap)
         checks.append(_target("LRN's route overlap off the oracle's by", gap, 0.1, above=False))
     else:
-        checks.append(_target("kind information", mean("lrn", "route_kind_information"), 0.8))
+        checks.append(_target("kind information", mean("lrn", "route_kind_information"), 0.8, signed=False))
         if lrn_acc is not None and static_acc is not None:
             checks.append(_target("LRN over the static route", lrn_acc - static_acc, 3, " points"))
     if lrn_acc is not None and oracle_acc is not None:
