@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from agents.route_stats import route_statistics, task_module_usage
+from agents.route_stats import oracle_statistics, route_statistics, task_module_usage
 from routing_env.engine import RoutingEngine
 
 # Maps the engine's observation tensors to one action per episode, (B,) int64.
@@ -29,20 +29,26 @@ def route_pairs(act: ActFn, engine: RoutingEngine) -> dict[str, torch.Tensor]:
     order.
 
     Returns:
-        per pair: ``correct`` ``(N,)`` bool, ``task``, ``label``, ``prediction`` and ``pair_index``
-        ``(N,)`` int64, ``route`` ``(N, D)`` action ids, ``loss`` ``(N,)``.
+        per pair: ``correct`` ``(N,)`` bool, ``task``, ``kind`` (of instance; 0 outside the probes),
+        ``label``, ``prediction`` and ``pair_index`` ``(N,)`` int64, ``route`` ``(N, D)`` action ids,
+        ``loss`` ``(N,)``. An ``act`` with ``act.reads_kind`` true (the fixed oracle routing) also gets
+        each pair's kind of instance in the observation, under ``"kind"``; agents never see it.
     """
     if engine.training or not engine.config.sequential:
         raise ValueError("evaluate() needs a sequential engine with a frozen pool (split='test')")
     engine.seed(0)  # restart the walk at the first pair
+    reads_kind = bool(getattr(act, "reads_kind", False))
     n_pairs = len(engine.data)
-    keys = ("correct", "task", "label", "prediction", "pair_index", "route", "loss")
+    keys = ("correct", "task", "kind", "label", "prediction", "pair_index", "route", "loss")
     collected: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     for _ in range(math.ceil(n_pairs / engine.batch_size)):
         engine.begin_batch()
         out = None
         for _ in range(engine.max_depth):
-            out = engine.step(act(engine.observation()))
+            obs = engine.observation()
+            if reads_kind:
+                obs["kind"] = engine.kinds
+            out = engine.step(act(obs))
         first_pass = out.final["epoch"] == 0  # the last batch wraps around: count each pair once
         for key in collected:
             collected[key].append(out.final[key][first_pass])
@@ -54,11 +60,26 @@ def evaluate(
 ) -> dict[str, Any]:
     """Route every pair of ``engine``'s split once (:func:`route_pairs`) and score the routes
     (:func:`scores`)."""
-    return scores(route_pairs(act, engine), n_tasks, n_classes, engine.pool.n_modules, prefix)
+    kinds_known = engine.data.kinds is not None
+    return scores(
+        route_pairs(act, engine),
+        n_tasks,
+        n_classes,
+        engine.pool.n_modules,
+        prefix,
+        engine.oracle_routes,
+        kinds_known,
+    )
 
 
 def scores(
-    pairs: dict[str, torch.Tensor], n_tasks: int, n_classes: int, n_modules: int, prefix: str = "test"
+    pairs: dict[str, torch.Tensor],
+    n_tasks: int,
+    n_classes: int,
+    n_modules: int,
+    prefix: str = "test",
+    oracle_routes: torch.Tensor | None = None,
+    kinds_known: bool = False,
 ) -> dict[str, Any]:
     """What :func:`route_pairs` found, scored.
 
@@ -66,7 +87,9 @@ def scores(
     recall: always answering "no" on MNIST-MTL scores 90 % accuracy but 50 % balanced), ``{prefix}_loss``
     and ``{prefix}_pairs``, and the per-task values, the number of pool modules no route uses, the
     task x module usage counts and what the routes say about sharing
-    (:func:`agents.route_stats.route_statistics`).
+    (:func:`agents.route_stats.route_statistics`). Given the benchmark's ``oracle_routes`` (the probes),
+    also how close the routes come to them (:func:`agents.route_stats.oracle_statistics`; with
+    ``kinds_known``, per kind of instance).
     """
     res = pairs
     per_task_acc, per_task_bal = [], []
@@ -77,6 +100,10 @@ def scores(
     routes = res["route"]  # (N, D)
     usage = task_module_usage(routes, res["task"], n_tasks, n_modules)  # (T, M)
     valid_bal = [b for b in per_task_bal if not math.isnan(b)]
+    oracle = {}
+    if oracle_routes is not None:
+        kinds = res["kind"] if kinds_known else None
+        oracle = oracle_statistics(routes, res["task"], kinds, oracle_routes, n_tasks, n_modules)
     return {
         f"{prefix}_pairs": int(routes.shape[0]),
         f"{prefix}_accuracy": float(res["correct"].float().mean()),
@@ -88,4 +115,5 @@ def scores(
         "mean_route_modules": float((routes < n_modules).sum(1).float().mean()),
         "module_usage": usage.long().tolist(),
         **route_statistics(routes, res["task"], n_tasks, n_modules),
+        **oracle,
     }

@@ -82,9 +82,9 @@ class DataWalk:
 
 class PairDraws:
     """The batches of pairs an engine's episodes take: a :class:`DataWalk` over ``data``, each batch's
-    images, tasks and labels gathered at once, its images randomly cropped (and flipped) with ``augment``.
-    Keeps the walk's and the augmentation's state before the last draw, so that a checkpoint taken before
-    that batch ran draws it again.
+    images, tasks, labels and kinds of instance gathered at once, its images randomly cropped (and
+    flipped) with ``augment``. Keeps the walk's and the augmentation's state before the last draw, so that
+    a checkpoint taken before that batch ran draws it again.
 
     Args:
         data: the split (on the engine's device).
@@ -96,8 +96,10 @@ class PairDraws:
     def __init__(self, data: MTLSplit, sequential: bool, augment: bool, hflip: bool) -> None:
         self.data, self.augment, self.hflip = data, augment, hflip
         device = data.images.device
-        # (3, N): each pair's image row, task and label, so that a batch takes them in one gather.
-        self.columns = torch.stack([data.image_index, data.tasks, data.labels])
+        # (4, N): each pair's image row, task, label and kind of instance (0 without kinds), so that a batch
+        # takes them in one gather.
+        kinds = data.kinds if data.kinds is not None else torch.zeros_like(data.tasks)
+        self.columns = torch.stack([data.image_index, data.tasks, data.labels, kinds])
         self.walk = DataWalk(len(data), sequential, device)
         self.augment_generator = torch.Generator(device=device)
         self.before_draw: dict[str, Any] | None = None
@@ -109,15 +111,15 @@ class PairDraws:
         self.before_draw = None
 
     def draw(self, n: int) -> tuple[torch.Tensor, ...]:
-        """The next ``n`` pairs: images ``(n, C, H, W)`` uint8, tasks, labels, each pair's index and the pass
-        it was drawn in, ``(n,)`` each."""
+        """The next ``n`` pairs: images ``(n, C, H, W)`` uint8, tasks, labels, kinds, each pair's index and
+        the pass it was drawn in, ``(n,)`` each."""
         self.before_draw = self.state_dict()
         pair_index, pair_epoch = self.walk.draw(n)  # (n,), (n,)
-        image_index, tasks, labels = self.columns[:, pair_index]  # (n,) each
+        image_index, tasks, labels, kinds = self.columns[:, pair_index]  # (n,) each
         images = self.data.images[image_index]  # (n, C, H, W) uint8
         if self.augment:
             images = random_crop_flip(images, self.augment_generator, flip=self.hflip)
-        return images, tasks, labels, pair_index, pair_epoch
+        return images, tasks, labels, kinds, pair_index, pair_epoch
 
     def state_dict(self, before_last_draw: bool = False) -> dict[str, Any]:
         """The walk and the augmentation's generator; ``before_last_draw``: as they were before the last

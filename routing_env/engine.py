@@ -85,7 +85,9 @@ class RoutingEngine:
 
     Attributes read from outside: ``pool``, ``data``, ``config``, ``device``, ``batch_size``,
     ``max_depth``, ``training``, ``dispatch``, ``rules``, ``walk`` (``walk.epoch`` = passes completed),
-    ``optimizer`` (a :class:`PoolOptimizer`, or None when frozen).
+    ``optimizer`` (a :class:`PoolOptimizer`, or None when frozen), ``oracle_routes`` (a probe's oracle
+    routing, or None), and the batch begun's ``tasks``, ``labels`` and ``kinds`` (kind of instance, 0
+    without kinds), ``(B,)`` each.
 
     Args:
         pool: the module pool (shared with other engines, e.g. a test engine, by passing the same one).
@@ -96,6 +98,9 @@ class RoutingEngine:
             ``batch_size`` (the single env runs one episode at a time and updates every
             ``config.batch_size``).
         hflip: with ``config.augment``, mirrored images keep their labels (the benchmark says).
+        oracle_routes: the benchmark's oracle routing resolved against ``pool``, ``(n_tasks, n_kinds,
+            max_depth)`` action ids (:mod:`routing_env.oracle_route`), or None; what
+            ``config.loss_source="oracle"`` scores routes against.
     """
 
     def __init__(
@@ -106,6 +111,7 @@ class RoutingEngine:
         batch_size: int | None = None,
         update_every: int | None = None,
         hflip: bool = True,
+        oracle_routes: torch.Tensor | None = None,
     ) -> None:
         if len(data) == 0:
             raise ValueError("the data split is empty")
@@ -113,6 +119,9 @@ class RoutingEngine:
         self.device = resolve_device(config.device)
         self.pool = pool.to(self.device)
         self.data = data.to(self.device)
+        self.oracle_routes = None if oracle_routes is None else oracle_routes.to(self.device)
+        if config.loss_source == "oracle" and self.oracle_routes is None:
+            raise ValueError("loss_source='oracle' needs the benchmark's oracle routing (oracle_routes)")
         self.batch_size = int(batch_size or config.batch_size)
         self.max_depth = int(config.max_depth)
         self.update_every = int(update_every or self.batch_size)
@@ -169,7 +178,9 @@ class RoutingEngine:
     @torch.inference_mode(False)  # tensors the pool trains on must not be inference tensors
     def begin_batch(self) -> None:
         """Start ``batch_size`` new episodes on the next pairs of the split."""
-        images, tasks, self.labels, self.pair_index, self.pair_epoch = self.draws.draw(self.batch_size)
+        images, tasks, self.labels, self.kinds, self.pair_index, self.pair_epoch = self.draws.draw(
+            self.batch_size
+        )
         self._set_pool_lr()
         self.images.copy_(images)
         self.tasks.copy_(tasks)
@@ -284,15 +295,21 @@ class RoutingEngine:
         return valid
 
     def _finish(self) -> dict[str, torch.Tensor]:
-        # Rewards use the loss before the pool's update, as the paper's MDP defines them.
-        loss, prediction = self.pool_step(self.images, self.route, self.labels, self.batch_size)  # (B,), (B,)
+        step_loss = None  # (B, T): where each step's share of the loss is known (the oracle's table)
+        if self.config.loss_source == "oracle":
+            step_loss = (self.route != self.oracle_routes[self.tasks, self.kinds]).float() / self.max_depth
+            loss = step_loss.sum(dim=1)  # (B,)
+            wrong = (self.labels + 1) % self.pool.types[self.rules.logits_type].shape[0]  # another class
+            prediction = torch.where(loss == 0, self.labels, wrong)
+        else:  # rewards use the loss before the pool's update, as the paper's MDP defines them
+            loss, prediction = self.pool_step(self.images, self.route, self.labels, self.batch_size)  # (B,)
         self.usage.push(self.route, self.tasks)
         kinds = self.pool.action_bank[: self.pool.n_modules]  # (M,) each module's bank
         module_bonus = self.usage.bonus(self.config.bonus_scope, self.tasks, kinds)  # (M,); "task": (B, M)
         step_bonus = step_bonuses(self.route, module_bonus)  # (B, T)
         cfg = self.config
         rewards = batch_rewards(
-            loss, self.route, step_bonus, self.pair_epoch, cfg.bonus_weight, cfg.bonus_warmup
+            loss, self.route, step_bonus, self.pair_epoch, cfg.bonus_weight, cfg.bonus_warmup, step_loss
         )
         correct = prediction == self.labels
         self._stats.add_episodes(loss, correct, rewards["reward"], rewards["bonus"])
@@ -303,6 +320,7 @@ class RoutingEngine:
             "prediction": prediction,
             "route": self.route.clone(),
             "task": self.tasks.clone(),
+            "kind": self.kinds,
             "label": self.labels,
             "pair_index": self.pair_index,
             "epoch": self.pair_epoch,

@@ -135,10 +135,13 @@ def batch_rewards(
     pair_epoch: torch.Tensor,
     bonus_weight: float,
     bonus_warmup: int,
+    step_loss: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The rewards of a batch of finished episodes: ``loss`` ``(B,)``, ``route`` ``(B, T)``, each step's
     collapse bonus ``step_bonus`` ``(B, T)`` (:func:`step_bonuses`) and the pass each pair was drawn in,
-    ``pair_epoch`` ``(B,)``; episodes on pairs of the first ``bonus_warmup`` passes get no bonus.
+    ``pair_epoch`` ``(B,)``; episodes on pairs of the first ``bonus_warmup`` passes get no bonus. Where
+    each step's share of the loss is known (``step_loss`` ``(B, T)``, summing to ``loss``: the router-alone
+    probe's oracle table), each step is charged its own share instead of the last step the whole loss.
 
     Returns ``reward`` ``(B,)`` (eq. 6), ``step_rewards`` ``(B, T)`` (the same reward spread over the steps,
     paper eq. 7: each step's module's bonus, the loss last), ``loss``, ``bonus`` (the route's bonus),
@@ -147,7 +150,10 @@ def batch_rewards(
     bonus = step_bonus.sum(dim=1)  # (B,): route_bonus
     weight = (pair_epoch >= bonus_warmup) * bonus_weight  # (B,) float
     step_rewards = weight[:, None] * step_bonus  # (B, T)
-    step_rewards[:, -1] -= loss
+    if step_loss is None:
+        step_rewards[:, -1] -= loss
+    else:
+        step_rewards -= step_loss
     return {
         "reward": final_reward(loss, bonus, weight),
         "step_rewards": step_rewards,

@@ -100,7 +100,12 @@ class TrainedRun:
         ``val_...``), from ``pairs`` (:meth:`route_pairs`) where given."""
         bench = self.benchmark
         pairs = self.route_pairs() if pairs is None else pairs
-        return scores(pairs, bench.n_tasks, bench.n_classes, self.env.engine.pool.n_modules, self.split)
+        engine = self.env.engine
+        kinds_known = engine.data.kinds is not None
+        n_modules = engine.pool.n_modules
+        return scores(
+            pairs, bench.n_tasks, bench.n_classes, n_modules, self.split, engine.oracle_routes, kinds_known
+        )
 
     def route_views(self, pairs: dict[str, torch.Tensor], per_task: int) -> list[list[RouteView]]:
         """The first ``per_task`` routed pairs of each task (in the split's order), as
