@@ -132,7 +132,7 @@ def test_help_and_flags_table_show_the_defaults_a_plain_run_uses() -> None:
             "terminal under --preset best; the field's default: per_step",
         ),
         ("--task-prior-std TASK_PRIOR_STD", "3.0 under --preset best for a RouterPolicy algorithm"),
-        ("--preset {best,paper}", "best"),
+        ("--preset {" + ",".join(PRESETS) + "}", "best"),
         ("--duplicates DUPLICATES", "10"),  # no preset sets it: the field's default alone
     ]:
         default = help_text.split(f" {flag} ", 1)[1].split("(default: ", 1)[1].split(")", 1)[0]
