@@ -28,12 +28,13 @@ import torch
 from routing_env.augment import random_crop_flip
 from routing_env.benchmarks.base import MTLSplit
 from routing_env.config import RoutingConfig, resolve_device
+from routing_env.counterfactual import play_routes, route_losses
 from routing_env.data_walk import DataWalk
 from routing_env.modules import ModulePool
 from routing_env.network import SYNC_FREE_MODES, resolve_dispatch
 from routing_env.pool_optimizer import PoolOptimizer
 from routing_env.pool_step import PoolStep
-from routing_env.rewards import UsageWindow, final_reward, step_bonuses
+from routing_env.rewards import UsageWindow, final_reward, route_bonus, step_bonuses
 from routing_env.rules import RouteRules
 from routing_env.stats import EpisodeStats
 
@@ -164,6 +165,7 @@ class RoutingEngine:
         self.step_index = 0
         self._mask: torch.Tensor | None = None
         self._has_batch = False
+        self._baseline_routes: torch.Tensor | None = None
         self.seed(config.seed)
 
     @torch.inference_mode(False)  # written in place by every batch, whatever the caller's mode
@@ -216,6 +218,7 @@ class RoutingEngine:
         self.step_index = 0
         self._mask = None
         self._has_batch = True
+        self._baseline_routes = None
 
     def action_mask(self) -> torch.Tensor:
         """``(B, n_actions)`` bool: the actions that keep each network valid at the current step. Computed
@@ -306,6 +309,26 @@ class RoutingEngine:
             valid.append(self._advance(k, actions, mask))
         return torch.stack(valid)
 
+    # ----------------------------------------------------------------- counterfactual routes
+    def play_routes(self, choose: ChooseFn) -> torch.Tensor:
+        """The routes ``(B, max_depth)`` that ``choose`` builds for the batch begun, on scratch state: the
+        batch's own episodes are untouched (:func:`routing_env.counterfactual.play_routes`)."""
+        self._check_batch()
+        return play_routes(self.rules, self.images, self.tasks, choose, self.pad_action)
+
+    def route_losses(self, routes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss ``(B,)`` and prediction ``(B,)`` of the batch's pairs through ``routes`` ``(B, max_depth)``
+        with the pool as it is now; trains nothing (:func:`routing_env.counterfactual.route_losses`)."""
+        self._check_batch()
+        return route_losses(self.pool_step, self.images, routes.to(self.device), self.labels)
+
+    def set_baseline_routes(self, routes: torch.Tensor | None) -> None:
+        """Score ``routes`` ``(B, max_depth)`` on the batch begun at its last step, before the pool's update
+        and with the batch's bonus rules: ``final`` then holds ``baseline_loss`` and ``baseline_reward``
+        (a self-critical advantage's baseline). For this batch only."""
+        self._check_batch()
+        self._baseline_routes = None if routes is None else routes.to(self.device, torch.long)
+
     def _check_batch(self) -> None:
         if not self._has_batch:
             raise RuntimeError("call begin_batch() (env.reset()) before step()")
@@ -321,6 +344,8 @@ class RoutingEngine:
         return valid
 
     def _finish(self) -> dict[str, torch.Tensor]:
+        baseline = self._baseline_routes
+        baseline_loss = self.route_losses(baseline)[0] if baseline is not None else None  # before the update
         # Rewards use the loss before the pool's update, as the paper's MDP defines them.
         loss, prediction = self.pool_step(self.images, self.route, self.labels, self.batch_size)  # (B,), (B,)
         self.usage.push(self.route, self.tasks)
@@ -337,7 +362,13 @@ class RoutingEngine:
         correct = prediction == self.labels
         self._stats.add_episodes(loss, correct, reward, bonus)
         self._has_batch = False
+        counterfactual = {}
+        if baseline is not None:
+            baseline_reward = final_reward(baseline_loss, route_bonus(baseline, module_bonus), weight)
+            counterfactual = {"baseline_loss": baseline_loss, "baseline_reward": baseline_reward}
+        self._baseline_routes = None
         return {
+            **counterfactual,
             "reward": reward,
             "step_rewards": step_rewards,
             "loss": loss,
