@@ -125,10 +125,11 @@ class RouterConfig:
             through the pool (``routing_env/static_route.py``: a trunk shared by every task, the task's own
             head) and 0 elsewhere; 0 = none. The router still chooses every module: PPO moves away from
             the static network where another route earns more. Needs ``max_depth >= 5``. How soft: with
-            ``n`` other valid actions at a step (about 20 in the paper's pool with 10 duplicates) a fresh
-            router takes the static action with probability ``e^s / (e^s + n)``: 10 pins it (> 0.99 at
-            every step; MIN-MTL runs never left it), 5 nearly (0.88), 3 takes it about half the time
-            (0.5) and 2 a quarter (0.27), so a soft start (2-3) keeps alternatives sampled and trained.
+            ``n`` other valid actions at a step (9 to 20 in the paper's pool with 10 duplicates and depth
+            6) a fresh router takes the static action with probability about ``e^s / (e^s + n)``: 10 pins
+            it (> 0.999 per step), 5 nearly (0.88-0.94 per step, the whole route 0.6 of the time; MIN-MTL
+            runs with either never left it), 3 loosely (0.50-0.69 per step, the whole route 6 %) and 2
+            barely (0.27-0.45), so a soft start (2-3) keeps alternatives sampled and trained.
         decoder_queries: ``"valid"``: the decoder's queries attend only to the actions valid now (the
             paper's router input holds the valid modules); ``"all"``: every action, masked after scoring.
         normalize_instance: layer-normalise the instance token to the embeddings' scale (a fresh conv
