@@ -217,6 +217,16 @@ ENTRIES: list[Algorithm] = [
         env_settings={"pool": "static", "max_depth": 5},
     ),
     Algorithm(
+        "oracle_route",
+        "a probe's oracle routing (a fixed route per task and kind of instance) through the LRN pool",
+        "agents.trainers.fixed_route:oracle_route",
+    ),
+    Algorithm(
+        "static_route",
+        "the static network's route (a shared trunk, a head per task) through the LRN pool",
+        "agents.trainers.fixed_route:static_route",
+    ),
+    Algorithm(
         "routing_network",
         "the original routing network (Rosenbaum et al. 2017): per-task tabular WPL routers over 3 FC depths",
         "agents.trainers.routing_network:build",

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from agents.route_stats import route_statistics, task_module_usage
+from agents.route_stats import oracle_statistics, route_statistics, task_module_usage
 from routing_env.engine import RoutingEngine
 
 # Maps the engine's observation tensors to one action per episode, (B,) int64.
@@ -33,18 +33,27 @@ def evaluate(
     recall: always answering "no" on MNIST-MTL scores 90 % accuracy but 50 % balanced), ``{prefix}_loss``
     and ``{prefix}_pairs``, and the per-task values, the number of pool modules no route uses, the
     task x module usage counts and what the routes say about sharing
-    (:func:`agents.route_stats.route_statistics`).
+    (:func:`agents.route_stats.route_statistics`). An ``act`` with ``act.reads_kind`` true (the fixed
+    oracle routing) also gets each pair's kind of instance in the observation, under ``"kind"``. On a
+    benchmark with an oracle routing (the probes),
+    also how close the routes come to it (:func:`agents.route_stats.oracle_statistics`).
     """
     if engine.training or not engine.config.sequential:
         raise ValueError("evaluate() needs a sequential engine with a frozen pool (split='test')")
     engine.seed(0)  # restart the walk at the first pair
+    reads_kind = bool(getattr(act, "reads_kind", False))
     n_pairs = len(engine.data)
-    collected: dict[str, list[torch.Tensor]] = {k: [] for k in ("correct", "task", "label", "route", "loss")}
+    collected: dict[str, list[torch.Tensor]] = {
+        k: [] for k in ("correct", "task", "kind", "label", "route", "loss")
+    }
     for _ in range(math.ceil(n_pairs / engine.batch_size)):
         engine.begin_batch()
         out = None
         for _ in range(engine.max_depth):
-            out = engine.step(act(engine.observation()))
+            obs = engine.observation()
+            if reads_kind:  # the fixed oracle routing's act; agents never see the kind
+                obs["kind"] = engine.kinds
+            out = engine.step(act(obs))
         first_pass = out.final["epoch"] == 0  # the last batch wraps around: count each pair once
         for key in collected:
             collected[key].append(out.final[key][first_pass])
@@ -58,6 +67,10 @@ def evaluate(
     routes = res["route"]  # (N, D)
     usage = task_module_usage(routes, res["task"], n_tasks, n_modules)  # (T, M)
     valid_bal = [b for b in per_task_bal if not math.isnan(b)]
+    oracle = {}
+    if engine.oracle_routes is not None:
+        kinds = res["kind"] if engine.data.kinds is not None else None
+        oracle = oracle_statistics(routes, res["task"], kinds, engine.oracle_routes, n_tasks, n_modules)
     return {
         f"{prefix}_pairs": int(routes.shape[0]),
         f"{prefix}_accuracy": float(res["correct"].float().mean()),
@@ -69,4 +82,5 @@ def evaluate(
         "mean_route_modules": float((routes < n_modules).sum(1).float().mean()),
         "module_usage": usage.long().tolist(),
         **route_statistics(routes, res["task"], n_tasks, n_modules),
+        **oracle,
     }

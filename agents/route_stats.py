@@ -1,5 +1,6 @@
 """What the routes of an evaluation say about sharing: do tasks share modules, and does the instance
-change the route within a task? Pure functions of the batched routes (no per-route Python).
+change the route within a task? And, on a probe with a known best routing, did the router find it
+(:func:`oracle_statistics`)? Pure functions of the batched routes (no per-route Python).
 
 A task's *module set* is the modules any of its routes uses; its *usage share* of a module is the
 fraction of its routes that use it (a route uses a module at most once).
@@ -19,6 +20,8 @@ ROUTE_STAT_KEYS = (
     "routes_per_task",
     "route_entropy_bits",
 )
+# The keys :func:`oracle_statistics` returns (evaluations on a benchmark with an oracle routing).
+ORACLE_STAT_KEYS = ("oracle_route_rate", "oracle_overlap", "oracle_route_overlap", "route_kind_information")
 
 
 def task_module_usage(
@@ -117,3 +120,68 @@ def module_set_overlap(usage: torch.Tensor) -> dict[str, float]:
         "route_overlap": float(jaccard[pairs].mean()) if bool(pairs.any()) else math.nan,
         "shared_modules": int((used.sum(0) >= 2).sum()),
     }
+
+
+def task_entropy_bits(keys: torch.Tensor, tasks: torch.Tensor, n_tasks: int) -> torch.Tensor:
+    """The entropy in bits of the rows of ``keys`` ``(N, C)`` within each task, ``(n_tasks,)`` (0 for a
+    task without rows)."""
+    rows, counts = torch.unique(torch.cat([tasks[:, None], keys], dim=1), dim=0, return_counts=True)
+    row_task = rows[:, 0]
+    p = counts.float() / torch.bincount(tasks, minlength=n_tasks).float()[row_task]
+    bits = torch.zeros(n_tasks, device=keys.device).index_add_(0, row_task, -p * torch.log2(p))
+    return bits.clamp_min(0.0)
+
+
+def oracle_statistics(
+    routes: torch.Tensor,
+    tasks: torch.Tensor,
+    kinds: torch.Tensor | None,
+    oracle_routes: torch.Tensor,
+    n_tasks: int,
+    n_modules: int,
+) -> dict[str, float]:
+    """Whether the routes of an evaluation found a probe's known best routing.
+
+    * ``oracle_route_rate``: the fraction of pairs whose route is the oracle route of their (task, kind).
+    * ``oracle_overlap``: the mean over tasks of the Jaccard index between the task's module set (the
+      modules any of its routes uses) and the module set of its oracle routes: 1 when a task uses exactly
+      the oracle's modules.
+    * ``oracle_route_overlap``: ``route_overlap`` (:func:`route_statistics`) of the oracle routing itself,
+      on the same pairs: what the routes' ``route_overlap`` is to be compared with.
+    * ``route_kind_information``: how much of the kind of instance the route carries within a task:
+      ``I(route; kind | task) / H(kind | task)`` (both averaged over the pairs' tasks), 1 when the route
+      tells the kind, 0 when it does not depend on it. Left out without kinds (``kinds`` None, or one kind
+      per task: nothing to carry).
+
+    Args:
+        routes: ``(N, D)`` action ids.
+        tasks: ``(N,)`` task ids.
+        kinds: ``(N,)`` kind of instance of each pair, or None (one kind).
+        oracle_routes: ``(n_tasks, n_kinds, D)`` the oracle routing's action ids
+            (:meth:`routing_env.oracle_route.OracleRouting.resolve`).
+        n_tasks: number of tasks.
+        n_modules: the pool's module count (ids ``>= n_modules`` are PASS or padding).
+    """
+    kind_ids = torch.zeros_like(tasks) if kinds is None else kinds
+    oracle = oracle_routes.to(routes.device)[tasks, kind_ids]  # (N, D)
+    usage = task_module_usage(routes, tasks, n_tasks, n_modules) > 0  # (T, M)
+    oracle_usage = task_module_usage(oracle, tasks, n_tasks, n_modules)  # (T, M)
+    oracle_used = oracle_usage > 0
+    present = oracle_used.any(1)
+    inter = (usage & oracle_used).sum(1).float()
+    union = (usage | oracle_used).sum(1).float().clamp_min(1)
+    stats = {
+        "oracle_route_rate": float((routes == oracle).all(1).float().mean()),
+        "oracle_overlap": float((inter / union)[present].mean()) if bool(present.any()) else math.nan,
+        "oracle_route_overlap": module_set_overlap(oracle_usage)["route_overlap"],
+    }
+    if kinds is not None:
+        weight = torch.bincount(tasks, minlength=n_tasks).float()  # (T,) pairs per task
+        h_kind = task_entropy_bits(kinds[:, None], tasks, n_tasks)  # (T,)
+        h_route = task_entropy_bits(routes, tasks, n_tasks)
+        h_joint = task_entropy_bits(torch.cat([kinds[:, None], routes], dim=1), tasks, n_tasks)
+        information = (h_kind + h_route - h_joint).clamp_min(0.0)  # (T,) I(route; kind | task = t)
+        denominator = float((weight * h_kind).sum())
+        if denominator > 0:
+            stats["route_kind_information"] = min(float((weight * information).sum()) / denominator, 1.0)
+    return stats

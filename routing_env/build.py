@@ -69,12 +69,14 @@ def holdout(split: MTLSplit, fraction: float, data_seed: int, val: bool) -> MTLS
 
 def build_pool(config: RoutingConfig, benchmark: MTLBenchmark) -> ModulePool:
     """The pool ``config.pool`` names, shaped for ``benchmark``; ``config.seed`` seeds its weights."""
+    widths = {"conv_channels": int(config.pool_conv_channels), "fc_width": int(config.pool_fc_width)}
+    shape, n_classes = benchmark.image_shape, benchmark.n_classes
     if config.pool == "static":
-        specs = static_pool_specs(benchmark.image_shape, benchmark.n_classes, benchmark.n_tasks)
+        specs = static_pool_specs(shape, n_classes, benchmark.n_tasks, **widths)
     elif config.pool == "routing_network":
-        specs = routing_network_pool_specs(benchmark.image_shape, benchmark.n_classes, int(config.duplicates))
+        specs = routing_network_pool_specs(shape, n_classes, int(config.duplicates), **widths)
     else:
-        specs = lrn_pool_specs(benchmark.image_shape, benchmark.n_classes, int(config.duplicates))
+        specs = lrn_pool_specs(shape, n_classes, int(config.duplicates), **widths)
     image = TensorType("image", tuple(benchmark.image_shape))
     # The original routing network routes every sample through all 5 layers: no PASS.
     return ModulePool(specs, image, seed=config.seed, allow_pass=config.pool != "routing_network")
@@ -104,8 +106,24 @@ def make_engine(
         split = split.subset(keep[: int(config.max_pairs)].sort().values)
     if pool is None:
         pool = build_pool(config, benchmark)
+    oracle = None
+    if benchmark.oracle is not None and config.pool == "lrn":
+        oracle = benchmark.oracle.resolve(
+            pool, config.max_depth
+        )  # (T, K, D); one clear error if it cannot be
+    elif config.loss_source == "oracle":
+        raise ValueError(
+            f"loss_source='oracle' needs a benchmark with an oracle routing and the LRN pool (a probe, "
+            f"e.g. RoutingProbeRouter-v0); {benchmark.name!r} with pool={config.pool!r} has none"
+        )
     engine = RoutingEngine(
-        pool, split, config, batch_size=batch_size, update_every=update_every, hflip=benchmark.hflip
+        pool,
+        split,
+        config,
+        batch_size=batch_size,
+        update_every=update_every,
+        hflip=benchmark.hflip,
+        oracle_routes=oracle,
     )
     return engine, benchmark
 

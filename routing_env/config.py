@@ -18,14 +18,17 @@ Split = Literal["train", "val", "test"]
 Precision = Literal["fp32", "bf16"]
 BonusScope = Literal["pool", "task", "kind"]  # the collapse bonus's counts (routing_env/rewards.py)
 Pool = Literal["lrn", "static", "routing_network"]
+# Where an episode's loss comes from: the networks the route builds ("modules"), or, on a probe with an oracle
+# routing, the route alone ("oracle": the router-alone probe, routing_env/engine.py).
+LossSource = Literal["modules", "oracle"]
 # How the chosen modules run (routing_env/modules.py): "dense" (every duplicate of a bank on every sample,
 # as one wide layer), "gathered" / "gathered_nhwc" (convs as one grouped conv through per-sample weights,
 # linears dense), "patches" (convs as one batched matrix product over unfolded patches, linears dense),
 # "grouped" (one call per chosen duplicate, a host sync per bank), "compact" (each bank on only its
 # sub-batch, one host sync). "auto": routing_env/network.py's AUTO_DISPATCH.
 Dispatch = Literal["auto", "dense", "gathered", "gathered_nhwc", "patches", "grouped", "compact"]
-SPLITS, PRECISIONS, BONUS_SCOPES, POOLS, DISPATCH_MODES = (
-    typing.get_args(t) for t in (Split, Precision, BonusScope, Pool, Dispatch)
+SPLITS, PRECISIONS, BONUS_SCOPES, POOLS, DISPATCH_MODES, LOSS_SOURCES = (
+    typing.get_args(t) for t in (Split, Precision, BonusScope, Pool, Dispatch, LossSource)
 )
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -83,6 +86,14 @@ class RoutingConfig:
         weight_decay: not in the paper: decoupled weight decay of the pool's modules (AdamW's), applied
             where a module is updated.
         module_dropout: not in the paper: dropout rate on every hidden module's output in training.
+        pool_conv_channels: channels of every conv module of the pool (the paper: 32); the probes use
+            small modules, where sharing one between conflicting tasks or kinds of instance costs.
+        pool_fc_width: width of every hidden FC module of the pool (the paper: 256).
+        loss_source: ``"modules"`` (the paper: the loss of the network the route builds) or ``"oracle"``
+            (the router-alone probe: no module runs or trains; the loss is the fraction of steps where the
+            route differs from the oracle route of the instance's task and kind, each step's share charged
+            at that step in the per-step rewards, and a route is "correct" when it is the oracle route;
+            needs a benchmark with an oracle routing).
     """
 
     benchmark: str = "mnist"
@@ -113,6 +124,9 @@ class RoutingConfig:
     augment: bool = False
     weight_decay: float = 0.0
     module_dropout: float = 0.0
+    pool_conv_channels: int = 32
+    pool_fc_width: int = 256
+    loss_source: LossSource = "modules"
 
     def __post_init__(self) -> None:
         from routing_env.benchmarks.registry import resolve
@@ -139,6 +153,8 @@ class RoutingConfig:
         _at_least("duplicates", self.duplicates, 1)
         _at_least("max_depth", self.max_depth, 2)
         _at_least("batch_size", self.batch_size, 1)
+        _at_least("pool_conv_channels", self.pool_conv_channels, 1)
+        _at_least("pool_fc_width", self.pool_fc_width, 1)
         _at_least("bonus_warmup", self.bonus_warmup, 0)
         if self.max_pairs is not None:
             _at_least("max_pairs", self.max_pairs, 1)

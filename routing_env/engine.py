@@ -99,6 +99,9 @@ class RoutingEngine:
             ``batch_size`` (the single env runs one episode at a time and updates every
             ``config.batch_size``).
         hflip: with ``config.augment``, mirrored images keep their labels (the benchmark says).
+        oracle_routes: the benchmark's oracle routing resolved against ``pool``, ``(n_tasks, n_kinds,
+            max_depth)`` action ids (:mod:`routing_env.oracle_route`), or None; what
+            ``config.loss_source="oracle"`` scores routes against.
     """
 
     def __init__(
@@ -109,6 +112,7 @@ class RoutingEngine:
         batch_size: int | None = None,
         update_every: int | None = None,
         hflip: bool = True,
+        oracle_routes: torch.Tensor | None = None,
     ) -> None:
         if len(data) == 0:
             raise ValueError("the data split is empty")
@@ -116,8 +120,13 @@ class RoutingEngine:
         self.device = resolve_device(config.device)
         self.pool = pool.to(self.device)
         self.data = data.to(self.device)
-        # (3, N): each pair's image row, task and label, so that a batch takes them in one gather.
-        self._pair_columns = torch.stack([self.data.image_index, self.data.tasks, self.data.labels])
+        # (4, N): each pair's image row, task, label and kind of instance (0 without kinds), so that a batch
+        # takes them in one gather.
+        kinds = self.data.kinds if self.data.kinds is not None else torch.zeros_like(self.data.tasks)
+        self._pair_columns = torch.stack([self.data.image_index, self.data.tasks, self.data.labels, kinds])
+        self.oracle_routes = None if oracle_routes is None else oracle_routes.to(self.device)
+        if config.loss_source == "oracle" and self.oracle_routes is None:
+            raise ValueError("loss_source='oracle' needs the benchmark's oracle routing (oracle_routes)")
         self.batch_size = int(batch_size or config.batch_size)
         self.max_depth = int(config.max_depth)
         self.update_every = int(update_every or self.batch_size)
@@ -206,7 +215,7 @@ class RoutingEngine:
         self._snapshot = {"walk": self.walk.state_dict(), "augment": self.augment_generator.get_state()}
         self.pair_index, self.pair_epoch = self.walk.draw(self.batch_size)  # (B,), (B,)
         self._set_pool_lr()
-        image_index, tasks, self.labels = self._pair_columns[:, self.pair_index]  # (B,) each
+        image_index, tasks, self.labels, self.kinds = self._pair_columns[:, self.pair_index]  # (B,) each
         images = self.data.images[image_index]  # (B, C, H, W) uint8
         if self.augment:
             images = random_crop_flip(images, self.augment_generator, flip=self.hflip)
@@ -320,7 +329,21 @@ class RoutingEngine:
         """Loss ``(B,)`` and prediction ``(B,)`` of the batch's pairs through ``routes`` ``(B, max_depth)``
         with the pool as it is now; trains nothing (:func:`routing_env.counterfactual.route_losses`)."""
         self._check_batch()
+        if self.config.loss_source == "oracle":
+            loss = self._oracle_step_loss(routes.to(self.device)).sum(dim=1)
+            return loss, self._oracle_prediction(loss)
         return route_losses(self.pool_step, self.images, routes.to(self.device), self.labels)
+
+    def _oracle_step_loss(self, route: torch.Tensor) -> torch.Tensor:
+        """``loss_source="oracle"``: each step's share of the loss of ``route`` ``(B, T)`` on the batch's
+        pairs, ``1 / max_depth`` where it differs from the oracle route of the pair's (task, kind)."""
+        return (route != self.oracle_routes[self.tasks, self.kinds]).float() / self.max_depth
+
+    def _oracle_prediction(self, loss: torch.Tensor) -> torch.Tensor:
+        """``loss_source="oracle"``: the label where the route is the oracle route (``loss`` 0), another
+        class elsewhere, so "correct" is the oracle-route rate."""
+        wrong = (self.labels + 1) % self.pool.types[self.rules.logits_type].shape[0]
+        return torch.where(loss == 0, self.labels, wrong)
 
     def set_baseline_routes(self, routes: torch.Tensor | None) -> None:
         """Score ``routes`` ``(B, max_depth)`` on the batch begun at its last step, before the pool's update
@@ -346,8 +369,13 @@ class RoutingEngine:
     def _finish(self) -> dict[str, torch.Tensor]:
         baseline = self._baseline_routes
         baseline_loss = self.route_losses(baseline)[0] if baseline is not None else None  # before the update
-        # Rewards use the loss before the pool's update, as the paper's MDP defines them.
-        loss, prediction = self.pool_step(self.images, self.route, self.labels, self.batch_size)  # (B,), (B,)
+        step_loss = None  # (B, T): where each step's share of the loss is known (the oracle's table)
+        if self.config.loss_source == "oracle":
+            step_loss = self._oracle_step_loss(self.route)
+            loss = step_loss.sum(dim=1)  # (B,)
+            prediction = self._oracle_prediction(loss)
+        else:  # rewards use the loss before the pool's update, as the paper's MDP defines them
+            loss, prediction = self.pool_step(self.images, self.route, self.labels, self.batch_size)  # (B,)
         self.usage.push(self.route, self.tasks)
         kinds = self.pool.action_bank[: self.pool.n_modules]  # (M,) each module's bank
         module_bonus = self.usage.bonus(self.config.bonus_scope, self.tasks, kinds)  # (M,); "task": (B, M)
@@ -356,9 +384,13 @@ class RoutingEngine:
         # The bonus warm-up: episodes on pairs of the first ``bonus_warmup`` passes get no bonus.
         weight = (self.pair_epoch >= self.config.bonus_warmup) * self.config.bonus_weight  # (B,) float
         reward = final_reward(loss, bonus, weight)
-        # The same reward spread over the steps (paper eq. 7): each step's module's bonus, the loss last.
+        # The same reward spread over the steps (paper eq. 7): each step's module's bonus, the loss last (the
+        # oracle's table loss at the steps that incur it).
         step_rewards = weight[:, None] * step_bonus  # (B, T)
-        step_rewards[:, -1] -= loss
+        if step_loss is None:
+            step_rewards[:, -1] -= loss
+        else:
+            step_rewards -= step_loss
         correct = prediction == self.labels
         self._stats.add_episodes(loss, correct, reward, bonus)
         self._has_batch = False
@@ -379,6 +411,7 @@ class RoutingEngine:
             "prediction": prediction,
             "route": self.route.clone(),
             "task": self.tasks.clone(),
+            "kind": self.kinds,
             "label": self.labels,
             "pair_index": self.pair_index,
             "epoch": self.pair_epoch,

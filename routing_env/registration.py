@@ -108,3 +108,6 @@ def routing_env_ids() -> list[str]:
 register_env("RoutingMNIST-v0", "mnist")
 register_env("RoutingCIFAR-v0", "cifar")
 register_env("RoutingMIN-v0", "min")
+register_env("RoutingProbeRouter-v0", "probe_router")
+register_env("RoutingProbeShare-v0", "probe_share")
+register_env("RoutingProbeKinds-v0", "probe_kinds")

@@ -27,7 +27,7 @@ from agents.config import AgentConfig, RouterConfig, RoutingNetworkConfig
 from routing_env.config import RoutingConfig, check_choices
 from routing_env.registration import benchmark_of
 
-Preset = Literal["best", "paper"]
+Preset = Literal["best", "paper", "probe_router"]
 # The preset a run from the command line or a sweep starts from unless it names one.
 DEFAULT_PRESET: Preset = "best"
 # Named settings that a run starts from before its own (docs/training.md, "Presets"). The paper's explicit
@@ -44,6 +44,26 @@ PRESETS: dict[Preset, dict[str, Any]] = {
         "env.freeze_unused": False,
     },
     "paper": {**PAPER_READINGS, "env.bonus_weight": 1.0, "router.task_prior_std": 0.0},
+    # The router-alone probe (routing_env/benchmarks/probes.py) as scripts/probes.py measures it: the loss
+    # from the oracle routing alone (each step charged its own share), a pool just big enough for it, no
+    # bonus, a small router that learns fast, no discount (a step's reward is its own: exact credit) and
+    # entropy enough that a step the tasks disagree on is not settled before the router reads the task
+    # (with ent_coef 0.01, or the default discount, it settles on one task's module: docs/results.md).
+    "probe_router": {
+        "run.env_id": "RoutingProbeRouter-v0",
+        "env.loss_source": "oracle",
+        "env.duplicates": 2,
+        "env.max_depth": 5,
+        "env.bonus_weight": 0.0,
+        "env.batch_size": 64,
+        "router.d_model": 64,
+        "router.d_ff": 128,
+        "router.conv_channels": [8, 16],
+        "agent.router_lr": 1e-3,
+        "agent.ent_coef": 0.05,
+        "agent.gamma": 0.0,
+        "run.limit_test": 1000,
+    },
 }
 
 
@@ -256,7 +276,7 @@ ENV_SETTINGS = (
     "duplicates", "max_depth", "batch_size", "bonus_weight", "bonus_warmup", "bonus_scope", "lr", "lr_decay",
     "max_pairs", "data_seed", "data_root", "download", "device", "dispatch", "invalid_action_penalty",
     "freeze_unused", "cuda_graph", "precision", "val_fraction", "augment", "weight_decay",
-    "module_dropout", "benchmark_kwargs",
+    "module_dropout", "benchmark_kwargs", "pool_conv_channels", "pool_fc_width", "loss_source",
 )  # fmt: skip
 # Settings whose flag (and sweep key) is not their field's name.
 RENAMED = {

@@ -18,9 +18,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import torch
+
+if TYPE_CHECKING:
+    from routing_env.oracle_route import OracleRouting
 
 DATA_ENV_VAR = "ROUTING_ENV_DATA"
 
@@ -78,6 +81,9 @@ class MTLSplit:
         labels: the label of each pair inside its task, ``(N,)`` int64 in ``[0, n_classes)``.
         source_index: for each pair, the image's index in the source data set (e.g. MNIST's train
             or test file), ``(N,)`` int64; lets tests and users check disjointness and provenance.
+        kinds: the kind of instance of each pair, ``(N,)`` int64 in ``[0, n_kinds)`` (e.g. which
+            transformation its image went through, in the probes: ``routing_env/benchmarks/probes.py``);
+            None where the benchmark has no kinds of instance.
     """
 
     images: torch.Tensor
@@ -85,12 +91,13 @@ class MTLSplit:
     tasks: torch.Tensor
     labels: torch.Tensor
     source_index: torch.Tensor
+    kinds: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.tasks.shape[0])
 
     def to(self, device: torch.device | str) -> MTLSplit:
-        return MTLSplit(*(t.to(device) for t in self._fields()))
+        return MTLSplit(*(None if t is None else t.to(device) for t in self._fields()))
 
     def subset(self, index: torch.Tensor) -> MTLSplit:
         """The pairs at ``index`` (images are shared, not copied)."""
@@ -101,10 +108,11 @@ class MTLSplit:
             self.tasks[index],
             self.labels[index],
             self.source_index[index],
+            None if self.kinds is None else self.kinds[index],
         )
 
-    def _fields(self) -> tuple[torch.Tensor, ...]:
-        return (self.images, self.image_index, self.tasks, self.labels, self.source_index)
+    def _fields(self) -> tuple[torch.Tensor | None, ...]:
+        return (self.images, self.image_index, self.tasks, self.labels, self.source_index, self.kinds)
 
 
 @dataclass
@@ -131,6 +139,11 @@ class MTLBenchmark:
         data_folder: where the loader read the data (``train.py`` prints it). A loader whose data lies
             outside the data root says so here; None stands for the data root itself
             (:func:`load_benchmark` fills that in).
+        kind_names: one name per kind of instance where the splits have ``kinds`` (the probes); empty
+            otherwise.
+        oracle: the best routing known by construction (:class:`routing_env.oracle_route.OracleRouting`:
+            a route per task and kind of instance), or None (the paper's benchmarks have none). The route
+            statistics measure the router's routes against it, and ``--algo fixed_route`` trains it.
     """
 
     name: str
@@ -142,6 +155,13 @@ class MTLBenchmark:
     task_names: tuple[str, ...] = ()
     hflip: bool = True
     data_folder: Path | None = None
+    kind_names: tuple[str, ...] = ()
+    oracle: OracleRouting | None = None
+
+    @property
+    def n_kinds(self) -> int:
+        """The kinds of instance (1 for a benchmark without kinds)."""
+        return max(len(self.kind_names), 1)
 
     def to(self, device: torch.device | str) -> MTLBenchmark:
         return dataclasses.replace(self, train=self.train.to(device), test=self.test.to(device))

@@ -22,6 +22,10 @@ _BUILT_IN = {
     "mnist": "routing_env.benchmarks.mnist:load",
     "cifar": "routing_env.benchmarks.cifar:load",
     "min": "routing_env.benchmarks.mini_imagenet:load",
+    # Probes with a known best routing, built from MNIST (routing_env/benchmarks/probes.py).
+    "probe_router": "routing_env.benchmarks.probes:load_router",
+    "probe_share": "routing_env.benchmarks.probes:load_share",
+    "probe_kinds": "routing_env.benchmarks.probes:load_kinds",
 }
 _LOADERS: dict[str, BenchmarkLoader | str] = dict(_BUILT_IN)
 

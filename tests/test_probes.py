@@ -1,0 +1,175 @@
+"""The probe benchmarks (routing_env/benchmarks/probes.py): they load with their kinds of instance and an
+oracle routing valid under the action mask, the router-alone probe's table loss scores exactly the oracle
+routes as right, the route statistics measure routes against the oracle, the router learns the
+router-alone probe, and the fixed-route baselines train."""
+
+from __future__ import annotations
+
+import math
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from test_train import read_metrics, run_main
+
+from agents.route_stats import oracle_statistics
+from routing_env import RoutingConfig, make_engine
+from routing_env.benchmarks import load_benchmark
+from routing_env.benchmarks.probes import transform
+from routing_env.build import holdout
+from routing_env.oracle_route import invalid_routes
+from routing_env.registration import benchmark_of
+
+SMALL = {"per_digit": 20, "test_per_digit": 5}  # the fake MNIST has 25 test images per digit
+
+
+@pytest.mark.parametrize(
+    "env_id, n_tasks, n_kinds",
+    [("RoutingProbeRouter-v0", 2, 2), ("RoutingProbeShare-v0", 4, 1), ("RoutingProbeKinds-v0", 2, 3)],
+)
+def test_a_probe_loads_with_kinds_and_a_valid_oracle(
+    fake_data_root: Path, env_id: str, n_tasks: int, n_kinds: int
+) -> None:
+    name = benchmark_of(env_id)
+    bench = load_benchmark(name, fake_data_root, **SMALL)
+    assert (bench.n_tasks, bench.n_kinds, bench.n_classes) == (n_tasks, n_kinds, 10)
+    kinds_held = 1 if n_kinds == 1 else n_kinds  # the share probe: one kind per task, no kinds tensor
+    assert len(bench.train) == n_tasks * kinds_held * 10 * SMALL["per_digit"]
+    assert len(bench.test) == n_tasks * kinds_held * 10 * SMALL["test_per_digit"]
+    assert bench.train.images.shape[1:] == (1, 28, 28) and bench.train.images.dtype == torch.uint8
+    assert (bench.train.kinds is None) == (n_kinds == 1)
+    # Every pair's image is its source digit under its kind's transformation.
+    from routing_env.benchmarks import mnist
+
+    source, _ = mnist._read(fake_data_root, train=True)
+    kinds = bench.train.kinds if bench.train.kinds is not None else torch.zeros_like(bench.train.tasks)
+    for k, kind_name in enumerate(bench.kind_names or ["identity"]):
+        rows = (kinds == k).nonzero().flatten()[:7]
+        expected = transform(source[bench.train.source_index[rows]], kind_name)
+        assert torch.equal(bench.train.images[bench.train.image_index[rows], 0], expected)
+    # The kinds survive subsets, the validation split, moves and pickling.
+    val = holdout(bench.train, 0.1, 0, val=True)
+    for split in (val, bench.train.to("cpu"), pickle.loads(pickle.dumps(bench.train))):
+        if bench.train.kinds is not None:
+            assert split.kinds is not None and split.kinds.shape == split.tasks.shape
+    # The oracle routing holds for the settings the probes run with, and for longer routes.
+    for max_depth in (5, 7):
+        engine, _ = make_engine(
+            RoutingConfig(
+                benchmark=name,
+                benchmark_kwargs=SMALL,
+                data_root=fake_data_root,
+                duplicates=4,
+                max_depth=max_depth,
+                device="cpu",
+            )
+        )
+        routes = engine.oracle_routes
+        assert routes.shape == (n_tasks, n_kinds, max_depth)
+        assert invalid_routes(engine.pool, routes.flatten(0, 1), max_depth) == []
+        assert torch.unique(routes.flatten(0, 1), dim=0).shape[0] > 1  # the oracle routes differ
+
+
+def test_an_oracle_that_does_not_fit_the_pool_is_one_clear_error(fake_data_root: Path) -> None:
+    config = RoutingConfig(
+        benchmark="probe_kinds", benchmark_kwargs=SMALL, data_root=fake_data_root, device="cpu"
+    )
+    with pytest.raises(ValueError, match="duplicates >= 3"):
+        make_engine(config.replace(duplicates=2, max_depth=5))
+    with pytest.raises(ValueError, match="max_depth >= 5"):
+        make_engine(config.replace(duplicates=3, max_depth=4))
+    with pytest.raises(ValueError, match="oracle routing"):
+        make_engine(
+            RoutingConfig(benchmark="mnist", data_root=fake_data_root, device="cpu", loss_source="oracle")
+        )
+
+
+def test_the_table_loss_is_zero_exactly_on_oracle_routes(fake_data_root: Path) -> None:
+    config = RoutingConfig(
+        benchmark="probe_router", benchmark_kwargs=SMALL, data_root=fake_data_root, duplicates=2, max_depth=5,
+        device="cpu", loss_source="oracle", bonus_weight=0.0, batch_size=64,
+    )  # fmt: skip
+    engine, _ = make_engine(config)
+    before = [p.detach().clone() for p in engine.pool.parameters()]
+    for wrong_step in (None, 0, 3):
+        engine.begin_batch()
+        oracle = engine.oracle_routes[engine.tasks, engine.kinds]  # (B, D)
+
+        def choose(
+            k: int, obs: dict, oracle: torch.Tensor = oracle, wrong_step: int | None = wrong_step
+        ) -> torch.Tensor:
+            if k != wrong_step:
+                return oracle[:, k]
+            valid = obs["action_mask"].bool() & (torch.arange(engine.pool.n_actions) != oracle[:, k : k + 1])
+            return valid.float().argmax(1)  # another valid action
+
+        out = engine.play(choose)
+        loss = out.final["loss"]
+        if wrong_step is None:
+            assert torch.equal(loss, torch.zeros_like(loss)) and bool(out.final["correct"].all())
+        else:
+            assert bool((loss >= 1 / 5 - 1e-6).all()) and not bool(out.final["correct"].any())
+            step_rewards = out.final["step_rewards"]  # the wrong step is charged where it happened
+            assert bool((step_rewards[:, wrong_step] <= -1 / 5 + 1e-6).all())
+    # No module ran or trained.
+    assert all(torch.equal(a, b) for a, b in zip(before, engine.pool.parameters()))
+
+
+def test_oracle_statistics_on_hand_made_routes() -> None:
+    oracle = torch.tensor([[[0, 2, 4], [1, 3, 4]], [[0, 3, 5], [1, 2, 5]]])  # (T=2, K=2, D=3)
+    tasks = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    kinds = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1])
+    exact = oracle[tasks, kinds]
+    stats = oracle_statistics(exact, tasks, kinds, oracle, n_tasks=2, n_modules=6)
+    assert stats["oracle_route_rate"] == 1.0 and stats["oracle_overlap"] == 1.0
+    assert stats["route_kind_information"] == pytest.approx(1.0)  # the route tells the kind
+    # Every task's module set is {0, 1, 2, 3} plus its head: the oracle's own task-pair overlap is 4/6.
+    assert stats["oracle_route_overlap"] == pytest.approx(4 / 6)
+    constant = oracle[tasks, torch.zeros_like(kinds)]  # kind 0's route for every pair
+    stats = oracle_statistics(constant, tasks, kinds, oracle, n_tasks=2, n_modules=6)
+    assert stats["oracle_route_rate"] == 0.5 and stats["route_kind_information"] == 0.0
+    assert stats["oracle_overlap"] == pytest.approx(3 / 5)  # {0, 2|3, head} of {0, 1, 2, 3, head}
+    no_kinds = oracle_statistics(constant, tasks, None, oracle[:, :1], n_tasks=2, n_modules=6)
+    assert no_kinds["oracle_route_rate"] == 1.0 and "route_kind_information" not in no_kinds
+    assert math.isfinite(no_kinds["oracle_route_overlap"])
+
+
+def probe_argv(root: Path, out: Path, *flags: object) -> list:
+    return [
+        *flags, "--device", "cpu", "--threads", 1, "--no-progress", "--no-checkpoint", "--data-root", root,
+        "--out", out,
+    ]  # fmt: skip
+
+
+def test_the_router_learns_the_router_alone_probe(tmp_path: Path, fake_data_root: Path) -> None:
+    """--preset probe_router cut to 2 epochs of 32 batches (about 30 s on two cores): the router takes the
+    oracle route for >= 90 % of the test pairs; its first epoch's random routes take it for few."""
+    argv = probe_argv(
+        fake_data_root, tmp_path, "--preset", "probe_router", "--epochs", 2, "--limit-test", 200
+    )
+    assert run_main(argv) == 0
+    records = read_metrics(tmp_path)
+    assert records[-1]["oracle_route_rate"] >= 0.9
+    assert records[-1]["test_accuracy"] == records[-1]["oracle_route_rate"]  # "correct" = the oracle route
+    assert records[-1]["route_kind_information"] >= 0.9
+
+
+def test_the_fixed_route_baselines_train(tmp_path: Path, fake_data_root: Path) -> None:
+    common = (
+        "--env", "RoutingProbeKinds-v0", "--benchmark-kwargs", '{"per_digit": 20, "test_per_digit": 5}',
+        "--duplicates", 3, "--max-depth", 5, "--pool-conv-channels", 4, "--pool-fc-width", 16, "--lr", 3e-3,
+        "--epochs", 2,
+    )  # fmt: skip
+    last = {}
+    for algo in ("oracle_route", "static_route"):
+        assert run_main(probe_argv(fake_data_root, tmp_path / algo, *common, "--algo", algo)) == 0
+        last[algo] = read_metrics(tmp_path / algo)[-1]
+    assert last["oracle_route"]["oracle_route_rate"] == 1.0
+    assert last["oracle_route"]["route_kind_information"] == pytest.approx(1.0)
+    assert (
+        last["static_route"]["oracle_route_rate"] < 0.5
+        and last["static_route"]["route_kind_information"] == 0.0
+    )
+    for record in last.values():  # the pool learned the fake digits (chance: 10 %)
+        assert record["test_accuracy"] > 0.3
