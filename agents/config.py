@@ -58,6 +58,11 @@ class AgentConfig:
         explore_epsilon: not in the paper: with this probability a step's module is drawn uniformly from
             the valid actions instead of from the router (epsilon over modules); the log-probabilities
             PPO's ratio compares are the mixture's. Deterministic (evaluation) routes are the router's.
+        self_imitation: not in the paper: weight of a self-imitation loss (Oh et al. 2018) in PPO's
+            update, ``-mean(max(A, 0) * log pi(a))`` on the advantages before normalisation: the actions of
+            episodes that beat their baseline (with ``advantage="self_critical"``: their greedy route) are
+            imitated without PPO's ratio or clipping, a gradient that does not vanish as the router's
+            probability of the better action does; 0: none. PPO and MaskablePPO's fused update only.
     """
 
     router_lr: float | None = None
@@ -77,6 +82,7 @@ class AgentConfig:
     ent_coef_end: float | None = None
     ent_coef_epochs: int = 0
     explore_epsilon: float = 0.0
+    self_imitation: float = 0.0
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -84,6 +90,8 @@ class AgentConfig:
             raise ValueError(f"self_critical_weight must lie in [0, 1], got {self.self_critical_weight}")
         if not 0 <= self.explore_epsilon < 1:
             raise ValueError(f"explore_epsilon must lie in [0, 1), got {self.explore_epsilon}")
+        if not self.self_imitation >= 0:
+            raise ValueError(f"self_imitation must be >= 0, got {self.self_imitation}")
         if int(self.ent_coef_epochs) < 0:
             raise ValueError(f"ent_coef_epochs must be >= 0, got {self.ent_coef_epochs}")
         if self.ent_coef_end is not None and int(self.ent_coef_epochs) < 1:

@@ -134,6 +134,7 @@ class DeviceRollouts:
     :param advantage: ``"gae"`` or ``"self_critical"`` (module docstring; :class:`agents.config.AgentConfig`).
     :param baseline_route: the self-critical baseline, ``"greedy"`` or ``"static"``.
     :param self_critical_weight: the self-critical advantage's share of a blend with GAE's.
+    :param self_imitation: PPO's self-imitation loss weight (:class:`agents.ppo_update.MinibatchUpdate`).
     """
 
     def __init__(
@@ -146,6 +147,7 @@ class DeviceRollouts:
         advantage: str = "gae",
         baseline_route: str = "greedy",
         self_critical_weight: float = 1.0,
+        self_imitation: float = 0.0,
         **kwargs: Any,
     ) -> None:
         if reward_timing not in REWARD_TIMINGS:
@@ -158,6 +160,7 @@ class DeviceRollouts:
         self.reward_timing = reward_timing
         self.advantage, self.baseline_route = advantage, baseline_route
         self.self_critical_weight = float(self_critical_weight)
+        self.self_imitation = float(self_imitation)
         self._static_route: torch.Tensor | None = None
         self.fused_rollout, self.fused_update, self.cuda_graph = fused_rollout, fused_update, cuda_graph
         self._episode_program: EpisodeProgram | None = None

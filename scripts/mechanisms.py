@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ MECHANISMS: dict[str, list[str]] = {
     "epsilon": ["--explore-epsilon", "0.1"],
     "soft_static_start": ["--static-start", "3"],
     "upcycle": ["--upcycle-epochs", "1", "--static-start", "3"],
+    "self_imitation": ["--self-imitation", "1.0"],
 }
 # Records' keys a row keeps (where the run's records have them).
 KEPT = (
@@ -77,6 +79,10 @@ def run_row(env_id: str, base: list[str], flags: list[str], seed: int, scratch: 
         "seed": seed,
         "last": kept(records[-1]),
         "val_picked": kept(picked(records)),
+        # per epoch: the wall clock (s) at its end and its test accuracy / oracle-route rate
+        "curve": [
+            [r["epoch"], r["wall_clock_s"], r["test_accuracy"], r.get("oracle_route_rate")] for r in records
+        ],
         "process_seconds": round(time.perf_counter() - started, 1),
         "train_seconds": round(sum(r["train_seconds"] for r in records), 1),
         "load_average_before": before,
@@ -90,6 +96,7 @@ def main() -> None:
     p.add_argument("--base", default="", help="train.py flags of every row (one string)")
     p.add_argument("--rows", default=",".join(MECHANISMS), help="comma-separated names of MECHANISMS")
     p.add_argument("--combined", default="", help="a row of several mechanisms: names joined by '+'")
+    p.add_argument("--parallel", type=int, default=1, help="runs at once (each one thread)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", type=Path, required=True, help="the JSON file to write (rows are appended)")
     args = p.parse_args()
@@ -98,18 +105,18 @@ def main() -> None:
         rows[args.combined] = [flag for name in args.combined.split("+") for flag in MECHANISMS[name]]
     result = json.loads(args.out.read_text()) if args.out.exists() else {"env": args.env, "runs": []}
     result.update(cpu=cpu_name(), cores=os.cpu_count(), base=args.base)
-    with tempfile.TemporaryDirectory() as scratch:
-        for name, flags in rows.items():
-            for seed in args.seeds:
-                run = {"row": name, **run_row(args.env, shlex.split(args.base), flags, seed, Path(scratch))}
-                result["runs"].append(run)
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(json.dumps(result, indent=1) + "\n")
-                last = run["last"]
-                print(
-                    f"{name} seed {seed}: "
-                    + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if isinstance(v, float))
-                )
+    jobs = [(name, flags, seed) for name, flags in rows.items() for seed in args.seeds]
+    base = shlex.split(args.base)
+    with tempfile.TemporaryDirectory() as scratch, ThreadPoolExecutor(args.parallel) as pool:
+        runs = pool.map(
+            lambda job: {"row": job[0], **run_row(args.env, base, job[1], job[2], Path(scratch))}, jobs
+        )
+        for run in runs:
+            result["runs"].append(run)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=1) + "\n")
+            numbers = ", ".join(f"{k} {v:.4g}" for k, v in run["last"].items() if isinstance(v, float))
+            print(f"{run['row']} seed {run['seed']}: {numbers}", flush=True)
 
 
 if __name__ == "__main__":

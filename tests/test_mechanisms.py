@@ -297,3 +297,33 @@ def test_mechanism_settings_are_off_by_default_and_refused_where_they_cannot_act
             RunConfig.from_settings({**settings, "run.algo": "static"})
     with pytest.raises(SettingError, match="max_depth >= 5|--max-depth >= 5"):
         RunConfig.from_settings({"run.upcycle_epochs": 1, "env.max_depth": 4})
+
+
+# --- self-imitation ----------------------------------------------------------------------------------
+
+
+def test_self_imitation_adds_its_loss_to_the_ppo_update(fake_data_root: Path) -> None:
+    from agents.ppo_update import STATS, MinibatchUpdate
+
+    env = make_env(fake_data_root)
+    model = LRNMaskablePPO(
+        RouterPolicy, env, n_steps=DEPTH, batch_size=32, seed=0, device="cpu", policy_kwargs=SMALL_ROUTER
+    )
+    model.learn(DEPTH * N_ENVS)  # a rollout in the buffer
+    buffer = model.rollout_buffer
+    flat = buffer.flat()
+    indices = torch.arange(DEPTH * N_ENVS)
+    with torch.no_grad():
+        _, log_prob, _ = model.policy.evaluate_tensors(flat["obs"], flat["actions"])
+    expected = -(flat["advantages"].clamp_min(0) * log_prob).mean()
+    assert float(expected) > 0  # some episodes beat their baseline
+    losses = []
+    for weight in (0.0, 2.0):
+        policy = copy.deepcopy(model.policy)
+        update = MinibatchUpdate(
+            policy, buffer, 0.0, 0.5, 0.5, True, False, capture=False, self_imitation=weight
+        )
+        losses.append(float(update(indices)[STATS.index("loss")]))
+    assert losses[1] - losses[0] == pytest.approx(2.0 * float(expected), rel=1e-4)
+    with pytest.raises(ValueError, match="self_imitation"):
+        AgentConfig(self_imitation=-1.0)

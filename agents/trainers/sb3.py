@@ -105,6 +105,7 @@ class SB3Trainer:
                 advantage=agent.advantage,
                 baseline_route=agent.baseline_route,
                 self_critical_weight=agent.self_critical_weight,
+                self_imitation=agent.self_imitation,
             )
         elif agent is not None and agent.advantage != "gae":
             raise ValueError(
