@@ -22,6 +22,7 @@ from agents.algorithms import SB3_SETUPS
 from routing_env.config import RoutingConfig
 from training_run.cli import FLAGS, NO_BONUS_HELP, RESUME_HELP, field_docs
 from training_run.report import tables
+from training_run.report.mechanisms import mechanisms_table
 from training_run.settings import PRESETS, flag_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -138,7 +139,11 @@ PAGES: dict[str, dict[str, Callable[[Path], str]]] = {
         "mtlbenchmark-fields": mtlbenchmark_fields,
     },
     "docs/algorithms.md": {"algorithms-table": algorithms_table},
-    "docs/training.md": {"presets-table": presets_table, "flags-table": flags_table},
+    "docs/training.md": {
+        "presets-table": presets_table,
+        "flags-table": flags_table,
+        "mechanisms-table": mechanisms_table,
+    },
     "docs/results.md": {
         "results-table": tables.results_table,
         "seeds-table": tables.seeds_table,
