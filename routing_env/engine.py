@@ -88,7 +88,9 @@ class RoutingEngine:
 
     Attributes read from outside: ``pool``, ``data``, ``config``, ``device``, ``batch_size``,
     ``max_depth``, ``training``, ``dispatch``, ``rules``, ``walk`` (``walk.epoch`` = passes completed),
-    ``optimizer`` (a :class:`PoolOptimizer`, or None when frozen).
+    ``optimizer`` (a :class:`PoolOptimizer`, or None when frozen), ``oracle_routes`` (a probe's oracle
+    routing, or None), and the batch begun's ``tasks``, ``labels`` and ``kinds`` (kind of instance, 0
+    without kinds), ``(B,)`` each.
 
     Args:
         pool: the module pool (shared with other engines, e.g. a test engine, by passing the same one).

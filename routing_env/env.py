@@ -64,8 +64,9 @@ class RoutingEnv(gym.Env):
     Every step: ``invalid_action``. Last step: ``route``, ``loss``, ``correct``, ``prediction``,
     ``bonus``, ``reward_loss`` (= -loss), ``reward_bonus`` (= bonus_weight * bonus), ``step_rewards``
     (the same reward spread over the steps as the paper's eq. 7 assigns it: each step's module's bonus,
-    the loss at the last step; they sum to the reward), ``task``, ``label``, ``pair_index`` and
-    ``epoch`` (the pass over the split the pair came from).
+    the loss at the last step; they sum to the reward), ``task``, ``kind`` (the pair's kind of instance on
+    a probe benchmark, else 0), ``label``, ``pair_index`` and ``epoch`` (the pass over the split the pair
+    came from).
 
     ## Arguments
     See :class:`routing_env.config.RoutingConfig`: ``data_root``, ``download``, ``data_seed``,

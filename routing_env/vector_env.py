@@ -123,8 +123,8 @@ class RoutingVectorEnv(VectorEnv):
     layout for that mode (as ``SyncVectorEnv`` builds them, every key ``k`` with its mask ``_k``): before
     the last step ``invalid_action``; at the last step ``final_obs`` (an object array of the terminal
     observations) and ``final_info``, whose keys are ``invalid_action``, ``route``, ``loss``,
-    ``correct``, ``prediction``, ``bonus``, ``reward_loss``, ``reward_bonus``, ``task``, ``label``,
-    ``pair_index`` and ``epoch`` (arrays over the envs).
+    ``correct``, ``prediction``, ``bonus``, ``reward_loss``, ``reward_bonus``, ``task``, ``kind``,
+    ``label``, ``pair_index`` and ``epoch`` (arrays over the envs).
 
     Seeding follows :class:`routing_env.RoutingEnv`: without a ``seed`` kwarg the first seeded reset
     before any step (or loaded state) also draws the pool's initial weights.

@@ -40,6 +40,7 @@ MECHANISMS: dict[str, list[str]] = {
     "soft_static_start": ["--static-start", "3"],
     "upcycle": ["--upcycle-epochs", "1", "--static-start", "3"],
     "self_imitation": ["--self-imitation", "1.0"],
+    "no_task_prior": ["--task-prior-std", "0"],
 }
 # Records' keys a row keeps (where the run's records have them).
 KEPT = (

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ENV_IDS = ["RoutingMNIST-v0", "RoutingCIFAR-v0", "RoutingMIN-v0"]
 FINAL_INFO_KEYS = {
     "route", "loss", "correct", "prediction", "bonus", "reward_loss", "reward_bonus", "step_rewards", "task",
-    "label", "pair_index", "epoch",
+    "kind", "label", "pair_index", "epoch",
 }  # fmt: skip
 
 

@@ -5,6 +5,7 @@ router-alone probe, and the fixed-route baselines train."""
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 from pathlib import Path
@@ -173,3 +174,31 @@ def test_the_fixed_route_baselines_train(tmp_path: Path, fake_data_root: Path) -
     )
     for record in last.values():  # the pool learned the fake digits (chance: 10 %)
         assert record["test_accuracy"] > 0.3
+
+
+def test_the_probe_verdict_says_by_how_much_a_target_is_missed(tmp_path: Path) -> None:
+    from training_run.report.tables import probes_table, probes_verdict
+
+    def run(method: str, seed: int, accuracy: float, **stats: float) -> dict:
+        last = {"test_accuracy": accuracy, **stats}
+        return {
+            "method": method, "seed": seed, "last": last, "val_picked": last, "process_seconds": 60.0,
+            "load_average_before": [1.0], "load_average_after": [2.0],
+        }  # fmt: skip
+
+    runs = [
+        run("static", 0, 0.80, route_kind_information=0.0),
+        run("oracle", 0, 0.90, route_kind_information=1.0),
+        *(run("lrn", s, 0.85, route_kind_information=0.5) for s in range(2)),
+    ]
+    (tmp_path / "probes").mkdir()
+    record = {"probe": "kinds", "env_id": "RoutingProbeKinds-v0", "epochs": 3, "runs": runs}
+    (tmp_path / "probes" / "kinds.json").write_text(json.dumps(record))
+    verdict = probes_verdict(tmp_path)
+    assert "**per instance** (LRN, 2 seeds, last epoch)" in verdict
+    assert "the oracle routing over the static route +10.00 points (target >= 5 points): met" in verdict
+    assert "kind information 0.50 (target >= 0.8): missed by 0.30" in verdict
+    assert "LRN over the static route +5.00 points (target >= 3 points): met" in verdict
+    assert "LRN below the oracle by +5.00 points (target <= 1 points): missed by 4.00 points" in verdict
+    assert "router alone**: not measured yet" in verdict
+    assert "| per instance (`RoutingProbeKinds-v0`) | LRN | 2 | 3 | 85.0 ± 0.0 |" in probes_table(tmp_path)

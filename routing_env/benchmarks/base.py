@@ -97,7 +97,7 @@ class MTLSplit:
         return int(self.tasks.shape[0])
 
     def to(self, device: torch.device | str) -> MTLSplit:
-        return MTLSplit(*(None if t is None else t.to(device) for t in self._fields()))
+        return MTLSplit(*(t.to(device) for t in self._fields()))
 
     def subset(self, index: torch.Tensor) -> MTLSplit:
         """The pairs at ``index`` (images are shared, not copied)."""
@@ -111,8 +111,10 @@ class MTLSplit:
             None if self.kinds is None else self.kinds[index],
         )
 
-    def _fields(self) -> tuple[torch.Tensor | None, ...]:
-        return (self.images, self.image_index, self.tasks, self.labels, self.source_index, self.kinds)
+    def _fields(self) -> tuple[torch.Tensor, ...]:
+        """The split's tensors in constructor order (``kinds`` only where the split has them)."""
+        kinds = () if self.kinds is None else (self.kinds,)
+        return (self.images, self.image_index, self.tasks, self.labels, self.source_index, *kinds)
 
 
 @dataclass

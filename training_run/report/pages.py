@@ -132,6 +132,7 @@ PAGES: dict[str, dict[str, Callable[[Path], str]]] = {
         "headline-table": tables.headline_table,
         "headline-verdict": tables.headline_verdict,
         "cpu-first-run": tables.cpu_first_run_table,
+        "probes-verdict": tables.probes_verdict,
     },
     "docs/environment.md": {"env-docstring": env_docstring, "env-kwargs": env_kwargs_table},
     "docs/benchmarks.md": {
@@ -149,6 +150,8 @@ PAGES: dict[str, dict[str, Callable[[Path], str]]] = {
         "seeds-table": tables.seeds_table,
         "ablation-table": tables.ablation_table,
         "ablation20-table": lambda results: tables.ablation_table(results, tables.ABLATION_20),
+        "probes-table": tables.probes_table,
+        "probes-verdict": tables.probes_verdict,
     },
     "docs/speed.md": {"bench-table": tables.bench_table},
     "docs/rl_zoo.md": {"zoo-first-update": tables.zoo_tables},

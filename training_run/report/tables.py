@@ -566,3 +566,139 @@ def cpu_first_run_table(results: Path) -> str:
         + markdown_table(header, rows)
         + f"\n\n{routes}."
     )
+
+
+# What scripts/probes.py keeps of a probe run's epoch records (results/probes/<probe>.json).
+PROBE_KEYS = (
+    "test_accuracy",
+    "val_accuracy",
+    "oracle_route_rate",
+    "oracle_overlap",
+    "route_overlap",
+    "oracle_route_overlap",
+    "route_kind_information",
+    "routes_per_task",
+    "unused_modules",
+)
+PROBE_NAMES = {"router": "router alone", "share": "share or separate", "kinds": "per instance"}
+PROBE_METHODS = {"static": "static network's route", "oracle": "oracle routing", "lrn": "LRN"}
+
+
+def _probe_cell(runs: list[dict], where: str, key: str, scale: float = 1.0, digits: int = 2) -> str:
+    values = [r[where][key] * scale for r in runs if r.get(where) and r[where].get(key) is not None]
+    return _mean_std(values, digits) if values else "-"
+
+
+def probes_table(results: Path) -> str:
+    """docs/results.md's probe table, from results/probes/<probe>.json (``scripts/probes.py``): per probe
+    and method, accuracy at the last epoch and at the validation-picked one, and the route statistics
+    against the oracle routing (mean ± std over seeds)."""
+    rows = []
+    for probe, name in PROBE_NAMES.items():
+        path = results / "probes" / f"{probe}.json"
+        if not path.is_file():
+            continue
+        record = json.loads(path.read_text())
+        for method, label in PROBE_METHODS.items():
+            runs = [r for r in record["runs"] if r["method"] == method]
+            if not runs:
+                continue
+            loads = [x for r in runs for x in (r["load_average_before"][0], r["load_average_after"][0])]
+            rows.append(
+                [
+                    f"{name} (`{record['env_id']}`)",
+                    label,
+                    str(len(runs)),
+                    str(record["epochs"]),
+                    _probe_cell(runs, "last", "test_accuracy", 100, 1),
+                    _probe_cell(runs, "val_picked", "test_accuracy", 100, 1),
+                    _probe_cell(runs, "last", "oracle_route_rate", 100, 1),
+                    _probe_cell(runs, "last", "oracle_overlap"),
+                    f"{_probe_cell(runs, 'last', 'route_overlap')} "
+                    f"({_probe_cell(runs, 'last', 'oracle_route_overlap')})",
+                    _probe_cell(runs, "last", "route_kind_information"),
+                    f"{statistics.mean(r['process_seconds'] for r in runs) / 60:.1f}",
+                    f"{min(loads):.1f}-{max(loads):.1f}",
+                ]
+            )
+    header = [
+        "probe", "routing", "seeds", "epochs", "test % (last epoch)", "test % (val-picked epoch)",
+        "oracle routes %", "overlap with oracle", "route overlap (oracle's)", "kind information",
+        "min per run", "load",
+    ]  # fmt: skip
+    if not rows:
+        return "No probe measured yet: run `python scripts/probes.py`."
+    return markdown_table(header, rows)
+
+
+def _probe_mean(record: dict, method: str, key: str, where: str = "last") -> float | None:
+    values = [
+        r[where][key]
+        for r in record["runs"]
+        if r["method"] == method and r.get(where) and r[where].get(key) is not None
+    ]
+    return statistics.mean(values) if values else None
+
+
+def _target(
+    name: str, value: float | None, goal: float, unit: str = "", above: bool = True, signed: bool = True
+) -> str:
+    """``name value: met`` or ``missed by x`` (``signed``: the value is a difference, shown with its sign)."""
+    if value is None:
+        return f"{name}: not measured"
+    gap = (goal - value) if above else (value - goal)
+    verdict = "met" if gap <= 1e-9 else f"missed by {gap:.2f}{unit}"
+    shown = f"{value:+.2f}" if signed else f"{value:.2f}"
+    return f"{name} {shown}{unit} (target {'>=' if above else '<='} {goal:g}{unit}): {verdict}"
+
+
+def _probe_checks(probe: str, record: dict) -> list[str]:
+    """Issue 27's targets of one probe's record, each met or missed by how much."""
+
+    def mean(method: str, key: str) -> float | None:
+        return _probe_mean(record, method, key)
+
+    def pct(method: str) -> float | None:
+        value = mean(method, "test_accuracy")
+        return None if value is None else 100 * value
+
+    checks = []
+    if probe == "router":
+        rate = mean("lrn", "oracle_route_rate")
+        minutes = statistics.mean(r["process_seconds"] for r in record["runs"] if r["method"] == "lrn") / 60
+        checks.append(_target("oracle routes", None if rate is None else 100 * rate, 95, " %", signed=False))
+        checks.append(f"{minutes:.1f} min per run, evaluations included (target <= 5)")
+        return checks
+    oracle_acc, static_acc, lrn_acc = pct("oracle"), pct("static"), pct("lrn")
+    if oracle_acc is not None and static_acc is not None:  # the construction's own target
+        goal = 0 if probe == "share" else 5
+        checks.append(
+            _target("the oracle routing over the static route", oracle_acc - static_acc, goal, " points")
+        )
+    if probe == "share":
+        overlap, oracle_overlap = mean("lrn", "route_overlap"), mean("lrn", "oracle_route_overlap")
+        gap = None if overlap is None or oracle_overlap is None else abs(overlap - oracle_overlap)
+        checks.append(_target("LRN's route overlap off the oracle's by", gap, 0.1, above=False))
+    else:
+        checks.append(_target("kind information", mean("lrn", "route_kind_information"), 0.8, signed=False))
+        if lrn_acc is not None and static_acc is not None:
+            checks.append(_target("LRN over the static route", lrn_acc - static_acc, 3, " points"))
+    if lrn_acc is not None and oracle_acc is not None:
+        checks.append(_target("LRN below the oracle by", oracle_acc - lrn_acc, 1, " points", above=False))
+    return checks
+
+
+def probes_verdict(results: Path) -> str:
+    """Per probe, issue 27's targets for LRN against the probe's baselines (means over seeds, last epoch),
+    each met or missed by how much, from results/probes/<probe>.json."""
+    lines = []
+    for probe, name in PROBE_NAMES.items():
+        path = results / "probes" / f"{probe}.json"
+        if not path.is_file():
+            lines.append(f"* **{name}**: not measured yet (`python scripts/probes.py --probes {probe}`).")
+            continue
+        record = json.loads(path.read_text())
+        seeds = len({r["seed"] for r in record["runs"] if r["method"] == "lrn"})
+        checks = "; ".join(_probe_checks(probe, record))
+        lines.append(f"* **{name}** (LRN, {seeds} seed{'s' if seeds != 1 else ''}, last epoch): {checks}.")
+    return "\n".join(lines)
