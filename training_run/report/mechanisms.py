@@ -14,7 +14,10 @@ SETTINGS = {
     "mechanisms_router": "router alone, `--preset probe_router`",
     "mechanisms_router_hard": "router alone, `--preset probe_router --gamma 0.99 --ent-coef 0.01`",
     "mechanisms_kinds": "per instance (`RoutingProbeKinds-v0`, 8 epochs)",
+    "mechanisms_share": "share or separate (`RoutingProbeShare-v0`, 8 epochs)",
 }
+# The probe file of scripts/probes.py whose fixed-route baselines stand beside each file's rows.
+BASELINES = {"mechanisms_kinds": "kinds", "mechanisms_share": "share"}
 TARGET = 0.95  # the router-alone probe's target oracle-route rate
 
 
@@ -27,6 +30,8 @@ def _per_seed(runs: list[dict[str, Any]], key: str, scale: float = 1.0, digits: 
 
 def _time_to_target(run: dict[str, Any]) -> str:
     """Seconds of the run (wall clock at the epoch's end) when the oracle-route rate first reached TARGET."""
+    if not run["curve"]:
+        return "—"
     for _epoch, wall, _accuracy, rate in run["curve"]:
         if rate is not None and rate >= TARGET:
             return f"{wall:.0f}"
@@ -41,6 +46,11 @@ def mechanisms_table(results: Path) -> str:
     for path in sorted((results / "probes").glob("mechanisms_*.json")):
         data = json.loads(path.read_text())
         by_row: dict[str, list[dict[str, Any]]] = {}
+        baseline = results / "probes" / f"{BASELINES.get(path.stem, '')}.json"
+        if path.stem in BASELINES and baseline.exists():  # scripts/probes.py's runs: "method" for "row"
+            for run in json.loads(baseline.read_text())["runs"]:
+                name = {"lrn": "LRN, scripts/probes.py"}.get(run["method"], f"{run['method']} route")
+                by_row.setdefault(name, []).append({**run, "curve": []})
         for run in data["runs"]:
             by_row.setdefault(run["row"], []).append(run)
         for row, runs in by_row.items():
