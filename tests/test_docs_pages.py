@@ -35,6 +35,7 @@ def test_check_names_a_stale_page_and_rewriting_makes_it_current(tmp_path: Path,
     (tmp_path / "docs" / "training.md").write_text(
         "# T\n<!-- presets-table:begin -->\nstale text\n<!-- presets-table:end -->\n"
         "<!-- flags-table:begin -->\n<!-- flags-table:end -->\n"
+        "<!-- mechanisms-table:begin -->\n<!-- mechanisms-table:end -->\n"
     )
     monkeypatch.setattr(pages, "PAGES", {"docs/training.md": pages.PAGES["docs/training.md"]})
     assert pages.stale_pages(tmp_path) == ["docs/training.md"]
