@@ -40,8 +40,9 @@ def _time_to_target(run: dict[str, Any]) -> str:
 
 def mechanisms_table(results: Path) -> str:
     """One row per (probe setting, mechanism): per seed, the last epoch's oracle-route rate, the share of
-    the instance-kind information the route carries, test accuracy (last epoch; and at the epoch the
-    validation split picks, where the run has one) and when the oracle-route rate first reached 95 %."""
+    the instance-kind information the route carries, the tasks' route overlap, test accuracy (last epoch;
+    and at the epoch the validation split picks, where the run has one) and when the oracle-route rate
+    first reached 95 %."""
     rows = []
     for path in sorted((results / "probes").glob("mechanisms_*.json")):
         data = json.loads(path.read_text())
@@ -64,6 +65,7 @@ def mechanisms_table(results: Path) -> str:
                     " ".join(str(r["seed"]) for r in runs),
                     _per_seed(runs, "oracle_route_rate"),
                     _per_seed(runs, "route_kind_information"),
+                    _per_seed(runs, "route_overlap"),
                     _per_seed(runs, "test_accuracy", 100, 1),
                     val,
                     " / ".join(_time_to_target(r) for r in runs),
@@ -73,7 +75,7 @@ def mechanisms_table(results: Path) -> str:
     if not rows:
         return "(no measurements yet: `python scripts/mechanisms.py`)"
     header = [
-        "probe", "mechanism", "seeds", "oracle-route rate", "kind information", "test acc. % (last)",
-        "test acc. % (val-picked)", "s to 95 % oracle routes", "load",
+        "probe", "mechanism", "seeds", "oracle-route rate", "kind information", "route overlap",
+        "test acc. % (last)", "test acc. % (val-picked)", "s to 95 % oracle routes", "load",
     ]  # fmt: skip
     return markdown_table(header, rows)
