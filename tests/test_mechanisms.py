@@ -327,3 +327,25 @@ def test_self_imitation_adds_its_loss_to_the_ppo_update(fake_data_root: Path) ->
     assert losses[1] - losses[0] == pytest.approx(2.0 * float(expected), rel=1e-4)
     with pytest.raises(ValueError, match="self_imitation"):
         AgentConfig(self_imitation=-1.0)
+
+
+def test_baseline_routes_on_the_router_alone_probe_take_the_oracle_loss(fake_data_root: Path) -> None:
+    from routing_env.build import make_engine
+    from routing_env.config import RoutingConfig
+
+    config = RoutingConfig(
+        benchmark="probe_router", benchmark_kwargs={"per_digit": 4, "test_per_digit": 2},
+        data_root=fake_data_root, duplicates=2, max_depth=5, device="cpu", loss_source="oracle",
+        bonus_weight=0.0, batch_size=32,
+    )  # fmt: skip
+    engine, _ = make_engine(config)
+    engine.begin_batch()
+    oracle = engine.oracle_routes[engine.tasks, engine.kinds]  # (B, D)
+    assert torch.equal(engine.route_losses(oracle)[0], torch.zeros(32))
+    played = engine.rules.random_routes(32, torch.Generator().manual_seed(5))
+    expected = (played != oracle).float().mean(1)
+    torch.testing.assert_close(engine.route_losses(played)[0], expected)
+    engine.set_baseline_routes(oracle)
+    out = engine.play(lambda k, obs: played[:, k])
+    torch.testing.assert_close(out.final["loss"], expected)
+    assert torch.equal(out.final["baseline_reward"], torch.zeros(32))
