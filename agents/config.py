@@ -17,7 +17,10 @@ DecoderQueries = Literal["valid", "all"]
 CriticEncoder = Literal["shared", "separate"]
 RoutingNetworkLearner = Literal["wpl", "reinforce"]
 TaskPriorSteps = Literal["all", "head"]
+Advantage = Literal["gae", "self_critical"]
+BaselineRoute = Literal["greedy", "static"]
 REWARD_TIMINGS = typing.get_args(RewardTiming)
+ADVANTAGES, BASELINE_ROUTES = typing.get_args(Advantage), typing.get_args(BaselineRoute)
 
 
 @dataclass
@@ -39,6 +42,27 @@ class AgentConfig:
         reward_timing: how the episode's reward reaches GAE: ``"per_step"`` (the paper, eq. 7: each step
             earns the collapse bonus of the module it chose, the last step also minus the loss) or
             ``"terminal"`` (all of it at the last step).
+        advantage: not in the paper: PPO's advantage: ``"gae"`` (GAE from the critic) or
+            ``"self_critical"`` (Rennie et al. 2017: the episode's return minus the reward of
+            ``baseline_route`` on the same instance, with the same bonus rules, given to every step of
+            the episode; the instance's own difficulty drops out). The critic still learns GAE's returns.
+        baseline_route: the self-critical baseline: ``"greedy"`` (the router's most likely route for the
+            instance, decoded before the batch is played) or ``"static"`` (the static network's route
+            through the pool, ``routing_env/static_route.py``).
+        self_critical_weight: with ``advantage="self_critical"``, its share of a blend with GAE's:
+            ``w * self_critical + (1 - w) * gae`` (1: the self-critical advantage alone).
+        ent_coef_end: not in the paper: the entropy coefficient goes linearly from ``ent_coef`` (epoch 0)
+            to this value over ``ent_coef_epochs`` epochs, then stays; None: constant ``ent_coef``.
+        ent_coef_epochs: the epochs of that schedule (epoch ``ent_coef_epochs`` and later use
+            ``ent_coef_end``).
+        explore_epsilon: not in the paper: with this probability a step's module is drawn uniformly from
+            the valid actions instead of from the router (epsilon over modules); the log-probabilities
+            PPO's ratio compares are the mixture's. Deterministic (evaluation) routes are the router's.
+        self_imitation: not in the paper: weight of a self-imitation loss (Oh et al. 2018) in PPO's
+            update, ``-mean(max(A, 0) * log pi(a))`` on the advantages before normalisation: the actions of
+            episodes that beat their baseline (with ``advantage="self_critical"``: their greedy route) are
+            imitated without PPO's ratio or clipping, a gradient that does not vanish as the router's
+            probability of the better action does; 0: none. PPO and MaskablePPO's fused update only.
     """
 
     router_lr: float | None = None
@@ -52,9 +76,26 @@ class AgentConfig:
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
     reward_timing: RewardTiming = "per_step"
+    advantage: Advantage = "gae"
+    baseline_route: BaselineRoute = "greedy"
+    self_critical_weight: float = 1.0
+    ent_coef_end: float | None = None
+    ent_coef_epochs: int = 0
+    explore_epsilon: float = 0.0
+    self_imitation: float = 0.0
 
     def __post_init__(self) -> None:
         check_choices(self)
+        if not 0 <= self.self_critical_weight <= 1:
+            raise ValueError(f"self_critical_weight must lie in [0, 1], got {self.self_critical_weight}")
+        if not 0 <= self.explore_epsilon < 1:
+            raise ValueError(f"explore_epsilon must lie in [0, 1), got {self.explore_epsilon}")
+        if not self.self_imitation >= 0:
+            raise ValueError(f"self_imitation must be >= 0, got {self.self_imitation}")
+        if int(self.ent_coef_epochs) < 0:
+            raise ValueError(f"ent_coef_epochs must be >= 0, got {self.ent_coef_epochs}")
+        if self.ent_coef_end is not None and int(self.ent_coef_epochs) < 1:
+            raise ValueError("ent_coef_end needs ent_coef_epochs >= 1 (the epochs it takes to get there)")
         for name in ("minibatch", "ppo_epochs"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -62,6 +103,13 @@ class AgentConfig:
             raise ValueError(f"router_lr must be > 0, got {self.router_lr}")
         if not (0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
             raise ValueError(f"gamma and gae_lambda must lie in [0, 1], got {self.gamma}, {self.gae_lambda}")
+
+    def ent_coef_at(self, epoch: int) -> float:
+        """The entropy coefficient of ``epoch`` (the schedule of ``ent_coef_end``)."""
+        if self.ent_coef_end is None:
+            return float(self.ent_coef)
+        share = min(1.0, max(0, int(epoch)) / int(self.ent_coef_epochs))
+        return float(self.ent_coef + (self.ent_coef_end - self.ent_coef) * share)
 
 
 @dataclass
@@ -85,7 +133,12 @@ class RouterConfig:
             step) bias on the action logits, initialised to this many units on the static network's route
             through the pool (``routing_env/static_route.py``: a trunk shared by every task, the task's own
             head) and 0 elsewhere; 0 = none. The router still chooses every module: PPO moves away from
-            the static network where another route earns more. Needs ``max_depth >= 5``.
+            the static network where another route earns more. Needs ``max_depth >= 5``. How soft: with
+            ``n`` other valid actions at a step (9 to 20 in the paper's pool with 10 duplicates and depth
+            6) a fresh router takes the static action with probability about ``e^s / (e^s + n)``: 10 pins
+            it (> 0.999 per step), 5 nearly (0.88-0.94 per step, the whole route 0.6 of the time; MIN-MTL
+            runs with either never left it), 3 loosely (0.50-0.69 per step, the whole route 6 %) and 2
+            barely (0.27-0.45), so a soft start (2-3) keeps alternatives sampled and trained.
         decoder_queries: ``"valid"``: the decoder's queries attend only to the actions valid now (the
             paper's router input holds the valid modules); ``"all"``: every action, masked after scoring.
         normalize_instance: layer-normalise the instance token to the embeddings' scale (a fresh conv

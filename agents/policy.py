@@ -4,6 +4,7 @@ features extractor for value-based algorithms (DQN)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
@@ -20,18 +21,39 @@ from agents.config import RouterConfig
 from agents.router import LRNRouter, RouterInput, parse_observation
 
 
-def masked_log_prob_entropy(
-    logits: torch.Tensor, mask: torch.Tensor, actions: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probabilities of ``actions`` ``(B,)`` and entropies ``(B,)`` of the categorical distributions of
-    masked logits ``(B, A)`` (invalid actions at -1e8, ``mask`` ``(B, A)`` True where valid): the numbers of
-    sb3-contrib's ``MaskableCategorical``, op for op, without its objects (and their host syncs)."""
+def masked_log_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities ``(B, A)`` of the categorical distributions of masked logits ``(B, A)`` (invalid
+    actions at -1e8, ``mask`` True where valid), -1e8 where masked, as sb3-contrib's
+    ``MaskableCategorical`` computes them."""
     # MaskableCategorical normalises the logits, masks them and normalises again; the same ops give the
     # same numbers to the bit (where a gradient is ~0, Adam turns any rounding difference into a step).
     log_p = logits - logits.logsumexp(dim=-1, keepdim=True)
     log_p = torch.where(mask, log_p, -1e8)
-    log_p = log_p - log_p.logsumexp(dim=-1, keepdim=True)  # (B, A)
-    log_prob = log_p.gather(-1, actions.long()[:, None]).squeeze(-1)
+    return log_p - log_p.logsumexp(dim=-1, keepdim=True)  # (B, A)
+
+
+def epsilon_mixture(log_p: torch.Tensor, mask: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """Log-probabilities ``(B, A)`` of the epsilon mixture ``(1 - epsilon) * p + epsilon * uniform over the
+    valid actions`` of the policy ``log_p`` ``(B, A)`` (:func:`masked_log_softmax`); -1e8 where masked."""
+    n_valid = mask.sum(dim=-1, keepdim=True).clamp_min(1).to(log_p.dtype)  # (B, 1)
+    uniform = math.log(epsilon) - n_valid.log()  # (B, 1): log(epsilon / n_valid)
+    mixed = torch.logaddexp(log_p + math.log1p(-epsilon), uniform.expand_as(log_p))
+    return torch.where(mask, mixed, -1e8)
+
+
+def masked_log_prob_entropy(
+    logits: torch.Tensor, mask: torch.Tensor, actions: torch.Tensor, epsilon: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities of ``actions`` ``(B,)`` and entropies ``(B,)`` of the categorical distributions of
+    masked logits ``(B, A)`` (invalid actions at -1e8, ``mask`` ``(B, A)`` True where valid): the numbers of
+    sb3-contrib's ``MaskableCategorical``, op for op, without its objects (and their host syncs).
+
+    With ``epsilon`` > 0 the log-probabilities are those of the policy that acts, the epsilon mixture
+    (:func:`epsilon_mixture`), so that PPO's ratio compares the mixture before and after the update; the
+    entropy stays the router's own (the entropy bonus shapes the router, not the exploration)."""
+    log_p = masked_log_softmax(logits, mask)
+    acting = epsilon_mixture(log_p, mask, epsilon) if epsilon > 0 else log_p
+    log_prob = acting.gather(-1, actions.long()[:, None]).squeeze(-1)
     p_log_p = torch.where(mask, log_p * F.softmax(log_p, dim=-1), 0.0)  # masked actions add no entropy
     return log_prob, -p_log_p.sum(-1)
 
@@ -90,6 +112,9 @@ class RouterPolicy(MaskableActorCriticPolicy):
     :param static_route: each task's route of the static network through the env's pool, ``(n_tasks,
         max_depth)`` action ids (:func:`routing_env.static_route.static_network_route`); needed with
         ``static_start``.
+    :param explore_epsilon: sampled actions come from the mixture ``(1 - epsilon) * router + epsilon *
+        uniform over the valid actions`` (:attr:`agents.config.AgentConfig.explore_epsilon`); its
+        log-probabilities are the mixture's. Deterministic actions are the router's own.
     :param router_kwargs: the router's architecture, the fields of :class:`agents.config.RouterConfig`
         (``d_model``, ``n_heads``, ``d_ff``, ``n_encoder_layers``, ``n_decoder_layers``,
         ``conv_channels``, ``task_prior_std``, ``static_start``, ...); an unknown keyword is an error.
@@ -106,6 +131,7 @@ class RouterPolicy(MaskableActorCriticPolicy):
         normalize_images: bool = True,
         attention_backend: str = "auto",
         static_route: list[list[int]] | None = None,
+        explore_epsilon: float = 0.0,
         **router_kwargs: Any,
     ) -> None:
         if use_sde:
@@ -125,6 +151,9 @@ class RouterPolicy(MaskableActorCriticPolicy):
         self.router_config = router_config
         self.router = _router_from_space(observation_space, router_config, attention_backend, static_route)
         self.static_route = static_route
+        if not 0 <= explore_epsilon < 1:
+            raise ValueError(f"explore_epsilon must lie in [0, 1), got {explore_epsilon}")
+        self.explore_epsilon = float(explore_epsilon)
         self.action_dist = MaskableCategoricalDistribution(int(action_space.n))
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
 
@@ -136,6 +165,7 @@ class RouterPolicy(MaskableActorCriticPolicy):
             **dataclasses.asdict(self.router_config),
             attention_backend=self.router.attention,
             static_route=self.static_route,
+            explore_epsilon=self.explore_epsilon,
             lr_schedule=self._dummy_schedule,
             optimizer_class=self.optimizer_class,
             optimizer_kwargs=self.optimizer_kwargs,
@@ -156,6 +186,10 @@ class RouterPolicy(MaskableActorCriticPolicy):
         self, obs: PyTorchObs, deterministic: bool = False, action_masks: np.ndarray | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Actions ``(B,)``, values ``(B, 1)`` and log-probabilities ``(B,)``."""
+        if self.explore_epsilon > 0 and not deterministic:
+            x, logits, values = self._router_outputs(obs, action_masks)
+            actions, log_prob = self._sample(logits, x.mask)
+            return actions, values[:, None], log_prob
         x = parse_observation(obs, normalize_images=self.normalize_images)
         logits, values = self.router(x)
         dist = self._distribution(logits, x.mask, action_masks)
@@ -166,6 +200,12 @@ class RouterPolicy(MaskableActorCriticPolicy):
         self, obs: PyTorchObs, actions: torch.Tensor, action_masks: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Values ``(B, 1)``, log-probabilities and entropies ``(B,)`` of ``actions``."""
+        if self.explore_epsilon > 0:
+            x, logits, values = self._router_outputs(obs, action_masks)
+            log_prob, entropy = masked_log_prob_entropy(
+                logits, x.mask, actions.reshape(-1), self.explore_epsilon
+            )
+            return values[:, None], log_prob, entropy
         x = parse_observation(obs, normalize_images=self.normalize_images)
         logits, values = self.router(x)
         dist = self._distribution(logits, x.mask, action_masks)
@@ -178,9 +218,23 @@ class RouterPolicy(MaskableActorCriticPolicy):
         """Like :meth:`forward` (sampled actions ``(B,)``, values ``(B,)``, log-probabilities ``(B,)``), with
         the Gumbel-max draw of :func:`sample_logits`."""
         x, logits, values = self._router_outputs(obs)
-        actions = sample_logits(logits)
-        log_prob, _ = masked_log_prob_entropy(logits, x.mask, actions)
+        actions, log_prob = self._sample(logits, x.mask)
         return actions, values, log_prob
+
+    def _sample(self, logits: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sampled actions ``(B,)`` of masked logits ``(B, A)`` and their log-probabilities ``(B,)``, from the
+        epsilon mixture where ``explore_epsilon`` is set."""
+        if self.explore_epsilon > 0:
+            acting = epsilon_mixture(masked_log_softmax(logits, mask), mask, self.explore_epsilon)
+            actions = sample_logits(acting)
+            return actions, acting.gather(-1, actions[:, None]).squeeze(-1)
+        actions = sample_logits(logits)
+        return actions, masked_log_prob_entropy(logits, mask, actions)[0]
+
+    def greedy_tensors(self, obs: PyTorchObs) -> torch.Tensor:
+        """The router's most likely actions ``(B,)`` (its greedy route, a self-critical baseline)."""
+        _, logits, _ = self._router_outputs(obs)
+        return logits.argmax(dim=-1)
 
     def evaluate_tensors(
         self, obs: PyTorchObs, actions: torch.Tensor
@@ -188,11 +242,15 @@ class RouterPolicy(MaskableActorCriticPolicy):
         """:meth:`evaluate_actions` for the observation's own mask: values, log-probabilities of ``actions``
         and entropies, each ``(B,)``."""
         x, logits, values = self._router_outputs(obs)
-        log_prob, entropy = masked_log_prob_entropy(logits, x.mask, actions.reshape(-1))
+        log_prob, entropy = masked_log_prob_entropy(logits, x.mask, actions.reshape(-1), self.explore_epsilon)
         return values, log_prob, entropy
 
-    def _router_outputs(self, obs: PyTorchObs) -> tuple[RouterInput, torch.Tensor, torch.Tensor]:
+    def _router_outputs(
+        self, obs: PyTorchObs, action_masks: np.ndarray | torch.Tensor | None = None
+    ) -> tuple[RouterInput, torch.Tensor, torch.Tensor]:
         x = parse_observation(obs, normalize_images=self.normalize_images)
+        if action_masks is not None:  # MaskablePPO's masks, on top of the observation's
+            x.mask = x.mask & (torch.as_tensor(action_masks, device=x.mask.device).reshape(x.mask.shape) > 0)
         logits, values = self.router.forward_tensors(x.image, x.task, x.route, x.mask)  # (B, A), (B,)
         return x, logits, values
 

@@ -43,6 +43,10 @@ class MinibatchUpdate:
         capture: replay CUDA graphs (the policy is on a CUDA device).
         compile: compute the losses through torch.compile (:class:`routing_env.compiling.Compiled`); the
             backward, the clipping and the optimizer's step stay as they are.
+        self_imitation: weight of a self-imitation loss (Oh et al. 2018), ``-mean(max(A, 0) * log pi(a))``
+            on the advantages before normalisation: the actions of episodes that beat their baseline are
+            imitated without PPO's ratio or clipping, a gradient that does not vanish with ``pi(a)``
+            (:attr:`agents.config.AgentConfig.self_imitation`); 0: none.
     """
 
     def __init__(
@@ -56,6 +60,7 @@ class MinibatchUpdate:
         clip_value: bool,
         capture: bool,
         compile: bool = False,
+        self_imitation: float = 0.0,
     ) -> None:
         self.policy, self.buffer, self.optimizer = policy, buffer, policy.optimizer
         self.ent_coef, self.vf_coef, self.max_grad_norm = (
@@ -64,6 +69,7 @@ class MinibatchUpdate:
             float(max_grad_norm),
         )
         self.normalize_advantage, self.clip_value = bool(normalize_advantage), bool(clip_value)
+        self.self_imitation = float(self_imitation)
         self.capture = capture and _make_capturable(self.optimizer, buffer.device)
         # the learning-rate tensors the captured optimizer step reads
         self.rates = [group["lr"] for group in self.optimizer.param_groups] if self.capture else []
@@ -89,7 +95,10 @@ class MinibatchUpdate:
 
     @property
     def settings(self) -> tuple:
-        return (self.ent_coef, self.vf_coef, self.max_grad_norm, self.normalize_advantage, self.clip_value)
+        return (
+            self.ent_coef, self.vf_coef, self.max_grad_norm, self.normalize_advantage, self.clip_value,
+            self.self_imitation,
+        )  # fmt: skip
 
     def set_ranges(self, clip_range: float, clip_range_vf: float | None) -> None:
         # Each bound from Python's double, as SB3's clamp and comparison convert them (one fill each).
@@ -126,6 +135,7 @@ class MinibatchUpdate:
         old_values, old_log_prob = flat["values"][indices], flat["log_probs"][indices]
         advantages, returns = flat["advantages"][indices], flat["returns"][indices]
         values, log_prob, entropy = self.policy.evaluate_tensors(obs, flat["actions"][indices])
+        imitation = -(advantages.clamp_min(0) * log_prob).mean() if self.self_imitation else 0.0
         if self.normalize_advantage:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         low, high, clip_range, clip_range_vf = self.ranges.unbind()
@@ -138,6 +148,8 @@ class MinibatchUpdate:
         value_loss = F.mse_loss(returns, values)
         entropy_loss = -torch.mean(entropy)
         loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+        if self.self_imitation:
+            loss = loss + self.self_imitation * imitation
         with torch.no_grad():
             clip_fraction = torch.mean((torch.abs(ratio - 1) > clip_range).float())
             log_ratio = log_prob - old_log_prob
@@ -221,16 +233,28 @@ class DevicePPOUpdate:
             float(self.max_grad_norm),
             bool(self.normalize_advantage),
             self.clip_range_vf is not None,
+            float(getattr(self, "self_imitation", 0.0)),
         )
         update = self._minibatch_update
         if update is None or not update.fits(self.policy, self.rollout_buffer, settings):
             capture = self.cuda_graph and self.device.type == "cuda"
-            update = MinibatchUpdate(self.policy, self.rollout_buffer, *settings, capture, self.torch_compile)
+            update = MinibatchUpdate(
+                self.policy,
+                self.rollout_buffer,
+                *settings[:5],
+                capture,
+                self.torch_compile,
+                self_imitation=settings[5],
+            )
             self._minibatch_update = update
         return update
 
     def train(self) -> None:
         if not self._fused_update_applies():
+            if getattr(self, "self_imitation", 0.0):
+                raise ValueError(
+                    "self_imitation needs the fused PPO update (fused_update=True, no target_kl)"
+                )
             return super().train()
         self.policy.set_training_mode(True)
         update = self._update_program()

@@ -17,6 +17,13 @@ The collection also decides how the episode's reward reaches GAE (``reward_timin
   last step also earns minus the loss; the env's final info holds these ``step_rewards``.
 * ``"terminal"``: the whole reward (minus the loss plus every chosen module's bonus) at the last step,
   as the env returns it.
+
+And which advantage PPO takes (``advantage``): GAE's, or the self-critical one (Rennie et al. 2017):
+before a batch is played the engine is given each instance's baseline route (the router's greedy route,
+or the static network's, :meth:`routing_env.engine.RoutingEngine.set_baseline_routes`), which it scores
+on the same instances before the pool's update; every step of an episode then gets the episode's return
+minus its baseline route's reward (optionally blended with GAE's advantage). The critic keeps learning
+GAE's returns.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from sb3_contrib import MaskablePPO
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.callbacks import BaseCallback
 
-from agents.config import REWARD_TIMINGS
+from agents.config import ADVANTAGES, BASELINE_ROUTES, REWARD_TIMINGS
 from agents.cuda_graph import CapturedProgram
 from agents.policy import RouterPolicy
 from agents.ppo_update import DevicePPOUpdate
@@ -37,6 +44,7 @@ from agents.rollout_buffer import DeviceRolloutBuffer
 from routing_env.compiling import Compiled
 from routing_env.engine import EpisodeOutput, RoutingEngine
 from routing_env.sb3_vec_env import RoutingSB3VecEnv
+from routing_env.static_route import static_network_route
 
 __all__ = [
     "LRNA2C",
@@ -130,6 +138,10 @@ class DeviceRollouts:
     :param cuda_graph: on a CUDA device, replay those programs as CUDA graphs (False: run them eagerly).
     :param torch_compile: run the router's step of a rollout and each PPO minibatch's losses through
         torch.compile (:mod:`routing_env.compiling`; the env's ``compile`` setting).
+    :param advantage: ``"gae"`` or ``"self_critical"`` (module docstring; :class:`agents.config.AgentConfig`).
+    :param baseline_route: the self-critical baseline, ``"greedy"`` or ``"static"``.
+    :param self_critical_weight: the self-critical advantage's share of a blend with GAE's.
+    :param self_imitation: PPO's self-imitation loss weight (:class:`agents.ppo_update.MinibatchUpdate`).
     """
 
     def __init__(
@@ -140,11 +152,24 @@ class DeviceRollouts:
         fused_update: bool = True,
         cuda_graph: bool = True,
         torch_compile: bool = False,
+        advantage: str = "gae",
+        baseline_route: str = "greedy",
+        self_critical_weight: float = 1.0,
+        self_imitation: float = 0.0,
         **kwargs: Any,
     ) -> None:
         if reward_timing not in REWARD_TIMINGS:
             raise ValueError(f"reward_timing must be one of {REWARD_TIMINGS}, got {reward_timing!r}")
+        if advantage not in ADVANTAGES or baseline_route not in BASELINE_ROUTES:
+            raise ValueError(
+                f"advantage must be one of {ADVANTAGES} and baseline_route one of {BASELINE_ROUTES}, got "
+                f"{advantage!r}, {baseline_route!r}"
+            )
         self.reward_timing = reward_timing
+        self.advantage, self.baseline_route = advantage, baseline_route
+        self.self_critical_weight = float(self_critical_weight)
+        self.self_imitation = float(self_imitation)
+        self._static_route: torch.Tensor | None = None
         self.fused_rollout, self.fused_update, self.cuda_graph = fused_rollout, fused_update, cuda_graph
         self.torch_compile = torch_compile
         self._episode_program: EpisodeProgram | None = None
@@ -153,7 +178,7 @@ class DeviceRollouts:
 
     def _excluded_save_params(self) -> list[str]:
         # device tensors (statistics only) and the episode program (CUDA graphs, device scratch)
-        return [*super()._excluded_save_params(), "_unread_returns", "_episode_program"]
+        return [*super()._excluded_save_params(), "_unread_returns", "_episode_program", "_static_route"]
 
     def collect_rollouts(
         self, env, callback: BaseCallback, rollout_buffer, n_rollout_steps: int, *args: Any, **kwargs: Any
@@ -172,6 +197,11 @@ class DeviceRollouts:
         whole_batches = n_rollout_steps % engine.max_depth == 0 and engine.step_index == 0
         if self.fused_rollout and whole_batches and isinstance(self.policy, RouterPolicy):
             returns = self._collect_batches(env, callback, rollout_buffer, n_rollout_steps)
+        elif self.advantage == "self_critical":
+            raise ValueError(
+                "the self-critical advantage needs rollouts of whole batches with the RouterPolicy "
+                "(fused_rollout=True, n_steps a multiple of max_depth)"
+            )
         else:
             returns = self._collect_steps(env, callback, rollout_buffer, n_rollout_steps)
         if returns is None:
@@ -206,13 +236,19 @@ class DeviceRollouts:
         starts = torch.zeros(depth, env.num_envs, device=self.device)
         starts[0] = 1.0  # every batch begins new episodes
         returns, n_steps = [], 0
+        self_critical: list[torch.Tensor] = []  # per batch (D, B): the self-critical advantage of each step
         while n_steps < n_rollout_steps:
+            if self.advantage == "self_critical":
+                engine.set_baseline_routes(self._baseline_routes(env))
             out = program(env)
             rewards = out.final["step_rewards"].t() if self.reward_timing == "per_step" else out.reward
             rollout_buffer.add_steps(
                 program.obs, program.actions, rewards, starts, program.values, program.log_probs
             )
             returns.append(out.reward.sum(dim=0))
+            if self.advantage == "self_critical":
+                episode = returns[-1] - out.final["baseline_reward"]  # (B,): the return less the baseline's
+                self_critical.append(episode[None].expand(depth, -1))
             for k in range(depth):
                 n_steps += 1
                 self.num_timesteps += env.num_envs
@@ -225,8 +261,22 @@ class DeviceRollouts:
         # the rollout ends with its episodes: GAE needs no value after it
         zeros = torch.zeros(env.num_envs, device=self.device)
         rollout_buffer.compute_returns_and_advantage(last_values=zeros, dones=torch.ones_like(zeros))
+        if self_critical:
+            rollout_buffer.blend_advantages(torch.cat(self_critical), self.self_critical_weight)
         self._last_episode_starts = np.ones(env.num_envs, dtype=bool)
         return returns
+
+    @torch.no_grad()
+    def _baseline_routes(self, env: RoutingSB3VecEnv) -> torch.Tensor:
+        """The self-critical baseline route of every episode of the batch begun, ``(B, max_depth)``."""
+        engine = env.engine
+        if self.baseline_route == "greedy":
+            return engine.play_routes(lambda _k, obs: self.policy.greedy_tensors(obs))
+        if self._static_route is None or self._static_route.device != engine.device:
+            n_tasks = int(env.observation_space["task"].n)
+            route = static_network_route(engine.pool, n_tasks, engine.max_depth)  # (n_tasks, D)
+            self._static_route = route.to(engine.device)
+        return self._static_route[engine.tasks]
 
     def _collect_steps(
         self,

@@ -125,6 +125,16 @@ class DeviceRolloutBuffer(MaskableDictRolloutBuffer):
         )
         torch.add(self.t_advantages, self.t_values, out=self.t_returns)
 
+    def blend_advantages(self, advantages: torch.Tensor, weight: float) -> None:
+        """Replace the stored advantages by ``weight * advantages + (1 - weight) * stored`` (``advantages``
+        ``(buffer_size, n_envs)``, e.g. self-critical ones); the returns the critic learns stay GAE's."""
+        if advantages.shape != self.t_advantages.shape:
+            raise ValueError(
+                f"advantages of shape {tuple(advantages.shape)}; the buffer holds "
+                f"{tuple(self.t_advantages.shape)}"
+            )
+        self.t_advantages.mul_(1.0 - weight).add_(advantages.to(self.t_advantages), alpha=weight)
+
     def flat(self) -> dict[str, Any]:
         """The storage as views of ``buffer_size * n_envs`` transitions (step-major): ``obs`` (a dict),
         ``actions``, ``values``, ``log_probs``, ``advantages``, ``returns``."""

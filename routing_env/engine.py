@@ -27,11 +27,19 @@ import torch
 
 from routing_env.benchmarks.base import MTLSplit
 from routing_env.config import RoutingConfig, resolve_device
+from routing_env.counterfactual import play_routes, route_losses
 from routing_env.data_walk import PairDraws
 from routing_env.modules import ModulePool
 from routing_env.network import resolve_dispatch
 from routing_env.pool_step import PoolStep
-from routing_env.rewards import UsageWindow, batch_rewards, step_bonuses
+from routing_env.rewards import (
+    UsageWindow,
+    batch_rewards,
+    episode_bonus_weights,
+    final_reward,
+    route_bonus,
+    step_bonuses,
+)
 from routing_env.rules import RouteRules
 from routing_env.stats import EpisodeStats
 
@@ -143,6 +151,7 @@ class RoutingEngine:
         self.step_index = 0
         self._mask: torch.Tensor | None = None
         self._has_batch = False
+        self._baseline_routes: torch.Tensor | None = None
         self.seed(config.seed)
 
     @torch.inference_mode(False)  # written in place by every batch, whatever the caller's mode
@@ -190,6 +199,7 @@ class RoutingEngine:
         self.step_index = 0
         self._mask = None
         self._has_batch = True
+        self._baseline_routes = None
 
     def action_mask(self) -> torch.Tensor:
         """``(B, n_actions)`` bool: the actions that keep each network valid at the current step. Computed
@@ -280,6 +290,40 @@ class RoutingEngine:
             valid.append(self._advance(k, actions, mask))
         return torch.stack(valid)
 
+    # ----------------------------------------------------------------- counterfactual routes
+    def play_routes(self, choose: ChooseFn) -> torch.Tensor:
+        """The routes ``(B, max_depth)`` that ``choose`` builds for the batch begun, on scratch state: the
+        batch's own episodes are untouched (:func:`routing_env.counterfactual.play_routes`)."""
+        self._check_batch()
+        return play_routes(self.rules, self.images, self.tasks, choose, self.pad_action)
+
+    def route_losses(self, routes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss ``(B,)`` and prediction ``(B,)`` of the batch's pairs through ``routes`` ``(B, max_depth)``
+        with the pool as it is now; trains nothing (:func:`routing_env.counterfactual.route_losses`)."""
+        self._check_batch()
+        if self.config.loss_source == "oracle":
+            loss = self._oracle_step_loss(routes.to(self.device)).sum(dim=1)
+            return loss, self._oracle_prediction(loss)
+        return route_losses(self.pool_step, self.images, routes.to(self.device), self.labels)
+
+    def _oracle_step_loss(self, route: torch.Tensor) -> torch.Tensor:
+        """``loss_source="oracle"``: each step's share of the loss of ``route`` ``(B, T)`` on the batch's
+        pairs, ``1 / max_depth`` where it differs from the oracle route of the pair's (task, kind)."""
+        return (route != self.oracle_routes[self.tasks, self.kinds]).float() / self.max_depth
+
+    def _oracle_prediction(self, loss: torch.Tensor) -> torch.Tensor:
+        """``loss_source="oracle"``: the label where the route is the oracle route (``loss`` 0), another
+        class elsewhere, so "correct" is the oracle-route rate."""
+        wrong = (self.labels + 1) % self.pool.types[self.rules.logits_type].shape[0]
+        return torch.where(loss == 0, self.labels, wrong)
+
+    def set_baseline_routes(self, routes: torch.Tensor | None) -> None:
+        """Score ``routes`` ``(B, max_depth)`` on the batch begun at its last step, before the pool's update
+        and with the batch's bonus rules: ``final`` then holds ``baseline_loss`` and ``baseline_reward``
+        (a self-critical advantage's baseline). For this batch only."""
+        self._check_batch()
+        self._baseline_routes = None if routes is None else routes.to(self.device, torch.long)
+
     def _check_batch(self) -> None:
         if not self._has_batch:
             raise RuntimeError("call begin_batch() (env.reset()) before step()")
@@ -295,12 +339,13 @@ class RoutingEngine:
         return valid
 
     def _finish(self) -> dict[str, torch.Tensor]:
+        baseline = self._baseline_routes
+        baseline_loss = self.route_losses(baseline)[0] if baseline is not None else None  # before the update
         step_loss = None  # (B, T): where each step's share of the loss is known (the oracle's table)
         if self.config.loss_source == "oracle":
-            step_loss = (self.route != self.oracle_routes[self.tasks, self.kinds]).float() / self.max_depth
+            step_loss = self._oracle_step_loss(self.route)
             loss = step_loss.sum(dim=1)  # (B,)
-            wrong = (self.labels + 1) % self.pool.types[self.rules.logits_type].shape[0]  # another class
-            prediction = torch.where(loss == 0, self.labels, wrong)
+            prediction = self._oracle_prediction(loss)
         else:  # rewards use the loss before the pool's update, as the paper's MDP defines them
             loss, prediction = self.pool_step(self.images, self.route, self.labels, self.batch_size)  # (B,)
         self.usage.push(self.route, self.tasks)
@@ -314,8 +359,15 @@ class RoutingEngine:
         correct = prediction == self.labels
         self._stats.add_episodes(loss, correct, rewards["reward"], rewards["bonus"])
         self._has_batch = False
+        counterfactual = {}
+        if baseline is not None:
+            weight = episode_bonus_weights(self.pair_epoch, cfg.bonus_weight, cfg.bonus_warmup)  # (B,)
+            baseline_reward = final_reward(baseline_loss, route_bonus(baseline, module_bonus), weight)
+            counterfactual = {"baseline_loss": baseline_loss, "baseline_reward": baseline_reward}
+        self._baseline_routes = None
         return {
             **rewards,
+            **counterfactual,
             "correct": correct,
             "prediction": prediction,
             "route": self.route.clone(),

@@ -184,6 +184,27 @@ class PoolOptimizer:
         for p in self.params:
             p.grad = None
 
+    @torch.no_grad()
+    def copy_duplicate(self, bank: int, source: int = 0) -> None:
+        """Make every duplicate of bank ``bank`` a copy of duplicate ``source``: its weights and its Adam
+        state (moments; with ``freeze_unused`` also its step count), so the copies start on equal footing
+        (upcycling, :func:`routing_env.static_route.upcycle`). Pending gradients of the bank are dropped."""
+        params = list(self.pool.banks[bank].parameters())
+        for p in params:
+            p.copy_(p[source].clone().expand_as(p))
+            p.grad = None
+        if isinstance(self.adam, PerModuleAdam):
+            rows = [k for k in self.adam.state if k.split(".")[0] == str(bank)]
+            for key in rows:
+                state = self.adam.state[key]
+                state.copy_(state[source].clone().expand_as(state))
+            return
+        for p in params:  # one Adam over the pool: the moments are per parameter, the step count shared
+            for key in ("exp_avg", "exp_avg_sq"):
+                moment = self.adam.state.get(p, {}).get(key)
+                if moment is not None:
+                    moment.copy_(moment[source].clone().expand_as(moment))
+
     def state_dict(self) -> dict[str, Any]:
         """Adam's state and, between steps, the gradient accumulated so far and the modules it used (else
         a resumed run's next step would differ)."""

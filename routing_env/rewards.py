@@ -128,6 +128,13 @@ def final_reward(loss: torch.Tensor, bonus: torch.Tensor, bonus_weight: float) -
     return -loss + bonus_weight * bonus
 
 
+def episode_bonus_weights(pair_epoch: torch.Tensor, bonus_weight: float, bonus_warmup: int) -> torch.Tensor:
+    """Each episode's weight of the collapse bonus, ``(B,)``: ``bonus_weight``, or 0 for episodes on pairs
+    of the first ``bonus_warmup`` passes over the split (the bonus warm-up), given the pass each pair was
+    drawn in, ``pair_epoch`` ``(B,)``."""
+    return (pair_epoch >= bonus_warmup) * bonus_weight
+
+
 def batch_rewards(
     loss: torch.Tensor,
     route: torch.Tensor,
@@ -148,7 +155,7 @@ def batch_rewards(
     ``reward_loss`` and ``reward_bonus`` (the reward's two parts), all ``(B,)`` but ``step_rewards``.
     """
     bonus = step_bonus.sum(dim=1)  # (B,): route_bonus
-    weight = (pair_epoch >= bonus_warmup) * bonus_weight  # (B,) float
+    weight = episode_bonus_weights(pair_epoch, bonus_weight, bonus_warmup)  # (B,) float
     step_rewards = weight[:, None] * step_bonus  # (B, T)
     if step_loss is None:
         step_rewards[:, -1] -= loss

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from routing_env.modules import ModulePool
+from routing_env.pool_optimizer import PoolOptimizer
 
 # The static network's shared trunk, in order (the kinds of lrn_pool_specs), and the kind of its heads.
 TRUNK_KINDS = ("input_conv", "hidden_conv", "fc_from_conv", "hidden_fc")
@@ -51,3 +52,28 @@ def static_network_route(pool: ModulePool, n_tasks: int, max_depth: int) -> torc
     head_offset, head_duplicates = offsets[HEAD_KIND]
     route[:, -1] = head_offset + torch.arange(n_tasks) % head_duplicates
     return route
+
+
+def upcycle(pool: ModulePool, optimizer: PoolOptimizer | None) -> list[str]:
+    """Sparse upcycling of the static network (as Komatsuzaki et al. 2023 do for mixtures of experts): copy
+    duplicate 0 of each bank of the static network's trunk (:data:`TRUNK_KINDS`) into every duplicate of
+    its bank, with its Adam state, so that after training the static route the duplicates start from the
+    trained module on equal footing and can specialise. The heads stay as they are (each task trained its
+    own). Returns the banks copied.
+
+    Args:
+        pool: an LRN pool (:func:`routing_env.modules.lrn_pool_specs`).
+        optimizer: the pool's optimizer (its state is copied too); None for a frozen pool.
+    """
+    names = [spec.name for spec in pool.specs]
+    missing = [kind for kind in TRUNK_KINDS if kind not in names]
+    if missing:
+        raise ValueError(f"upcycling needs the LRN pool: this pool has no {', '.join(missing)} bank")
+    for kind in TRUNK_KINDS:
+        bank = names.index(kind)
+        if optimizer is not None:
+            optimizer.copy_duplicate(bank)
+        else:
+            for p in pool.banks[bank].parameters():
+                p.data.copy_(p.data[0].clone().expand_as(p))
+    return list(TRUNK_KINDS)

@@ -35,6 +35,7 @@ def test_check_names_a_stale_page_and_rewriting_makes_it_current(tmp_path: Path,
     (tmp_path / "docs" / "training.md").write_text(
         "# T\n<!-- presets-table:begin -->\nstale text\n<!-- presets-table:end -->\n"
         "<!-- flags-table:begin -->\n<!-- flags-table:end -->\n"
+        "<!-- mechanisms-table:begin -->\n<!-- mechanisms-table:end -->\n"
     )
     blocks = {
         k: v for k, v in pages.PAGES["docs/training.md"].items() if k in ("presets-table", "flags-table")

@@ -29,10 +29,12 @@ from tqdm import tqdm
 from agents.algorithms import ALGORITHMS
 from agents.evaluation import evaluate
 from agents.trainers.base import Trainer
+from agents.trainers.static import StaticRouteTrainer
 from routing_env.benchmarks import MTLBenchmark
 from routing_env.build import get_benchmark, make_engine
 from routing_env.engine import RoutingEngine
 from routing_env.sb3_vec_env import RoutingSB3VecEnv
+from routing_env.static_route import static_network_route, upcycle
 from training_run.folder import CONFIG_FILE, MetricsLog, RunFolder, save_weights
 from training_run.guards import DivergenceGuard, StopRequests, TimeEstimate
 from training_run.machine import device_name, run_device, set_threads, use_tf32
@@ -131,6 +133,26 @@ class EpochLoop:
         self.position = Position()
         self.epoch_started = 0.0  # perf_counter of the epoch's start, less its earlier part
         self.last_checkpoint = time.monotonic()
+        # Upcycling's first phase: the static route through the pool, trained before the router's epochs.
+        self.static_route: StaticRouteTrainer | None = None
+        if cfg.upcycle_epochs > 0:
+            route = static_network_route(self.engine.pool, self.n_tasks, self.engine.max_depth)
+            self.static_route = StaticRouteTrainer(self.engine, route)
+
+    def phase_trainer(self, epoch: int) -> Trainer:
+        """Who trains ``epoch``: the static route in upcycling's first phase, else the run's trainer."""
+        if self.static_route is not None and epoch < self.cfg.upcycle_epochs:
+            return self.static_route
+        return self.trainer
+
+    def start_epoch(self, epoch: int, first: int) -> None:
+        """At the first batch of the router's first epoch after upcycling's phase: copy the trained trunk
+        into every duplicate (once: a checkpoint within that epoch or later holds the copies), and let the
+        agent's first rollout begin the next batch of the data walk rather than re-seed it."""
+        if self.static_route is None or epoch != self.cfg.upcycle_epochs or first != 0:
+            return
+        upcycle(self.engine.pool, self.engine.optimizer)
+        self.train_env._reset_seeds()
 
     def batches_before(self, epoch: int) -> int:
         return batches_before(epoch, self.n_pairs, self.engine.batch_size)
@@ -164,14 +186,16 @@ class EpochLoop:
         self.trainer.set_epoch(epoch)
         if first == 0:
             self.engine.reset_stats()
+        self.start_epoch(epoch, first)
+        trainer = self.phase_trainer(epoch)
         self.estimate.epoch_started()
         module_lr = self.engine.optimizer.lr_of_pass(epoch)  # an epoch is the batches beginning in its pass
         if first < self.epoch_batches(epoch):
-            self.train_batches(self.epoch_batches(epoch) - first)
+            self.train_batches(self.epoch_batches(epoch) - first, trainer)
         train_seconds = time.perf_counter() - self.epoch_started
-        result = evaluate(self.trainer.act, self.test_engine, self.n_tasks, self.n_classes)
+        result = evaluate(trainer.act, self.test_engine, self.n_tasks, self.n_classes)
         if self.val_engine is not None:
-            val = evaluate(self.trainer.act, self.val_engine, self.n_tasks, self.n_classes, prefix="val")
+            val = evaluate(trainer.act, self.val_engine, self.n_tasks, self.n_classes, prefix="val")
             result.update({k: v for k, v in val.items() if k.startswith("val_")})
         epoch_seconds = time.perf_counter() - self.epoch_started
         self.position.wall += epoch_seconds
@@ -184,6 +208,7 @@ class EpochLoop:
             "eval_seconds": round(epoch_seconds - train_seconds, 3),
             "router_lr": self.trainer.router_lr(epoch),
             "module_lr": module_lr,
+            **({"upcycle_phase": trainer is self.static_route} if self.static_route is not None else {}),
             **self.engine.stats(),
             **result,
         }
@@ -195,9 +220,9 @@ class EpochLoop:
         self.report(epoch, record, epoch_seconds)
         return record
 
-    def train_batches(self, n_batches: int) -> None:
+    def train_batches(self, n_batches: int, trainer: Trainer) -> None:
         try:
-            self.trainer.learn_epoch(n_batches, self.after_batch)
+            trainer.learn_epoch(n_batches, self.after_batch)
         except RuntimeError as e:
             problem = self.guard.error_problem(e)
             if problem is None:

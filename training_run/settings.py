@@ -100,6 +100,12 @@ class RunConfig:
         tf32: use TF32 matmuls and convolutions on CUDA (about 2x faster on Hopper).
         threads: torch's CPU threads; default the cores this process may use (CPU affinity and cgroup
             quota), at most torch's own default.
+        upcycle_epochs: not in the paper: upcycling. The first this many epochs train the static
+            network's route through the LRN pool (``routing_env/static_route.py``; the router waits and
+            evaluation takes that route), then duplicate 0 of each trunk bank is copied into all its
+            duplicates (weights and Adam state; the heads stay) and the router takes over for the rest
+            of ``epochs``, so the duplicates start from the trained module on equal footing. Pair it with
+            ``static_start`` to start the router at that route. 0: none.
         env: the training env's settings (``benchmark``, ``seed`` and ``split`` follow ``env_id``,
             ``seed`` and training; the algorithm's fixed settings must hold).
         agent: the SB3 agent's hyper-parameters.
@@ -121,6 +127,7 @@ class RunConfig:
     progress: bool = True
     tf32: bool = True
     threads: int | None = None
+    upcycle_epochs: int = 0
     env: RoutingConfig = field(default_factory=RoutingConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     router: RouterConfig = field(default_factory=RouterConfig)
@@ -144,6 +151,27 @@ class RunConfig:
                     f"{option} is a RouterPolicy option: use algo {', '.join(router_policy_algorithms())}"
                     f" (not {self.algo})"
                 )
+        mechanisms = {
+            "upcycle_epochs": self.upcycle_epochs > 0,
+            "advantage": self.agent.advantage != "gae",
+            "explore_epsilon": self.agent.explore_epsilon > 0,
+        }
+        for option, used in mechanisms.items():
+            if used and self.algo not in router_policy_algorithms():
+                raise ValueError(
+                    f"{option} is an option of the LRN router's algorithms: use algo "
+                    f"{', '.join(router_policy_algorithms())} (not {self.algo})"
+                )
+        if int(self.upcycle_epochs) < 0:
+            raise ValueError(f"upcycle_epochs must be >= 0, got {self.upcycle_epochs}")
+        static_route = (
+            self.upcycle_epochs > 0 or self.agent.advantage != "gae" and self.agent.baseline_route == "static"
+        )
+        if static_route and self.env.max_depth < 5:
+            raise ValueError(
+                f"upcycle_epochs and baseline_route static take the static network's 5 layers: they need "
+                f"max_depth >= 5, got {self.env.max_depth}"
+            )
         if self.router.static_start > 0 and self.env.max_depth < 5:
             raise ValueError(
                 f"static_start starts at the static network's 5 layers: it needs max_depth >= 5, got "

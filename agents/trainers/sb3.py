@@ -77,6 +77,9 @@ class SB3Trainer:
         lr_decay: factor on it after every epoch.
         reward_timing: how an episode's reward reaches an on-policy algorithm's GAE (see
             :class:`agents.config.AgentConfig`).
+        agent: the agent's settings whose values change or act during the run: the entropy
+            coefficient's schedule (:meth:`agents.config.AgentConfig.ent_coef_at`, applied by
+            :meth:`set_epoch`) and, for the device rollouts, the advantage; None: SB3's constants.
     """
 
     def __init__(
@@ -89,12 +92,25 @@ class SB3Trainer:
         lr: float,
         lr_decay: float,
         reward_timing: RewardTiming,
+        agent: AgentConfig | None = None,
     ) -> None:
         self.algo_class, self.env = algo_class, env
         self.lr, self.lr_decay = lr, lr_decay
+        self.agent = agent
         self.device = str(env.engine.device)
         if issubclass(algo_class, OnPolicyAlgorithm):
             kwargs = {**kwargs, "reward_timing": reward_timing}
+        if agent is not None and issubclass(algo_class, DeviceRollouts):
+            kwargs.update(
+                advantage=agent.advantage,
+                baseline_route=agent.baseline_route,
+                self_critical_weight=agent.self_critical_weight,
+                self_imitation=agent.self_imitation,
+            )
+        elif agent is not None and agent.advantage != "gae":
+            raise ValueError(
+                f"the self-critical advantage needs an on-policy router algorithm, not {algo_class}"
+            )
         if issubclass(algo_class, DeviceRollouts):  # the env's switch turns off every CUDA graph of a run
             kwargs["cuda_graph"] = env.config.cuda_graph
             kwargs["torch_compile"] = env.config.compile
@@ -114,6 +130,8 @@ class SB3Trainer:
         lr = self.router_lr(epoch)
         self.model.learning_rate = lr
         self.model.lr_schedule = Constant(lr)
+        if self.agent is not None and self.agent.ent_coef_end is not None and hasattr(self.model, "ent_coef"):
+            self.model.ent_coef = self.agent.ent_coef_at(epoch)
 
     def learn_epoch(self, n_batches: int, after_batch: BatchCallback) -> int:
         batch_steps = self.env.num_envs * self.env.engine.max_depth
@@ -130,7 +148,8 @@ class SB3Trainer:
 
     def health(self) -> dict[str, float]:
         # SB3 read the losses of its last update to the host to log them; the norm is one device read.
-        logged = self.model.logger.name_to_value
+        logger = getattr(self.model, "_logger", None)  # none before the first learn() (upcycling's phase)
+        logged = logger.name_to_value if logger is not None else {}
         values = {k.removeprefix("train/"): float(v) for k, v in logged.items() if k.endswith("loss")}
         values["router parameter norm"] = parameter_norm(self.model.policy.parameters())
         return values
@@ -175,6 +194,7 @@ def _trainer(
         lr=lr,
         lr_decay=env.config.lr_decay,
         reward_timing=agent.reward_timing,
+        agent=agent,
     )
 
 
@@ -190,10 +210,12 @@ def router_policy(env: RoutingSB3VecEnv, router: RouterConfig) -> dict[str, Any]
 
 
 def rollout_kwargs(env: RoutingSB3VecEnv, agent: AgentConfig, router: RouterConfig) -> dict[str, Any]:
-    """On-policy arguments shared by PPO and A2C: RouterPolicy, and one rollout = one batch of
-    ``num_envs`` whole episodes."""
+    """On-policy arguments shared by PPO and A2C: RouterPolicy (with ``explore_epsilon``), and one rollout
+    = one batch of ``num_envs`` whole episodes."""
+    policy = router_policy(env, router)
+    policy["policy_kwargs"]["explore_epsilon"] = agent.explore_epsilon
     return dict(
-        **router_policy(env, router),
+        **policy,
         n_steps=env.engine.max_depth,
         gamma=agent.gamma,
         gae_lambda=agent.gae_lambda,

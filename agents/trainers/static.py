@@ -70,3 +70,33 @@ class StaticTrainer:
 def build(env: Any) -> StaticTrainer:
     """The trainer of ``--algo static`` (the static network has no settings of its own)."""
     return StaticTrainer(env)
+
+
+class StaticRouteTrainer:
+    """Drives the engine with one fixed route per task through any pool (no agent to learn): the first
+    phase of upcycling (``--upcycle-epochs``), which trains the static network's route through the LRN pool
+    (:func:`routing_env.static_route.static_network_route`) before the router takes over.
+
+    Args:
+        engine: the training engine.
+        routes: ``(n_tasks, max_depth)`` action ids: each task's route.
+    """
+
+    def __init__(self, engine: Any, routes: torch.Tensor) -> None:
+        self.engine = engine
+        if routes.shape[1] != engine.max_depth:
+            raise ValueError(f"routes of {routes.shape[1]} steps for an engine of {engine.max_depth}")
+        self.routes = routes.to(engine.device)
+
+    def act(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.routes[obs["task"], obs["step"]]
+
+    def learn_epoch(self, n_batches: int, after_batch: BatchCallback) -> int:
+        for done in range(1, n_batches + 1):
+            self.engine.begin_batch()
+            route = self.routes[self.engine.tasks]  # (B, D)
+            for k in range(self.engine.max_depth):
+                self.engine.step(route[:, k])
+            if after_batch(self.engine.batch_size):
+                return done
+        return n_batches

@@ -22,6 +22,7 @@ from agents.algorithms import SB3_SETUPS
 from routing_env.config import RoutingConfig
 from training_run.cli import FLAGS, NO_BONUS_HELP, RESUME_HELP, default_text, field_docs
 from training_run.report import tables
+from training_run.report.mechanisms import mechanisms_table
 from training_run.settings import PRESETS, flag_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -189,6 +190,7 @@ PAGES: dict[str, dict[str, Callable[[Path], str]]] = {
         "presets-table": presets_table,
         "flags-table": flags_table,
         "checkpoint-sizes": tables.checkpoint_sizes,
+        "mechanisms-table": mechanisms_table,
     },
     "docs/results.md": {
         "results-table": tables.results_table,

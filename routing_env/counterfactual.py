@@ -1,0 +1,76 @@
+"""Counterfactual routes: what another route would have scored on the same instances.
+
+A self-critical advantage (Rennie et al. 2017, "Self-critical sequence training") compares an episode's
+reward with the reward of a baseline route (the router's greedy route, or the static network's) on the
+*same* instance, which removes the instance's own difficulty from the learning signal. That needs two
+things of the env, both here and batched (no per-sample Python):
+
+* :func:`play_routes`: the routes a choice function builds for a batch's instances under the env's rules,
+  on scratch state (the batch's own episodes are untouched);
+* :func:`route_losses`: the loss of the batch's instances through given routes, with the pool as it is,
+  training nothing (no gradient, no optimizer state).
+
+:meth:`routing_env.engine.RoutingEngine.set_baseline_routes` asks the engine to score a batch's baseline
+routes at its last step, before the pool's update, with the batch's own bonus rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from routing_env.pool_step import PoolStep
+from routing_env.rules import RouteRules
+
+
+def play_routes(
+    rules: RouteRules,
+    images: torch.Tensor,
+    tasks: torch.Tensor,
+    choose: Callable[[int, dict[str, torch.Tensor]], torch.Tensor],
+    pad_action: int,
+) -> torch.Tensor:
+    """The routes ``choose`` (``(k, obs) -> (B,)`` actions, the engine's ``ChooseFn``) builds for instances
+    ``images`` ``(B, C, H, W)`` of ``tasks`` ``(B,)``.
+
+    The observation at each step is the env's (``image``, ``task``, ``route``, ``step``,
+    ``action_mask``); an action the mask forbids is replaced as the env replaces it (PASS where valid,
+    else the lowest valid module).
+
+    Returns:
+        ``(B, max_depth)`` int64 action ids.
+    """
+    batch, device = tasks.shape[0], tasks.device
+    n_actions = rules.pool.n_actions
+    cur_type = torch.zeros(batch, dtype=torch.long, device=device)
+    used = torch.zeros(batch, n_actions, dtype=torch.bool, device=device)
+    route = torch.full((batch, rules.max_depth), pad_action, dtype=torch.long, device=device)
+    for k in range(rules.max_depth):
+        mask = rules.mask(k, cur_type, used)  # (B, A)
+        obs = {
+            "image": images,
+            "task": tasks,
+            "route": route.clone(),
+            "step": torch.full_like(tasks, k),
+            "action_mask": mask.to(torch.int8),
+        }
+        actions = choose(k, obs).to(device, torch.long).reshape(batch)
+        valid = mask.gather(1, actions[:, None]).squeeze(1)
+        actions = torch.where(valid, actions, rules.substitute(mask))
+        route[:, k] = actions
+        cur_type = rules.advance(cur_type, used, actions)
+    return route
+
+
+@torch.no_grad()
+def route_losses(
+    pool_step: PoolStep, images: torch.Tensor, routes: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy loss ``(B,)`` and prediction ``(B,)`` of instances ``images`` through ``routes``
+    ``(B, D)``, with the pool's current weights, as evaluation runs them (no dropout). Trains nothing:
+    no gradient reaches the pool and its optimizer is not touched."""
+    with torch.inference_mode(False):
+        logits = pool_step.logits(images, routes)  # (B, K)
+    return F.cross_entropy(logits, labels, reduction="none"), logits.argmax(dim=1)
