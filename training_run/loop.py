@@ -29,7 +29,7 @@ from tqdm import tqdm
 from agents.algorithms import ALGORITHMS
 from agents.evaluation import evaluate
 from agents.trainers.base import Trainer
-from agents.trainers.static import StaticRouteTrainer
+from agents.trainers.fixed_route import FixedRouteTrainer
 from routing_env.benchmarks import MTLBenchmark
 from routing_env.build import get_benchmark, make_engine
 from routing_env.engine import RoutingEngine
@@ -134,10 +134,10 @@ class EpochLoop:
         self.epoch_started = 0.0  # perf_counter of the epoch's start, less its earlier part
         self.last_checkpoint = time.monotonic()
         # Upcycling's first phase: the static route through the pool, trained before the router's epochs.
-        self.static_route: StaticRouteTrainer | None = None
+        self.static_route: FixedRouteTrainer | None = None
         if cfg.upcycle_epochs > 0:
             route = static_network_route(self.engine.pool, self.n_tasks, self.engine.max_depth)
-            self.static_route = StaticRouteTrainer(self.engine, route)
+            self.static_route = FixedRouteTrainer(self.engine, route)
 
     def phase_trainer(self, epoch: int) -> Trainer:
         """Who trains ``epoch``: the static route in upcycling's first phase, else the run's trainer."""
