@@ -145,7 +145,8 @@ class MTLBenchmark:
             otherwise.
         oracle: the best routing known by construction (:class:`routing_env.oracle_route.OracleRouting`:
             a route per task and kind of instance), or None (the paper's benchmarks have none). The route
-            statistics measure the router's routes against it, and ``--algo oracle_route`` trains the pool on it.
+            statistics measure the router's routes against it, and ``--algo oracle_route`` trains the pool
+            on it.
     """
 
     name: str
