@@ -10,6 +10,7 @@ changes the backend of a process that trains (a notebook's, say).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import textwrap
 from pathlib import Path
@@ -124,7 +125,13 @@ def plot_routes(
     depth = max((len(frame["route"]) for frame in frames), default=1)
     aspect = max((frame["frame"].shape[0] / frame["frame"].shape[1] for frame in frames), default=1.0)
     row_height = 1.7 * aspect + 0.5 + 0.11 * depth  # the frame, two lines above it, a line per step under it
-    fig = Figure(figsize=(1.9 * len(columns) + 0.4, row_height * n_rows + 0.8), layout="constrained")
+    kinds = list(dict.fromkeys(name.split("[")[0] for name in action_names[:-1]))
+    handles = [Patch(color=BANK_COLOURS[i % len(BANK_COLOURS)] / 255, label=k) for i, k in enumerate(kinds)]
+    handles.append(Patch(color=PASS_COLOUR / 255, label="PASS"))
+    width = 1.9 * len(columns) + 0.4
+    ncol = min(len(handles), max(1, int(width / 1.2)))  # the legend in rows on a narrow figure
+    legend_height = 0.2 * math.ceil(len(handles) / ncol)
+    fig = Figure(figsize=(width, row_height * n_rows + 0.6 + legend_height), layout="constrained")
     axes = fig.subplots(n_rows, len(columns), squeeze=False)
     for t, column in enumerate(columns):
         for r in range(n_rows):
@@ -139,10 +146,7 @@ def plot_routes(
             heading = f"task {t}{name}\n" if r == 0 else ""
             ax.set_title(heading + column[r]["title"], fontsize=7)
             ax.set_xlabel("\n".join(column[r]["route"]), fontsize=6, family="monospace")
-    kinds = list(dict.fromkeys(name.split("[")[0] for name in action_names[:-1]))
-    handles = [Patch(color=BANK_COLOURS[i % len(BANK_COLOURS)] / 255, label=k) for i, k in enumerate(kinds)]
-    handles.append(Patch(color=PASS_COLOUR / 255, label="PASS"))
-    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=7, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize=7, frameon=False)
     fig.suptitle(textwrap.fill(title, 160), fontsize=8)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
