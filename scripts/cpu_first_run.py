@@ -32,15 +32,11 @@ from typing import Any
 
 import torch
 
-from training_run.machine import cpu_name
+from training_run.machine import cpu_name, load_average
 from training_run.settings import FIRST_RUN
 
 ROOT = Path(__file__).resolve().parents[1]
 KEPT_FILES = ("config.json", "metrics.jsonl")
-
-
-def load_average() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def run_train(argv: list[str], out: Path) -> dict[str, Any]:

@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from training_run.machine import cpu_name  # noqa: E402
+from training_run.machine import cpu_name, load_average  # noqa: E402
+from training_run.report.tables import val_picked  # noqa: E402
 
 # Each mechanism alone, by the flags that turn it on (train.py's; docs/training.md, "Mechanisms").
 MECHANISMS: dict[str, list[str]] = {
@@ -50,16 +51,6 @@ KEPT = (
 )  # fmt: skip
 
 
-def load_average() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def picked(records: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The record of the epoch with the best validation accuracy (the first such epoch), or None."""
-    with_val = [r for r in records if r.get("val_accuracy") is not None]
-    return max(with_val, key=lambda r: r["val_accuracy"]) if with_val else None
-
-
 def kept(record: dict[str, Any] | None) -> dict[str, Any] | None:
     return None if record is None else {k: record[k] for k in KEPT if k in record}
 
@@ -79,7 +70,7 @@ def run_row(env_id: str, base: list[str], flags: list[str], seed: int, scratch: 
         "command": shlex.join(["python", "train.py", *argv[:-2]]),
         "seed": seed,
         "last": kept(records[-1]),
-        "val_picked": kept(picked(records)),
+        "val_picked": kept(val_picked(records)),
         # per epoch: the wall clock (s) at its end and its test accuracy / oracle-route rate
         "curve": [
             [r["epoch"], r["wall_clock_s"], r["test_accuracy"], r.get("oracle_route_rate")] for r in records

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: the packages of this checkout
     sys.path.insert(0, str(ROOT))
 
-from training_run.machine import cpu_name  # noqa: E402
+from training_run.machine import cpu_name, load_average  # noqa: E402
 from training_run.report.tables import PROBE_KEYS, probes_table, val_picked  # noqa: E402
 
 # The pool every probe runs with: small modules (where sharing one between conflicting tasks or kinds
@@ -65,10 +65,6 @@ PROBES: dict[str, tuple[str, list[str], tuple[int, int], dict[str, list[str]]]] 
         {"static": ["--algo", "static_route"], "oracle": ["--algo", "oracle_route"], "lrn": LRN},
     ),
 }
-
-
-def load_average() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def run(argv: list[str], out: Path) -> dict[str, Any]:

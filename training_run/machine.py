@@ -45,6 +45,11 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def load_average() -> list[float]:
+    """The 1, 5 and 15-minute load averages, rounded (what a CPU timing was measured beside)."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def usable_cores() -> int:
     """The CPU cores this process may use: its affinity mask, capped by its cgroup's CPU quota."""
     try:
