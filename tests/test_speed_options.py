@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -194,7 +195,23 @@ def test_mps_that_fails_to_start_or_is_off_falls_back(
     monkeypatch.delenv("START_FAILS")
     (fake_control / "calls").unlink()
     off = start_mps(False)
-    assert not off.active and "--no-mps" in off.message and _calls(fake_control) == []
+    assert not off.active and "--no-mps" in off.message and _calls(fake_control) == ["get_server_list"]
+
+
+def test_mps_off_hides_a_running_daemon_from_the_runs(
+    fake_control: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CUDA process joins any daemon it finds, so --no-mps beside a running daemon must point the runs
+    elsewhere, or its "time slicing" measurement is MPS's (as one H200 measurement was)."""
+    (fake_control / "running").touch()
+    monkeypatch.delenv("CUDA_MPS_PIPE_DIRECTORY", raising=False)
+    lines: list[str] = []
+    with cuda_mps(False, say=lines.append) as state:
+        hidden = os.environ["CUDA_MPS_PIPE_DIRECTORY"]
+        assert not state.active and Path(hidden).is_dir() and not any(Path(hidden).iterdir())
+    assert "CUDA_MPS_PIPE_DIRECTORY" not in os.environ and not Path(hidden).exists()
+    assert (fake_control / "running").exists() and "quit" not in _calls(fake_control)
+    assert len(lines) == 1 and "pointed away" in lines[0]
 
 
 # --- torch.compile ----------------------------------------------------------------------------------------

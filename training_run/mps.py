@@ -9,19 +9,24 @@ share a card) and ``scripts/benchmark.py --parallel`` use it; ``--no-mps`` turns
 
 MPS serves processes that start after its daemon: the runs must be started inside :func:`cuda_mps`. The
 daemon uses ``$CUDA_MPS_PIPE_DIRECTORY`` and ``$CUDA_MPS_LOG_DIRECTORY`` where set (the runs need the same).
+A CUDA process joins any daemon it finds there, so with MPS off and a daemon running, :func:`cuda_mps`
+points the runs' ``$CUDA_MPS_PIPE_DIRECTORY`` at an empty folder: they find none and run without it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 CONTROL = "nvidia-cuda-mps-control"
 TIMEOUT_S = 20.0  # a control command that hangs (a stale pipe) counts as no daemon
 TIME_SLICING = "the runs share the card by time slicing"
+PIPE_DIRECTORY = "CUDA_MPS_PIPE_DIRECTORY"
 
 
 @dataclass(frozen=True)
@@ -33,12 +38,14 @@ class MPSState:
         started: this process started the daemon (and :func:`stop_mps` stops it).
         message: the one line that says so (printed by :func:`cuda_mps`).
         control: the path of ``nvidia-cuda-mps-control``; None where it is not on ``PATH``.
+        bypass: MPS is off but its daemon runs: the runs must not find it (:func:`cuda_mps` hides it).
     """
 
     active: bool
     started: bool
     message: str
     control: str | None = None
+    bypass: bool = False
 
 
 def _control(control: str, *args: str, command: str | None = None) -> subprocess.CompletedProcess | None:
@@ -65,9 +72,17 @@ def start_mps(enabled: bool = True) -> MPSState:
     Args:
         enabled: False: do not use MPS (``--no-mps``).
     """
-    if not enabled:
-        return MPSState(False, False, f"CUDA MPS off (--no-mps): {TIME_SLICING}")
     control = shutil.which(CONTROL)
+    if not enabled:
+        if control is not None and mps_running(control):
+            return MPSState(
+                False,
+                False,
+                f"CUDA MPS off (--no-mps): a daemon runs; the runs are pointed away from it: {TIME_SLICING}",
+                control,
+                bypass=True,
+            )
+        return MPSState(False, False, f"CUDA MPS off (--no-mps): {TIME_SLICING}")
     if control is None:
         return MPSState(False, False, f"CUDA MPS not available (no {CONTROL} on PATH): {TIME_SLICING}")
     if mps_running(control):
@@ -99,10 +114,29 @@ def stop_mps(state: MPSState) -> None:
 @contextlib.contextmanager
 def cuda_mps(enabled: bool = True, say: Callable[[str], None] = print) -> Iterator[MPSState]:
     """MPS for the processes started inside (:func:`start_mps`); ``say`` gets the one line that tells
-    whether they use it; the daemon this started stops at the end."""
+    whether they use it; the daemon this started stops at the end. With MPS off and a daemon running, the
+    processes started inside see an empty ``$CUDA_MPS_PIPE_DIRECTORY`` (restored at the end)."""
     state = start_mps(enabled)
     say(state.message)
+    with contextlib.ExitStack() as stack:
+        if state.bypass:
+            empty = stack.enter_context(tempfile.TemporaryDirectory(prefix="no-mps-"))
+            stack.enter_context(_environ(PIPE_DIRECTORY, empty))
+        try:
+            yield state
+        finally:
+            stop_mps(state)
+
+
+@contextlib.contextmanager
+def _environ(name: str, value: str) -> Iterator[None]:
+    """``os.environ[name] = value`` inside, the old value (or none) after."""
+    old = os.environ.get(name)
+    os.environ[name] = value
     try:
-        yield state
+        yield
     finally:
-        stop_mps(state)
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
