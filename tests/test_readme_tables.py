@@ -150,3 +150,46 @@ def test_headline_verdict_says_by_how_much(results_table, tmp_path: Path, monkey
         "the paper's own setting (`--preset paper`) stays at 21.0 % on MIN-MTL (1 × 2 of 100 epochs)"
         in verdict
     )
+
+
+def _write_speed(results: Path, lrn: dict[str, float], static: dict[str, float], parallel3: float) -> None:
+    """A speed.json (the default and a ``fast`` variant) and a parallel3.json as scripts/benchmark.py
+    writes them."""
+    folder = results / "bench" / "issue28"
+    folder.mkdir(parents=True)
+
+    def measure(name: str) -> dict:
+        return {"lrn_epoch_seconds": lrn[name], "static_epoch_seconds": static[name],
+                "lrn_over_static": lrn[name] / static[name]}  # fmt: skip
+
+    speed = {
+        "device": "test card",
+        **measure("default"),
+        "variants": {"fast": {"settings": {"compile": True}, **measure("fast")}},
+        "memory": {"min": {"epoch_seconds": 2.0, "peak_gpu_memory_gb": 1.0, "process_gpu_memory_gb": 2.0},
+                   "min:compile=true": {"epoch_seconds": 1.2, "peak_gpu_memory_gb": 1.0,
+                                        "process_gpu_memory_gb": 2.0}},
+    }  # fmt: skip
+    (folder / "speed.json").write_text(json.dumps(speed))
+    parallel = {"parallel": {"mnist": {"3+mps": {"total_episodes_per_second": parallel3, "mps": True}}}}
+    (folder / "parallel3.json").write_text(json.dumps(parallel))
+
+
+def test_speed_targets_take_each_side_at_its_fastest(tmp_path: Path) -> None:
+    """The LRN/static target divides the fastest LRN by the fastest static network: an option that slows
+    the static network (as compile did on an H200) must not meet the target by itself."""
+    from training_run.report import speed
+
+    _write_speed(tmp_path, {"default": 12.0, "fast": 6.0}, {"default": 1.5, "fast": 3.0}, 25000.0)
+    rows = {line.split(" | ")[0].strip("| "): line for line in speed.targets_table(tmp_path).splitlines()}
+    ratio = next(line for label, line in rows.items() if label.startswith("LRN / static"))
+    assert "4 (LRN fast / static default)" in ratio and "missed: 1.33x off" in ratio  # 6 / 1.5, not 2
+    epoch = next(line for label, line in rows.items() if label.startswith("LRN MNIST-MTL epoch"))
+    assert "6 (fast)" in epoch and "missed: 1.20x off" in epoch
+    assert (
+        "1.2 (fast)" in rows["MIN-MTL d10 L6 LRN epoch, s"] and "met" in rows["MIN-MTL d10 L6 LRN epoch, s"]
+    )
+    three = next(line for label, line in rows.items() if label.startswith("three"))
+    assert three.rstrip(" |").endswith("met")
+    options = speed.options_table(tmp_path)
+    assert "fast (`compile=true`)" in options and "| 2.00 | 1.20 |" in options  # MIN-MTL per column

@@ -25,6 +25,11 @@ BEFORE_OPTIONS = {
     "env.module_dropout": 0.0,
     "env.bonus_warmup": 0,
     "routing_network.learner": "wpl",
+    "run.upcycle_epochs": 0,
+    "agent.advantage": "gae",
+    "agent.explore_epsilon": 0.0,
+    "agent.self_imitation": 0.0,
+    "agent.ent_coef_end": None,
 }
 
 
@@ -73,8 +78,17 @@ def describe(config: dict[str, Any]) -> str:
         parts.append(f"task prior {s['router.task_prior_std']:g}{head}")
     if s["router.static_start"]:
         parts.append(f"static start {s['router.static_start']:g}")
+    if s["run.upcycle_epochs"]:
+        parts.append(f"upcycled after {s['run.upcycle_epochs']} epochs")
+    if s["agent.advantage"] == "self_critical":
+        parts.append(f"self-critical against the {s.get('agent.baseline_route')} route")
+    if s["agent.explore_epsilon"]:
+        parts.append(f"epsilon {s['agent.explore_epsilon']:g}")
+    if s["agent.self_imitation"]:
+        parts.append(f"self-imitation {s['agent.self_imitation']:g}")
     if s.get("agent.ent_coef"):
-        parts.append(f"entropy {s['agent.ent_coef']:g}")
+        end = s["agent.ent_coef_end"]
+        parts.append(f"entropy {s['agent.ent_coef']:g}" + (f" to {end:g}" if end is not None else ""))
     if s.get("agent.router_lr"):
         parts.append(f"router lr {s['agent.router_lr']:g}")
     if s.get("agent.minibatch_unit") == "transitions":

@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
-from training_run.report.tables import markdown_table
+from training_run.folder import RunFolder
+from training_run.report.describe import describe, val_picked
+from training_run.report.tables import _mean_std, markdown_table
 
 # The probe settings each file measured, as the table names them (files not listed keep their stem).
 SETTINGS = {
@@ -77,5 +80,50 @@ def mechanisms_table(results: Path) -> str:
     header = [
         "probe", "mechanism", "seeds", "oracle-route rate", "kind information", "route overlap",
         "test acc. % (last)", "test acc. % (val-picked)", "s to 95 % oracle routes", "load",
+    ]  # fmt: skip
+    return markdown_table(header, rows)
+
+
+# The MIN-MTL check of the mechanisms (issue 27; one GPU, 30 epochs, 10 % validation split, augmentation,
+# 3 seeds): the run folders' name before ``_s<seed>``, first the static network that stands beside them.
+MIN_CHECK = ("mech-static", "mech-upcycle", "mech-upcycle_sc", "mech-upcycle_soft")
+
+
+def min_check_table(results: Path) -> str:
+    """One row per MIN-MTL setting of :data:`MIN_CHECK`: test accuracy (last epoch, and where the
+    validation split picks), its difference from the static network's, and the route statistics of the
+    last epoch (routes per task, route entropy, the tasks' overlap, unused modules), mean ± std over seeds."""
+    groups: dict[str, list[tuple[dict[str, Any], list[dict[str, Any]]]]] = {}
+    for folder in RunFolder.find(results / "min"):
+        stem, _, seed = folder.path.name.rpartition("_s")
+        if stem in MIN_CHECK and seed.isdigit() and (records := folder.read_metrics()):
+            groups.setdefault(stem, []).append((folder.read_config(), records))
+    if "mech-static" not in groups:
+        return "(not run yet)"
+    static_last = statistics.mean(100 * r[-1]["test_accuracy"] for _, r in groups["mech-static"])
+    rows = []
+    for stem in MIN_CHECK:
+        runs = groups.get(stem, [])
+        if not runs:
+            continue
+        last = [100 * records[-1]["test_accuracy"] for _, records in runs]
+        picked = [val_picked(records) for _, records in runs]
+        stat = [records[-1] for _, records in runs]
+        rows.append(
+            [
+                f"`{stem}`: {describe(runs[0][0])}",
+                str(len(runs)),
+                _mean_std(last, 1),
+                _mean_std([100 * p["test_accuracy"] for p in picked], 1) if all(picked) else "-",
+                f"{statistics.mean(last) - static_last:+.1f}",
+                _mean_std([r["routes_per_task"] for r in stat], 1),
+                _mean_std([r["route_entropy_bits"] for r in stat], 2),
+                _mean_std([r["route_overlap"] for r in stat], 2),
+                _mean_std([float(r["unused_modules"]) for r in stat], 0),
+            ]
+        )
+    header = [
+        "setting", "seeds", "test acc. % (last)", "test acc. % (val-picked)", "last vs static",
+        "routes per task", "route entropy, bits", "route overlap", "unused modules",
     ]  # fmt: skip
     return markdown_table(header, rows)

@@ -21,8 +21,8 @@ from typing import Any
 from agents.algorithms import SB3_SETUPS
 from routing_env.config import RoutingConfig
 from training_run.cli import FLAGS, NO_BONUS_HELP, RESUME_HELP, default_text, field_docs
-from training_run.report import tables
-from training_run.report.mechanisms import mechanisms_table
+from training_run.report import speed, tables
+from training_run.report.mechanisms import mechanisms_table, min_check_table
 from training_run.settings import PRESETS, flag_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -191,6 +191,7 @@ PAGES: dict[str, dict[str, Callable[[Path], str]]] = {
         "flags-table": flags_table,
         "checkpoint-sizes": tables.checkpoint_sizes,
         "mechanisms-table": mechanisms_table,
+        "mechanisms-min-table": min_check_table,
     },
     "docs/results.md": {
         "results-table": tables.results_table,
@@ -200,7 +201,12 @@ PAGES: dict[str, dict[str, Callable[[Path], str]]] = {
         "probes-table": tables.probes_table,
         "probes-verdict": tables.probes_verdict,
     },
-    "docs/speed.md": {"bench-table": tables.bench_table},
+    "docs/speed.md": {
+        "bench-table": tables.bench_table,
+        "speed-targets": speed.targets_table,
+        "speed-options": speed.options_table,
+        "bank-steps": speed.banks_table,
+    },
     "docs/rl_zoo.md": {"zoo-first-update": tables.zoo_tables},
 }
 
