@@ -46,7 +46,10 @@ class Compiled:
         if enabled:
             try:
                 options = INDUCTOR_OPTIONS if backend == "inductor" else None
-                self.compiled = torch.compile(fn, backend=backend, options=options)
+                # Each program runs at a few fixed shapes (a training batch, an evaluation batch), each
+                # replayed by its own CUDA graph: a kernel per shape, never dynamo's shape-generic
+                # recompile on the second shape it sees.
+                self.compiled = torch.compile(fn, backend=backend, options=options, dynamic=False)
             except Exception as e:  # noqa: BLE001 (no backend here: run eagerly, and say so)
                 self._fall_back(e)
 
