@@ -41,8 +41,9 @@ from agents.cuda_graph import CapturedProgram
 from agents.policy import RouterPolicy
 from agents.ppo_update import DevicePPOUpdate
 from agents.rollout_buffer import DeviceRolloutBuffer
+from routing_env.batch_state import EpisodeOutput
 from routing_env.compiling import Compiled
-from routing_env.engine import EpisodeOutput, RoutingEngine
+from routing_env.engine import RoutingEngine
 from routing_env.sb3_vec_env import RoutingSB3VecEnv
 from routing_env.static_route import static_network_route
 

@@ -19,7 +19,7 @@ Precision = Literal["fp32", "bf16"]
 BonusScope = Literal["pool", "task", "kind"]  # the collapse bonus's counts (routing_env/rewards.py)
 Pool = Literal["lrn", "static", "routing_network"]
 # Where an episode's loss comes from: the networks the route builds ("modules"), or, on a probe with an oracle
-# routing, the route alone ("oracle": the router-alone probe, routing_env/engine.py).
+# routing, the route alone ("oracle": the router-alone probe, routing_env/oracle_route.py oracle_losses).
 LossSource = Literal["modules", "oracle"]
 # How the chosen modules run (routing_env/modules.py): "dense" (every duplicate of a bank on every sample,
 # as one wide layer), "gathered" / "gathered_nhwc" (convs as one grouped conv through per-sample weights,

@@ -11,7 +11,8 @@ things of the env, both here and batched (no per-sample Python):
   training nothing (no gradient, no optimizer state).
 
 :meth:`routing_env.engine.RoutingEngine.set_baseline_routes` asks the engine to score a batch's baseline
-routes at its last step, before the pool's update, with the batch's own bonus rules.
+routes at its last step, before the pool's update, with the batch's own bonus rules
+(:func:`baseline_rewards`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from routing_env.pool_step import PoolStep
+from routing_env.rewards import episode_bonus_weights, final_reward, route_bonus
 from routing_env.rules import RouteRules
 
 
@@ -32,8 +34,8 @@ def play_routes(
     choose: Callable[[int, dict[str, torch.Tensor]], torch.Tensor],
     pad_action: int,
 ) -> torch.Tensor:
-    """The routes ``choose`` (``(k, obs) -> (B,)`` actions, the engine's ``ChooseFn``) builds for instances
-    ``images`` ``(B, C, H, W)`` of ``tasks`` ``(B,)``.
+    """The routes ``choose`` (``(k, obs) -> (B,)`` actions, :data:`routing_env.batch_state.ChooseFn`)
+    builds for instances ``images`` ``(B, C, H, W)`` of ``tasks`` ``(B,)``.
 
     The observation at each step is the env's (``image``, ``task``, ``route``, ``step``,
     ``action_mask``); an action the mask forbids is replaced as the env replaces it (PASS where valid,
@@ -74,3 +76,20 @@ def route_losses(
     with torch.inference_mode(False):
         logits = pool_step.logits(images, routes)  # (B, K)
     return F.cross_entropy(logits, labels, reduction="none"), logits.argmax(dim=1)
+
+
+def baseline_rewards(
+    baseline_loss: torch.Tensor,
+    baseline_routes: torch.Tensor,
+    module_bonus: torch.Tensor,
+    pair_epoch: torch.Tensor,
+    bonus_weight: float,
+    bonus_warmup: int,
+) -> dict[str, torch.Tensor]:
+    """``baseline_loss`` and ``baseline_reward`` ``(B,)``: the reward of ``baseline_routes`` ``(B, D)``,
+    whose loss is ``baseline_loss``, with the batch's collapse bonus ``module_bonus`` (``(M,)``, or
+    ``(B, M)`` for the ``"task"`` scope) and bonus weights (the pass each pair was drawn in, ``pair_epoch``
+    ``(B,)``: :func:`routing_env.rewards.episode_bonus_weights`)."""
+    weight = episode_bonus_weights(pair_epoch, bonus_weight, bonus_warmup)  # (B,)
+    reward = final_reward(baseline_loss, route_bonus(baseline_routes, module_bonus), weight)
+    return {"baseline_loss": baseline_loss, "baseline_reward": reward}

@@ -8,72 +8,31 @@ A step records each episode's module (the observation and the mask depend only o
 the modules used, never on activations). At the last step the engine runs the networks, computes each
 one's loss and reward and, when training, updates the pool (:class:`routing_env.pool_step.PoolStep`, on a
 GPU one CUDA graph). No per-sample Python and no host-device copies happen in :meth:`RoutingEngine.step`;
-the only host syncs are in the ``compact`` and ``grouped`` dispatch modes meant for CPUs.
-
-A batch's state (images, tasks, the routes so far, the modules used, the current activation type) lives in
-tensors allocated once and written in place, and one step is a fixed sequence of kernels on them
-(:meth:`RoutingEngine._advance`). So the ``max_depth`` steps of a batch, with the agent's choices between
-them, are one fixed-shape program (:meth:`RoutingEngine.episode_steps`) that a caller may capture as one
-CUDA graph and hand back to :meth:`RoutingEngine.play`.
+the only host syncs are in the ``compact`` and ``grouped`` dispatch modes meant for CPUs. A batch's state
+is tensors allocated once and written in place (:class:`routing_env.batch_state.BatchState`), so the
+``max_depth`` steps of a batch are one fixed-shape program (:meth:`RoutingEngine.episode_steps`) that a
+caller may capture as one CUDA graph and hand back to :meth:`RoutingEngine.play`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from routing_env.batch_state import BatchState, ChooseFn, EpisodeOutput, StepOutput
 from routing_env.benchmarks.base import MTLSplit
 from routing_env.config import RoutingConfig, resolve_device
-from routing_env.counterfactual import play_routes, route_losses
+from routing_env.counterfactual import baseline_rewards, play_routes, route_losses
 from routing_env.data_walk import PairDraws
 from routing_env.modules import ModulePool
 from routing_env.network import resolve_dispatch
+from routing_env.oracle_route import oracle_losses
 from routing_env.pool_step import PoolStep
-from routing_env.rewards import (
-    UsageWindow,
-    batch_rewards,
-    episode_bonus_weights,
-    final_reward,
-    route_bonus,
-    step_bonuses,
-)
+from routing_env.rewards import UsageWindow, batch_rewards, step_bonuses
 from routing_env.rules import RouteRules
 from routing_env.stats import EpisodeStats
-
-
-@dataclass
-class StepOutput:
-    """What one lockstep step returns (all tensors ``(B,)`` on the engine's device).
-
-    ``final`` is only set at the last step: a dict of ``(B, ...)`` tensors with the route, the loss,
-    whether the prediction was right, the reward and its parts, and where each pair came from.
-    """
-
-    reward: torch.Tensor
-    invalid: torch.Tensor
-    done: bool
-    final: dict[str, torch.Tensor] | None = None
-
-
-@dataclass
-class EpisodeOutput:
-    """What a whole batch of episodes returns (:meth:`RoutingEngine.play`).
-
-    ``reward`` and ``invalid`` are ``(max_depth, B)``: the reward of every step as :meth:`RoutingEngine.step`
-    returns it (the invalid-action penalty; at the last step also the final reward) and whether the step's
-    action was invalid. ``final`` is the last step's ``final`` dict.
-    """
-
-    reward: torch.Tensor
-    invalid: torch.Tensor
-    final: dict[str, torch.Tensor]
-
-
-# Picks every episode's action at step ``k`` from the observation at that step: ``(k, obs) -> (B,)`` int64.
-ChooseFn = Callable[[int, dict[str, torch.Tensor]], torch.Tensor]
 
 
 class RoutingEngine:
@@ -94,8 +53,8 @@ class RoutingEngine:
     Attributes read from outside: ``pool``, ``data``, ``config``, ``device``, ``batch_size``,
     ``max_depth``, ``training``, ``dispatch``, ``rules``, ``walk`` (``walk.epoch`` = passes completed),
     ``optimizer`` (a :class:`PoolOptimizer`, or None when frozen), ``oracle_routes`` (a probe's oracle
-    routing, or None), and the batch begun's ``tasks``, ``labels`` and ``kinds`` (kind of instance, 0
-    without kinds), ``(B,)`` each.
+    routing, or None), ``batch`` (the :class:`BatchState`), and the batch begun's ``tasks``, ``labels`` and
+    ``kinds`` (kind of instance, 0 without kinds), ``(B,)`` each, and ``step_index`` (the next step).
 
     Args:
         pool: the module pool (shared with other engines, e.g. a test engine, by passing the same one).
@@ -147,23 +106,17 @@ class RoutingEngine:
         window = max(self.update_every, self.batch_size)
         self.usage = UsageWindow(window, self.max_depth, self.pad_action, self.device)
         self._stats = EpisodeStats(self.device)
-        self._allocate_batch_state()
-        self.step_index = 0
-        self._mask: torch.Tensor | None = None
-        self._has_batch = False
-        self._baseline_routes: torch.Tensor | None = None
+        images = self.data.images  # (N, C, H, W)
+        self.batch = BatchState(self.rules, self.batch_size, images.shape[1:], images.dtype, self.device)
         self.seed(config.seed)
 
-    @torch.inference_mode(False)  # written in place by every batch, whatever the caller's mode
-    def _allocate_batch_state(self) -> None:
-        """The batch's state tensors, allocated once: :meth:`begin_batch` and the steps write them in place,
-        so a captured :meth:`episode_steps` reads and writes these very tensors at every replay."""
-        b, dev = self.batch_size, self.device
-        self.images = torch.zeros((b, *self.data.images.shape[1:]), dtype=self.data.images.dtype, device=dev)
-        self.tasks = torch.zeros(b, dtype=torch.long, device=dev)
-        self.route = torch.full((b, self.max_depth), self.pad_action, dtype=torch.long, device=dev)
-        self.used = torch.zeros(b, self.pool.n_actions, dtype=torch.bool, device=dev)
-        self.cur_type = torch.zeros(b, dtype=torch.long, device=dev)  # type 0 = the image
+    # The batch begun's state, read from outside (BatchState says what each is).
+    images = property(lambda self: self.batch.images)  # (B, C, H, W)
+    tasks = property(lambda self: self.batch.tasks)  # (B,)
+    labels = property(lambda self: self.batch.labels)  # (B,)
+    kinds = property(lambda self: self.batch.kinds)  # (B,)
+    pair_index = property(lambda self: self.batch.pair_index)  # (B,)
+    step_index = property(lambda self: self.batch.step)
 
     @property
     def training(self) -> bool:
@@ -175,8 +128,8 @@ class RoutingEngine:
         optimizer are untouched."""
         self.draws.seed(seed)
         self._set_pool_lr()
-        self.step_index = 0
-        self._has_batch = False
+        self.batch.step = 0
+        self.batch.close()
         self.usage.clear()
 
     def _set_pool_lr(self) -> None:
@@ -187,43 +140,19 @@ class RoutingEngine:
     @torch.inference_mode(False)  # tensors the pool trains on must not be inference tensors
     def begin_batch(self) -> None:
         """Start ``batch_size`` new episodes on the next pairs of the split."""
-        images, tasks, self.labels, self.kinds, self.pair_index, self.pair_epoch = self.draws.draw(
-            self.batch_size
-        )
+        self.batch.begin(*self.draws.draw(self.batch_size))
         self._set_pool_lr()
-        self.images.copy_(images)
-        self.tasks.copy_(tasks)
-        self.route.fill_(self.pad_action)
-        self.used.zero_()
-        self.cur_type.zero_()
-        self.step_index = 0
-        self._mask = None
-        self._has_batch = True
-        self._baseline_routes = None
 
     def action_mask(self) -> torch.Tensor:
         """``(B, n_actions)`` bool: the actions that keep each network valid at the current step. Computed
         once per step (the observation, SB3's ``action_masks`` and :meth:`step` all ask); do not modify."""
-        if self._mask is None:
-            self._mask = self.rules.mask(self.step_index, self.cur_type, self.used)
-        return self._mask
+        return self.batch.action_mask()
 
     def observation(self) -> dict[str, torch.Tensor]:
         """The state as tensors: image, task, route so far, step and action mask (all ``(B, ...)``); a
         snapshot (copies), which later steps and batches leave as it is."""
-        obs = self._observe(self.step_index, self.action_mask())
+        obs = self.batch.observe(self.step_index, self.action_mask())
         return {**obs, "image": obs["image"].clone(), "task": obs["task"].clone()}
-
-    def _observe(self, k: int, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The observation at step ``k`` with action mask ``mask``; ``image`` and ``task`` are the batch's
-        own tensors (valid until the next :meth:`begin_batch`), the rest fresh tensors."""
-        return {
-            "image": self.images,
-            "task": self.tasks,
-            "route": self.route.clone(),  # the steps write the route in place
-            "step": torch.full_like(self.tasks, k),
-            "action_mask": mask.to(torch.int8),
-        }
 
     def step(self, actions: torch.Tensor) -> StepOutput:
         """Add one module (or PASS) to every network; at the last step, score and train.
@@ -232,15 +161,14 @@ class RoutingEngine:
             actions: ``(B,)`` action ids in ``[0, n_actions)``; ids the mask forbids are replaced by
                 PASS where valid, else by the lowest valid module, and cost ``invalid_action_penalty``.
         """
-        self._check_batch()
+        self.batch.check()
         k = self.step_index
         if k >= self.max_depth:
             raise RuntimeError("the episodes of this batch are over; call begin_batch() (env.reset())")
         actions = actions.to(self.device, torch.long).reshape(self.batch_size)
-        valid = self._advance(k, actions, self.action_mask())
+        valid = self.batch.advance(k, actions, self.action_mask())
         invalid = ~valid
-        self.step_index = k + 1
-        self._mask = None
+        self.batch.to_step(k + 1)
         reward = invalid * -self.config.invalid_action_penalty  # (B,) float
         self._stats.add_invalid(invalid)
         if self.step_index < self.max_depth:
@@ -262,12 +190,11 @@ class RoutingEngine:
         """
         if (choose is None) == (steps is None):
             raise ValueError("pass one of choose and steps")
-        self._check_batch()
+        self.batch.check()
         if self.step_index != 0:
             raise RuntimeError("play() runs a whole batch: call it right after begin_batch()")
         valid = steps() if steps is not None else self.episode_steps(choose)  # (D, B)
-        self.step_index = self.max_depth
-        self._mask = None
+        self.batch.to_step(self.max_depth)
         invalid = ~valid
         self._stats.add_invalid(invalid)
         reward = -invalid.float() * self.config.invalid_action_penalty  # (D, B)
@@ -283,100 +210,65 @@ class RoutingEngine:
         that it can be captured as one CUDA graph with the caller's ``choose`` (if that is capturable too).
         Call it through :meth:`play`, which checks the batch and ends it.
         """
-        valid = []
+        batch, valid = self.batch, []
         for k in range(self.max_depth):
-            mask = self.rules.mask(k, self.cur_type, self.used)  # (B, A)
-            actions = choose(k, self._observe(k, mask)).reshape(self.batch_size)
-            valid.append(self._advance(k, actions, mask))
+            mask = self.rules.mask(k, batch.cur_type, batch.used)  # (B, A)
+            actions = choose(k, batch.observe(k, mask)).reshape(self.batch_size)
+            valid.append(batch.advance(k, actions, mask))
         return torch.stack(valid)
 
     # ----------------------------------------------------------------- counterfactual routes
     def play_routes(self, choose: ChooseFn) -> torch.Tensor:
         """The routes ``(B, max_depth)`` that ``choose`` builds for the batch begun, on scratch state: the
         batch's own episodes are untouched (:func:`routing_env.counterfactual.play_routes`)."""
-        self._check_batch()
+        self.batch.check()
         return play_routes(self.rules, self.images, self.tasks, choose, self.pad_action)
 
     def route_losses(self, routes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss ``(B,)`` and prediction ``(B,)`` of the batch's pairs through ``routes`` ``(B, max_depth)``
         with the pool as it is now; trains nothing (:func:`routing_env.counterfactual.route_losses`)."""
-        self._check_batch()
+        self.batch.check()
         if self.config.loss_source == "oracle":
-            loss = self._oracle_step_loss(routes.to(self.device)).sum(dim=1)
-            return loss, self._oracle_prediction(loss)
+            return self._oracle_losses(routes.to(self.device))[1:]
         return route_losses(self.pool_step, self.images, routes.to(self.device), self.labels)
 
-    def _oracle_step_loss(self, route: torch.Tensor) -> torch.Tensor:
-        """``loss_source="oracle"``: each step's share of the loss of ``route`` ``(B, T)`` on the batch's
-        pairs, ``1 / max_depth`` where it differs from the oracle route of the pair's (task, kind)."""
-        return (route != self.oracle_routes[self.tasks, self.kinds]).float() / self.max_depth
-
-    def _oracle_prediction(self, loss: torch.Tensor) -> torch.Tensor:
-        """``loss_source="oracle"``: the label where the route is the oracle route (``loss`` 0), another
-        class elsewhere, so "correct" is the oracle-route rate."""
-        wrong = (self.labels + 1) % self.pool.types[self.rules.logits_type].shape[0]
-        return torch.where(loss == 0, self.labels, wrong)
+    def _oracle_losses(self, routes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``loss_source="oracle"``: step losses ``(B, T)``, loss and prediction of ``routes`` ``(B, T)`` on
+        the batch's pairs (:func:`routing_env.oracle_route.oracle_losses`)."""
+        n_classes = self.pool.types[self.rules.logits_type].shape[0]
+        return oracle_losses(self.oracle_routes, routes, self.tasks, self.kinds, self.labels, n_classes)
 
     def set_baseline_routes(self, routes: torch.Tensor | None) -> None:
         """Score ``routes`` ``(B, max_depth)`` on the batch begun at its last step, before the pool's update
         and with the batch's bonus rules: ``final`` then holds ``baseline_loss`` and ``baseline_reward``
         (a self-critical advantage's baseline). For this batch only."""
-        self._check_batch()
-        self._baseline_routes = None if routes is None else routes.to(self.device, torch.long)
-
-    def _check_batch(self) -> None:
-        if not self._has_batch:
-            raise RuntimeError("call begin_batch() (env.reset()) before step()")
-
-    def _advance(self, k: int, actions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Step ``k`` of every episode, in place on the batch's state: an action the mask ``(B, A)`` forbids
-        becomes PASS where valid, else the lowest valid module; the route, the modules used and the current
-        type take the action. Returns whether each action was valid, ``(B,)`` bool."""
-        valid = mask.gather(1, actions[:, None]).squeeze(1)  # (B,)
-        actions = torch.where(valid, actions, self.rules.substitute(mask))
-        self.route[:, k] = actions
-        self.cur_type.copy_(self.rules.advance(self.cur_type, self.used, actions))
-        return valid
+        self.batch.check()
+        self.batch.baseline_routes = None if routes is None else routes.to(self.device, torch.long)
 
     def _finish(self) -> dict[str, torch.Tensor]:
-        baseline = self._baseline_routes
+        """The batch's end: every network scored (and, when training, the pool updated), the rewards, the
+        batch's record (:meth:`BatchState.record`) and, with baseline routes, their loss and reward."""
+        batch, cfg = self.batch, self.config
+        baseline = batch.baseline_routes
         baseline_loss = self.route_losses(baseline)[0] if baseline is not None else None  # before the update
         step_loss = None  # (B, T): where each step's share of the loss is known (the oracle's table)
-        if self.config.loss_source == "oracle":
-            step_loss = self._oracle_step_loss(self.route)
-            loss = step_loss.sum(dim=1)  # (B,)
-            prediction = self._oracle_prediction(loss)
-        else:  # rewards use the loss before the pool's update, as the paper's MDP defines them
-            loss, prediction = self.pool_step(self.images, self.route, self.labels, self.batch_size)  # (B,)
-        self.usage.push(self.route, self.tasks)
+        if cfg.loss_source == "oracle":
+            step_loss, loss, prediction = self._oracle_losses(batch.route)  # (B, T), (B,), (B,)
+        else:  # rewards use the loss before the pool's update, as the paper's MDP defines them: (B,) each
+            loss, prediction = self.pool_step(batch.images, batch.route, batch.labels, self.batch_size)
+        self.usage.push(batch.route, batch.tasks)
         kinds = self.pool.action_bank[: self.pool.n_modules]  # (M,) each module's bank
-        module_bonus = self.usage.bonus(self.config.bonus_scope, self.tasks, kinds)  # (M,); "task": (B, M)
-        step_bonus = step_bonuses(self.route, module_bonus)  # (B, T)
-        cfg = self.config
-        rewards = batch_rewards(
-            loss, self.route, step_bonus, self.pair_epoch, cfg.bonus_weight, cfg.bonus_warmup, step_loss
-        )
-        correct = prediction == self.labels
+        module_bonus = self.usage.bonus(cfg.bonus_scope, batch.tasks, kinds)  # (M,); "task": (B, M)
+        step_bonus = step_bonuses(batch.route, module_bonus)  # (B, T)
+        weights = (batch.pair_epoch, cfg.bonus_weight, cfg.bonus_warmup)
+        rewards = batch_rewards(loss, batch.route, step_bonus, *weights, step_loss)
+        correct = prediction == batch.labels
         self._stats.add_episodes(loss, correct, rewards["reward"], rewards["bonus"])
-        self._has_batch = False
+        batch.close()
         counterfactual = {}
         if baseline is not None:
-            weight = episode_bonus_weights(self.pair_epoch, cfg.bonus_weight, cfg.bonus_warmup)  # (B,)
-            baseline_reward = final_reward(baseline_loss, route_bonus(baseline, module_bonus), weight)
-            counterfactual = {"baseline_loss": baseline_loss, "baseline_reward": baseline_reward}
-        self._baseline_routes = None
-        return {
-            **rewards,
-            **counterfactual,
-            "correct": correct,
-            "prediction": prediction,
-            "route": self.route.clone(),
-            "task": self.tasks.clone(),
-            "kind": self.kinds,
-            "label": self.labels,
-            "pair_index": self.pair_index,
-            "epoch": self.pair_epoch,
-        }
+            counterfactual = baseline_rewards(baseline_loss, baseline, module_bonus, *weights)
+        return {**rewards, **counterfactual, "correct": correct, "prediction": prediction, **batch.record()}
 
     # ----------------------------------------------------------------- statistics and checkpoints
     def reset_stats(self) -> None:
@@ -392,7 +284,7 @@ class RoutingEngine:
         """Pool, optimizer, data walk, bonus window and the running sums behind :meth:`stats`. Taken
         between batches it resumes exactly: the batch drawn but not yet stepped is drawn again after
         :meth:`load_state_dict`."""
-        draws = self.draws.state_dict(before_last_draw=self._has_batch and self.step_index == 0)
+        draws = self.draws.state_dict(before_last_draw=self.batch.open and self.step_index == 0)
         walk = draws["walk"]
         return {
             "pool": self.pool.state_dict(),
@@ -414,5 +306,5 @@ class RoutingEngine:
         self.usage.load_state_dict(state["usage"])
         if "stats" in state:  # checkpoints written before the sums travelled lack them
             self._stats.sums.copy_(state["stats"])
-        self._has_batch = False
-        self.step_index = 0
+        self.batch.close()
+        self.batch.step = 0

@@ -5,7 +5,8 @@ module and duplicate indices per step (``("input_conv", 1)``) or :data:`PASS`, a
 :func:`routing_env.static_route.static_network_route` builds the static network from the pool's bank
 offsets. :meth:`OracleRouting.resolve` turns it into action ids of a given pool and checks that every
 route is valid under the env's action mask, so it holds for the duplicates and depth a run uses, or fails
-with one line that says what the probe needs.
+with one line that says what the probe needs. With ``loss_source="oracle"`` (the router-alone probe)
+the engine scores routes against the resolved routing instead of running them (:func:`oracle_losses`).
 """
 
 from __future__ import annotations
@@ -117,6 +118,30 @@ def invalid_routes(pool: ModulePool, routes: torch.Tensor, max_depth: int) -> li
         valid &= rules.mask(k, cur_type, used).gather(1, routes[:, k : k + 1]).squeeze(1)
         cur_type = rules.advance(cur_type, used, routes[:, k])
     return (~valid).nonzero().flatten().tolist()
+
+
+def oracle_losses(
+    oracle_routes: torch.Tensor,
+    routes: torch.Tensor,
+    tasks: torch.Tensor,
+    kinds: torch.Tensor,
+    labels: torch.Tensor,
+    n_classes: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``loss_source="oracle"``: the loss of ``routes`` ``(B, D)`` on pairs of ``tasks``, ``kinds`` and
+    ``labels`` ``(B,)`` each, against ``oracle_routes`` ``(n_tasks, n_kinds, D)``
+    (:meth:`OracleRouting.resolve`).
+
+    Returns:
+        Each step's share of the loss ``(B, D)``, ``1 / D`` where it differs from the oracle route of the
+        pair's (task, kind); the loss ``(B,)``; and the prediction ``(B,)``: the label where the route is
+        the oracle route (loss 0), another of the ``n_classes`` elsewhere, so "correct" is the
+        oracle-route rate.
+    """
+    step_loss = (routes != oracle_routes[tasks, kinds]).float() / routes.shape[1]  # (B, D)
+    loss = step_loss.sum(dim=1)  # (B,)
+    wrong = (labels + 1) % n_classes
+    return step_loss, loss, torch.where(loss == 0, labels, wrong)
 
 
 def route_of(steps: Sequence[Step]) -> tuple[Step, ...]:

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
 
+from routing_env.batch_state import ChooseFn, EpisodeOutput
 from routing_env.config import RoutingConfig
-from routing_env.engine import ChooseFn, EpisodeOutput
 from routing_env.registration import benchmark_of
 from routing_env.vector_env import LockstepRouting, lockstep_config
 

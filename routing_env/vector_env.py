@@ -12,9 +12,10 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from routing_env.batch_state import ChooseFn, EpisodeOutput, StepOutput
 from routing_env.build import make_engine, observation_space, reseed_pool, to_numpy
 from routing_env.config import RoutingConfig
-from routing_env.engine import ChooseFn, EpisodeOutput, RoutingEngine, StepOutput
+from routing_env.engine import RoutingEngine
 
 
 @dataclass

@@ -17,8 +17,9 @@ import pytest
 import torch
 
 from routing_env import RoutingConfig, make_engine
+from routing_env.batch_state import StepOutput
 from routing_env.benchmarks import MTLSplit
-from routing_env.engine import RoutingEngine, StepOutput
+from routing_env.engine import RoutingEngine
 from routing_env.modules import ModulePool, TensorType, lrn_pool_specs, static_pool_specs
 from routing_env.rewards import (
     UsageWindow,
