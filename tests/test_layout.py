@@ -30,6 +30,7 @@ FLOORS = [
     "training_run.sweep",
     "training_run.report.tables",
     "training_run.report.mechanisms",
+    "training_run.report.speed",
     "training_run.report.pages",
 ]
 PACKAGES = ("routing_env", "agents", "training_run")
