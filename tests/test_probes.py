@@ -219,6 +219,8 @@ def test_the_per_instance_probe_s_kinds_give_each_digit_classes_of_their_own(fak
     assert torch.equal(maps[0], torch.arange(10))  # kind 0: the plain digit, its own class
     assert all(sorted(m.tolist()) == list(range(10)) for m in maps)  # each map is a permutation
     assert bool((maps[1] != maps[0]).all() and (maps[2] != maps[0]).all() and (maps[2] != maps[1]).all())
+    # No kind's map is a shift of the labels, which a task's head could make on the shared classes.
+    assert all(torch.unique((m - torch.arange(10)) % 10).numel() > 1 for m in maps[1:])
 
     def kind_blind_accuracy(relabel: bool) -> float:
         bench = load_kinds(fake_data_root, **SMALL, relabel=relabel)
