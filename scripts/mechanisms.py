@@ -42,6 +42,7 @@ MECHANISMS: dict[str, list[str]] = {
     "upcycle": ["--upcycle-epochs", "1", "--static-start", "3"],
     "self_imitation": ["--self-imitation", "1.0"],
     "no_task_prior": ["--task-prior-std", "0"],
+    "no_bonus": ["--bonus-weight", "0"],  # as docs/training.md's MIN-MTL command runs the combination
 }
 # Records' keys a row keeps (where the run's records have them).
 KEPT = (
