@@ -397,13 +397,14 @@ def run_sweep(
     todo = [t for t in sweep.trials if not (t.out in plans and plans[t.out].finished)]
     if not todo:
         return _summary(sweep, [])
-    # Workers of a cluster started by `ray start` have that shell's environment, not this one's.
-    forwarded = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     shared_card = 0 < sweep.resources.get("gpu", 0) < 1
-    if shared_card:
-        # Trials that share a card return freed memory to it instead of each keeping a cache.
-        forwarded.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     with cuda_mps(mps) if shared_card else contextlib.nullcontext():
+        # Workers of a cluster started by `ray start` have that shell's environment, not this one's (read
+        # inside cuda_mps: with MPS off beside a running daemon it points the runs away from it).
+        forwarded = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+        if shared_card:
+            # Trials that share a card return freed memory to it instead of each keeping a cache.
+            forwarded.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
         return _run_on_ray(sweep, todo, address, num_cpus, num_gpus, forwarded)
 
 
