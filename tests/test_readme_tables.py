@@ -193,3 +193,28 @@ def test_speed_targets_take_each_side_at_its_fastest(tmp_path: Path) -> None:
     assert three.rstrip(" |").endswith("met")
     options = speed.options_table(tmp_path)
     assert "fast (`compile=true`)" in options and "| 2.00 | 1.20 |" in options  # MIN-MTL per column
+
+
+def test_min_mechanism_check_compares_with_the_static_network(tmp_path: Path) -> None:
+    """docs/training.md's MIN-MTL check: each setting's last-epoch accuracy against the static network's,
+    with the last epoch's route statistics, mean over the seeds of its folders."""
+    from training_run.report.mechanisms import min_check_table
+
+    for stem, accuracy, routes in (("mech-static", 0.5, 1.0), ("mech-upcycle", 0.45, 2.0)):
+        for seed in (0, 1):
+            folder = tmp_path / "min" / f"{stem}_s{seed}"
+            _write_run(folder, seed, [0.1, accuracy + 0.02 * seed], val=[0.3, 0.2])
+            records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+            for r in records:
+                r.update(
+                    routes_per_task=routes, route_entropy_bits=routes - 1, route_overlap=0.5, unused_modules=3
+                )
+            (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    lines = min_check_table(tmp_path).splitlines()
+    assert (
+        len(lines) == 4 and lines[2].startswith("| `mech-static`") and lines[3].startswith("| `mech-upcycle`")
+    )
+    # last epochs 50 / 52 against 45 / 47: -5.0; the validation split picks epoch 0 (10 %) in each
+    assert (
+        "| 2 | 46.0 ± 1.4 | 10.0 ± 0.0 | -5.0 | 2.0 ± 0.0 | 1.00 ± 0.00 | 0.50 ± 0.00 | 3 ± 0 |" in lines[3]
+    )
