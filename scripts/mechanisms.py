@@ -43,6 +43,9 @@ MECHANISMS: dict[str, list[str]] = {
     "self_imitation": ["--self-imitation", "1.0"],
     "no_task_prior": ["--task-prior-std", "0"],
     "no_bonus": ["--bonus-weight", "0"],  # as docs/training.md's MIN-MTL command runs the combination
+    "instance_prior": ["--instance-prior-std", "1"],
+    "instance_prior_weak": ["--instance-prior-std", "0.3"],
+    "instance_prior_grid7": ["--instance-prior-std", "1", "--instance-prior-grid", "7"],
 }
 # Records' keys a row keeps (where the run's records have them).
 KEPT = (

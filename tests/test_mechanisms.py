@@ -349,3 +349,50 @@ def test_baseline_routes_on_the_router_alone_probe_take_the_oracle_loss(fake_dat
     out = engine.play(lambda k, obs: played[:, k])
     torch.testing.assert_close(out.final["loss"], expected)
     assert torch.equal(out.final["baseline_reward"], torch.zeros(32))
+
+
+# --- instance prior ----------------------------------------------------------------------------------
+
+
+def _marked_images(n: int, corner: str, generator: torch.Generator) -> torch.Tensor:
+    """``(n, 1, 28, 28)`` noisy images with a white 4x4 square in the top-left or top-right corner."""
+    images = torch.rand(n, 1, 28, 28, generator=generator) * 0.3
+    columns = slice(0, 4) if corner == "left" else slice(24, 28)
+    images[:, :, :4, columns] = 1.0
+    return images
+
+
+def test_the_instance_prior_routes_instances_of_one_task_apart_from_the_first_batch() -> None:
+    from agents.config import RouterConfig
+    from agents.router import LRNRouter, RouterInput
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.cat([_marked_images(64, "left", generator), _marked_images(64, "right", generator)])
+    n_actions, depth = 7, 3
+    x = RouterInput(
+        image=images,
+        task=torch.zeros(128, dtype=torch.long),
+        route=torch.full((128, depth), n_actions, dtype=torch.long),
+        mask=torch.ones(128, n_actions, dtype=torch.bool),
+    )
+
+    def split(std: float) -> tuple[LRNRouter, float]:
+        """A fresh router and the total variation between its first-step action distributions of the
+        two groups of instances."""
+        torch.manual_seed(0)
+        router = LRNRouter(
+            (1, 28, 28), 2, n_actions, depth, RouterConfig(**SMALL_ROUTER, instance_prior_std=std)
+        )
+        with torch.no_grad():
+            probs = torch.softmax(router.forward_tensors(x.image, x.task, x.route, x.mask)[0], -1)
+        return router, float((probs[:64].mean(0) - probs[64:].mean(0)).abs().sum() / 2)
+
+    off, off_split = split(0.0)
+    on, on_split = split(1.0)
+    assert off.instance_prior is None and not any("instance_prior" in k for k in off.state_dict())
+    assert on_split > 0.2 > off_split  # a fresh router without it routes both groups alike
+    # the bias reads where the image is bright, not how bright it is; and PPO trains it
+    assert torch.allclose(on.instance_bias(images), on.instance_bias(images * 0.5), rtol=0.02, atol=0.02)
+    assert on.instance_prior.weight.requires_grad
+    with pytest.raises(ValueError, match="instance_prior_std"):
+        RouterConfig(instance_prior_std=-1.0)

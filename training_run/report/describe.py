@@ -18,6 +18,8 @@ BEFORE_OPTIONS = {
     "router.task_prior_std": 0.0,
     "router.task_prior_steps": "all",
     "router.static_start": 0.0,
+    "router.instance_prior_std": 0.0,
+    "router.instance_prior_grid": 4,
     "env.bonus_scope": "pool",
     "env.val_fraction": 0.0,
     "env.augment": False,
@@ -76,6 +78,10 @@ def describe(config: dict[str, Any]) -> str:
     if s.get("router.task_prior_std"):
         head = " on the head" if s["router.task_prior_steps"] == "head" else ""
         parts.append(f"task prior {s['router.task_prior_std']:g}{head}")
+    if s["router.instance_prior_std"]:
+        parts.append(
+            f"instance prior {s['router.instance_prior_std']:g} ({s['router.instance_prior_grid']}x grid)"
+        )
     if s["router.static_start"]:
         parts.append(f"static start {s['router.static_start']:g}")
     if s["run.upcycle_epochs"]:
