@@ -17,6 +17,7 @@ DecoderQueries = Literal["valid", "all"]
 CriticEncoder = Literal["shared", "separate"]
 RoutingNetworkLearner = Literal["wpl", "reinforce"]
 TaskPriorSteps = Literal["all", "head"]
+InstancePriorSteps = Literal["all", "first"]
 Advantage = Literal["gae", "self_critical"]
 BaselineRoute = Literal["greedy", "static"]
 REWARD_TIMINGS = typing.get_args(RewardTiming)
@@ -148,6 +149,10 @@ class RouterConfig:
             With ``g * g * C`` features of unit variance the bias's std over instances is about
             ``std * g * sqrt(C)``.
         instance_prior_grid: the grid of ``instance_prior_std`` (cells per side).
+        instance_prior_steps: where the instance prior applies: ``"all"`` (every step: an independent
+            split of the instances at each step, so up to ``duplicates ** depth`` routes per task) or
+            ``"first"`` (the first step only: the instances split over the first module's duplicates, and
+            the router, which reads the route so far, carries the split on or not).
         decoder_queries: ``"valid"``: the decoder's queries attend only to the actions valid now (the
             paper's router input holds the valid modules); ``"all"``: every action, masked after scoring.
         normalize_instance: layer-normalise the instance token to the embeddings' scale (a fresh conv
@@ -171,6 +176,7 @@ class RouterConfig:
     static_start: float = 0.0
     instance_prior_std: float = 0.0
     instance_prior_grid: int = 4
+    instance_prior_steps: InstancePriorSteps = "all"
     decoder_queries: DecoderQueries = "all"
     normalize_instance: bool = False
     critic_encoder: CriticEncoder = "shared"

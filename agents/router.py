@@ -230,7 +230,10 @@ class LRNRouter(nn.Module):
         """Logits ``(B, A)`` with invalid actions at -1e8."""
         logits = self.actor(states, padding, x.task, x.mask)
         if self.instance_prior is not None:
-            logits = logits + self.instance_bias(x.image)
+            bias = self.instance_bias(x.image)  # (B, A)
+            if self.config.instance_prior_steps == "first":
+                bias = bias * (x.route >= self.n_actions).all(1, keepdim=True)  # no step taken yet
+            logits = logits + bias
         return logits.masked_fill(~x.mask, -1e8)
 
     def instance_bias(self, image: torch.Tensor) -> torch.Tensor:

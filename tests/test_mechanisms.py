@@ -394,5 +394,16 @@ def test_the_instance_prior_routes_instances_of_one_task_apart_from_the_first_ba
     # the bias reads where the image is bright, not how bright it is; and PPO trains it
     assert torch.allclose(on.instance_bias(images), on.instance_bias(images * 0.5), rtol=0.02, atol=0.02)
     assert on.instance_prior.weight.requires_grad
+    # on the first step only: later steps score as without the prior
+    first = LRNRouter((1, 28, 28), 2, n_actions, depth, RouterConfig(**SMALL_ROUTER, instance_prior_std=1.0))
+    first.config.instance_prior_steps = "first"
+    later = x.route.clone()
+    later[:, 0] = 0
+    with torch.no_grad():
+        for route, moved in ((x.route, True), (later, False)):
+            states, padding = first.encode(RouterInput(x.image, x.task, route, x.mask))
+            plain = first.actor(states, padding, x.task, x.mask)
+            with_prior = first.masked_logits(RouterInput(x.image, x.task, route, x.mask), states, padding)
+            assert (not torch.allclose(plain, with_prior)) is moved
     with pytest.raises(ValueError, match="instance_prior_std"):
         RouterConfig(instance_prior_std=-1.0)
