@@ -407,3 +407,6 @@ def test_the_instance_prior_routes_instances_of_one_task_apart_from_the_first_ba
             assert (not torch.allclose(plain, with_prior)) is moved
     with pytest.raises(ValueError, match="instance_prior_std"):
         RouterConfig(instance_prior_std=-1.0)
+    assert RunConfig.from_settings({}).router.instance_prior_std == 0.0  # off by default
+    with pytest.raises(SettingError, match="instance-prior-std is a RouterPolicy option"):
+        RunConfig.from_settings({"router.instance_prior_std": 1.0, "run.algo": "static"})
