@@ -5,6 +5,7 @@ modules, the entropy schedule and upcycling. Fast, on the CPU with fake MNIST.""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from agents.trainers import sb3
 from routing_env import RoutingSB3VecEnv
 from routing_env.rewards import route_bonus
 from routing_env.static_route import TRUNK_KINDS, static_network_route, upcycle
+from training_run.report.describe import describe
 from training_run.settings import RunConfig, SettingError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -408,5 +410,9 @@ def test_the_instance_prior_routes_instances_of_one_task_apart_from_the_first_ba
     with pytest.raises(ValueError, match="instance_prior_std"):
         RouterConfig(instance_prior_std=-1.0)
     assert RunConfig.from_settings({}).router.instance_prior_std == 0.0  # off by default
+    described = RunConfig.from_settings(
+        {"router.instance_prior_std": 1.0, "router.instance_prior_steps": "first"}
+    )
+    assert "instance prior 1 (4x4 grid, first step)" in describe(dataclasses.asdict(described))
     with pytest.raises(SettingError, match="instance-prior-std is a RouterPolicy option"):
         RunConfig.from_settings({"router.instance_prior_std": 1.0, "run.algo": "static"})
