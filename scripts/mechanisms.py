@@ -48,7 +48,8 @@ MECHANISMS: dict[str, list[str]] = {
     "instance_prior_grid7": ["--instance-prior-std", "1", "--instance-prior-grid", "7"],
     "instance_prior_first": ["--instance-prior-std", "1", "--instance-prior-steps", "first"],
     "instance_prior_first_strong": ["--instance-prior-std", "3", "--instance-prior-steps", "first"],
-    "epochs_16": ["--epochs", "16"],  # a longer run than the base's (the last --epochs counts)
+    "epochs_16": ["--epochs", "16"],  # longer runs than the base's (the last --epochs counts)
+    "epochs_32": ["--epochs", "32"],
 }
 # Records' keys a row keeps (where the run's records have them).
 KEPT = (
