@@ -17,6 +17,7 @@ DecoderQueries = Literal["valid", "all"]
 CriticEncoder = Literal["shared", "separate"]
 RoutingNetworkLearner = Literal["wpl", "reinforce"]
 TaskPriorSteps = Literal["all", "head"]
+InstancePriorSteps = Literal["all", "first"]
 Advantage = Literal["gae", "self_critical"]
 BaselineRoute = Literal["greedy", "static"]
 REWARD_TIMINGS = typing.get_args(RewardTiming)
@@ -139,6 +140,19 @@ class RouterConfig:
             it (> 0.999 per step), 5 nearly (0.88-0.94 per step, the whole route 0.6 of the time; MIN-MTL
             runs with either never left it), 3 loosely (0.50-0.69 per step, the whole route 6 %) and 2
             barely (0.27-0.45), so a soft start (2-3) keeps alternatives sampled and trained.
+        instance_prior_std: not in the paper: std of a learned linear bias on the action logits from the
+            instance's image on a coarse grid (its mean over ``instance_prior_grid`` x
+            ``instance_prior_grid`` cells per channel, normalised per instance), 0 = none. Like a hash
+            router or a random MoE gate: from the first batch, instances of one task that look different
+            take different duplicates, so the duplicates train on different clusters of instances (and can
+            specialise) before PPO has any signal; PPO then trains the bias with the rest of the router.
+            With ``g * g * C`` features of unit variance the bias's std over instances is about
+            ``std * g * sqrt(C)``.
+        instance_prior_grid: the grid of ``instance_prior_std`` (cells per side).
+        instance_prior_steps: where the instance prior applies: ``"all"`` (every step: an independent
+            split of the instances at each step, so up to ``duplicates ** depth`` routes per task) or
+            ``"first"`` (the first step only: the instances split over the first module's duplicates, and
+            the router, which reads the route so far, carries the split on or not).
         decoder_queries: ``"valid"``: the decoder's queries attend only to the actions valid now (the
             paper's router input holds the valid modules); ``"all"``: every action, masked after scoring.
         normalize_instance: layer-normalise the instance token to the embeddings' scale (a fresh conv
@@ -160,6 +174,9 @@ class RouterConfig:
     task_prior_std: float = 0.0
     task_prior_steps: TaskPriorSteps = "all"
     static_start: float = 0.0
+    instance_prior_std: float = 0.0
+    instance_prior_grid: int = 4
+    instance_prior_steps: InstancePriorSteps = "all"
     decoder_queries: DecoderQueries = "all"
     normalize_instance: bool = False
     critic_encoder: CriticEncoder = "shared"
@@ -172,9 +189,11 @@ class RouterConfig:
             raise ValueError(f"conv_channels must hold 2 numbers, got {self.conv_channels}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be a multiple of n_heads={self.n_heads}")
-        for name in ("task_prior_std", "static_start"):
+        for name in ("task_prior_std", "static_start", "instance_prior_std"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if int(self.instance_prior_grid) < 1:
+            raise ValueError(f"instance_prior_grid must be >= 1, got {self.instance_prior_grid}")
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> RouterConfig:

@@ -141,6 +141,13 @@ class LRNRouter(nn.Module):
         if cfg.task_prior_std > 0:
             self.task_prior = nn.Embedding(n_tasks, n_actions)  # (n_tasks, A) logit offsets
             nn.init.normal_(self.task_prior.weight, std=cfg.task_prior_std)
+        self.instance_prior: nn.Linear | None = None
+        if cfg.instance_prior_std > 0:
+            # (C * g * g) coarse image features -> (A) logit offsets
+            self.instance_prior = nn.Linear(
+                image_shape[0] * cfg.instance_prior_grid**2, n_actions, bias=False
+            )
+            nn.init.normal_(self.instance_prior.weight, std=cfg.instance_prior_std)
         self.max_depth = max_depth
         self.static_prior = _static_prior(cfg.static_start, static_route, n_tasks, max_depth, n_actions)
         self.critic_state: nn.ModuleDict | None = None
@@ -221,7 +228,23 @@ class LRNRouter(nn.Module):
 
     def masked_logits(self, x: RouterInput, states: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, A)`` with invalid actions at -1e8."""
-        return self.actor(states, padding, x.task, x.mask).masked_fill(~x.mask, -1e8)
+        logits = self.actor(states, padding, x.task, x.mask)
+        if self.instance_prior is not None:
+            bias = self.instance_bias(x.image)  # (B, A)
+            if self.config.instance_prior_steps == "first":
+                bias = bias * (x.route >= self.n_actions).all(1, keepdim=True)  # no step taken yet
+            logits = logits + bias
+        return logits.masked_fill(~x.mask, -1e8)
+
+    def instance_bias(self, image: torch.Tensor) -> torch.Tensor:
+        """The ``instance_prior_std`` logit offsets ``(B, A)`` of images ``(B, C, H, W)``: a linear map of
+        the image's cell means on a coarse grid, normalised per instance (so that the bias follows where
+        an image is bright, not how bright it is overall)."""
+        assert self.instance_prior is not None
+        grid = self.config.instance_prior_grid
+        cells = nn.functional.adaptive_avg_pool2d(image.float(), grid).flatten(1)  # (B, C * g * g)
+        cells = nn.functional.layer_norm(cells, cells.shape[1:])
+        return self.instance_prior(cells)  # (B, A)
 
     def value(self, x: RouterInput, states: torch.Tensor | None = None, padding: torch.Tensor | None = None):
         """State values ``(B,)``; ``states``/``padding``: the actor's encoding, reused when shared."""

@@ -43,6 +43,14 @@ MECHANISMS: dict[str, list[str]] = {
     "self_imitation": ["--self-imitation", "1.0"],
     "no_task_prior": ["--task-prior-std", "0"],
     "no_bonus": ["--bonus-weight", "0"],  # as docs/training.md's MIN-MTL command runs the combination
+    "instance_prior": ["--instance-prior-std", "1"],
+    "instance_prior_weak": ["--instance-prior-std", "0.3"],
+    "instance_prior_strong": ["--instance-prior-std", "3"],
+    "instance_prior_grid7": ["--instance-prior-std", "1", "--instance-prior-grid", "7"],
+    "instance_prior_first": ["--instance-prior-std", "1", "--instance-prior-steps", "first"],
+    "instance_prior_first_strong": ["--instance-prior-std", "3", "--instance-prior-steps", "first"],
+    "epochs_16": ["--epochs", "16"],  # longer runs than the base's (the last --epochs counts)
+    "epochs_32": ["--epochs", "32"],
 }
 # Records' keys a row keeps (where the run's records have them).
 KEPT = (

@@ -5,6 +5,7 @@ modules, the entropy schedule and upcycling. Fast, on the CPU with fake MNIST.""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from agents.trainers import sb3
 from routing_env import RoutingSB3VecEnv
 from routing_env.rewards import route_bonus
 from routing_env.static_route import TRUNK_KINDS, static_network_route, upcycle
+from training_run.report.describe import describe
 from training_run.settings import RunConfig, SettingError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -349,3 +351,68 @@ def test_baseline_routes_on_the_router_alone_probe_take_the_oracle_loss(fake_dat
     out = engine.play(lambda k, obs: played[:, k])
     torch.testing.assert_close(out.final["loss"], expected)
     assert torch.equal(out.final["baseline_reward"], torch.zeros(32))
+
+
+# --- instance prior ----------------------------------------------------------------------------------
+
+
+def _marked_images(n: int, corner: str, generator: torch.Generator) -> torch.Tensor:
+    """``(n, 1, 28, 28)`` noisy images with a white 4x4 square in the top-left or top-right corner."""
+    images = torch.rand(n, 1, 28, 28, generator=generator) * 0.3
+    columns = slice(0, 4) if corner == "left" else slice(24, 28)
+    images[:, :, :4, columns] = 1.0
+    return images
+
+
+def test_the_instance_prior_routes_instances_of_one_task_apart_from_the_first_batch() -> None:
+    from agents.config import RouterConfig
+    from agents.router import LRNRouter, RouterInput
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.cat([_marked_images(64, "left", generator), _marked_images(64, "right", generator)])
+    n_actions, depth = 7, 3
+    x = RouterInput(
+        image=images,
+        task=torch.zeros(128, dtype=torch.long),
+        route=torch.full((128, depth), n_actions, dtype=torch.long),
+        mask=torch.ones(128, n_actions, dtype=torch.bool),
+    )
+
+    def split(std: float) -> tuple[LRNRouter, float]:
+        """A fresh router and the total variation between its first-step action distributions of the
+        two groups of instances."""
+        torch.manual_seed(0)
+        router = LRNRouter(
+            (1, 28, 28), 2, n_actions, depth, RouterConfig(**SMALL_ROUTER, instance_prior_std=std)
+        )
+        with torch.no_grad():
+            probs = torch.softmax(router.forward_tensors(x.image, x.task, x.route, x.mask)[0], -1)
+        return router, float((probs[:64].mean(0) - probs[64:].mean(0)).abs().sum() / 2)
+
+    off, off_split = split(0.0)
+    on, on_split = split(1.0)
+    assert off.instance_prior is None and not any("instance_prior" in k for k in off.state_dict())
+    assert on_split > 0.2 > off_split  # a fresh router without it routes both groups alike
+    # the bias reads where the image is bright, not how bright it is; and PPO trains it
+    assert torch.allclose(on.instance_bias(images), on.instance_bias(images * 0.5), rtol=0.02, atol=0.02)
+    assert on.instance_prior.weight.requires_grad
+    # on the first step only: later steps score as without the prior
+    first = LRNRouter((1, 28, 28), 2, n_actions, depth, RouterConfig(**SMALL_ROUTER, instance_prior_std=1.0))
+    first.config.instance_prior_steps = "first"
+    later = x.route.clone()
+    later[:, 0] = 0
+    with torch.no_grad():
+        for route, moved in ((x.route, True), (later, False)):
+            states, padding = first.encode(RouterInput(x.image, x.task, route, x.mask))
+            plain = first.actor(states, padding, x.task, x.mask)
+            with_prior = first.masked_logits(RouterInput(x.image, x.task, route, x.mask), states, padding)
+            assert (not torch.allclose(plain, with_prior)) is moved
+    with pytest.raises(ValueError, match="instance_prior_std"):
+        RouterConfig(instance_prior_std=-1.0)
+    assert RunConfig.from_settings({}).router.instance_prior_std == 0.0  # off by default
+    described = RunConfig.from_settings(
+        {"router.instance_prior_std": 1.0, "router.instance_prior_steps": "first"}
+    )
+    assert "instance prior 1 (4x4 grid, first step)" in describe(dataclasses.asdict(described))
+    with pytest.raises(SettingError, match="instance-prior-std is a RouterPolicy option"):
+        RunConfig.from_settings({"router.instance_prior_std": 1.0, "run.algo": "static"})

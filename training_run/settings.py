@@ -145,7 +145,7 @@ class RunConfig:
             raise ValueError(f"checkpoint_every_minutes must be >= 0, got {self.checkpoint_every_minutes}")
         if self.threads is not None and int(self.threads) < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
-        for option in ("task_prior_std", "static_start"):
+        for option in ("task_prior_std", "static_start", "instance_prior_std"):
             if getattr(self.router, option) > 0 and self.algo not in router_policy_algorithms():
                 raise ValueError(
                     f"{option} is a RouterPolicy option: use algo {', '.join(router_policy_algorithms())}"

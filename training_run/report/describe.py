@@ -18,6 +18,9 @@ BEFORE_OPTIONS = {
     "router.task_prior_std": 0.0,
     "router.task_prior_steps": "all",
     "router.static_start": 0.0,
+    "router.instance_prior_std": 0.0,
+    "router.instance_prior_grid": 4,
+    "router.instance_prior_steps": "all",
     "env.bonus_scope": "pool",
     "env.val_fraction": 0.0,
     "env.augment": False,
@@ -76,6 +79,10 @@ def describe(config: dict[str, Any]) -> str:
     if s.get("router.task_prior_std"):
         head = " on the head" if s["router.task_prior_steps"] == "head" else ""
         parts.append(f"task prior {s['router.task_prior_std']:g}{head}")
+    if s["router.instance_prior_std"]:
+        first = ", first step" if s["router.instance_prior_steps"] == "first" else ""
+        grid = s["router.instance_prior_grid"]
+        parts.append(f"instance prior {s['router.instance_prior_std']:g} ({grid}x{grid} grid{first})")
     if s["router.static_start"]:
         parts.append(f"static start {s['router.static_start']:g}")
     if s["run.upcycle_epochs"]:

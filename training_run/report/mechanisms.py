@@ -43,9 +43,9 @@ def _time_to_target(run: dict[str, Any]) -> str:
 
 def mechanisms_table(results: Path) -> str:
     """One row per (probe setting, mechanism): per seed, the last epoch's oracle-route rate, the share of
-    the instance-kind information the route carries, the tasks' route overlap, test accuracy (last epoch;
-    and at the epoch the validation split picks, where the run has one) and when the oracle-route rate
-    first reached 95 %."""
+    the instance-kind information the route carries, the tasks' route overlap, the distinct routes per
+    task, test accuracy (last epoch; and at the epoch the validation split picks, where the run has one)
+    and when the oracle-route rate first reached 95 %."""
     rows = []
     for path in sorted((results / "probes").glob("mechanisms_*.json")):
         data = json.loads(path.read_text())
@@ -69,6 +69,7 @@ def mechanisms_table(results: Path) -> str:
                     _per_seed(runs, "oracle_route_rate"),
                     _per_seed(runs, "route_kind_information"),
                     _per_seed(runs, "route_overlap"),
+                    _per_seed(runs, "routes_per_task", digits=1),
                     _per_seed(runs, "test_accuracy", 100, 1),
                     val,
                     " / ".join(_time_to_target(r) for r in runs),
@@ -79,7 +80,8 @@ def mechanisms_table(results: Path) -> str:
         return "(no measurements yet: `python scripts/mechanisms.py`)"
     header = [
         "probe", "mechanism", "seeds", "oracle-route rate", "kind information", "route overlap",
-        "test acc. % (last)", "test acc. % (val-picked)", "s to 95 % oracle routes", "load",
+        "routes per task", "test acc. % (last)", "test acc. % (val-picked)", "s to 95 % oracle routes",
+        "load",
     ]  # fmt: skip
     return markdown_table(header, rows)
 
