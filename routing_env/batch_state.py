@@ -87,9 +87,23 @@ class BatchState:
         device: torch.device,
     ) -> None:
         # Allocated once: a captured episode_steps reads and writes these very tensors at every replay.
-        b, self.rules, self.pad_action = int(batch_size), rules, rules.pool.n_actions
+        b = int(batch_size)
         self.images = torch.zeros((b, *image_shape), dtype=image_dtype, device=device)
         self.tasks = torch.zeros(b, dtype=torch.long, device=device)
+        self._allocate_routes(rules, b, device)
+
+    @classmethod
+    @torch.inference_mode(False)
+    def over(cls, rules: RouteRules, images: torch.Tensor, tasks: torch.Tensor) -> BatchState:
+        """A scratch state at step 0 over the caller's ``images`` ``(B, C, H, W)`` and ``tasks`` ``(B,)``
+        (not copied), for routes built beside a batch (:func:`routing_env.counterfactual.play_routes`)."""
+        state = cls.__new__(cls)
+        state.images, state.tasks = images, tasks
+        state._allocate_routes(rules, tasks.shape[0], tasks.device)
+        return state
+
+    def _allocate_routes(self, rules: RouteRules, b: int, device: torch.device) -> None:
+        self.rules, self.pad_action = rules, rules.pool.n_actions
         self.route = torch.full((b, rules.max_depth), self.pad_action, dtype=torch.long, device=device)
         self.used = torch.zeros(b, rules.pool.n_actions, dtype=torch.bool, device=device)
         self.cur_type = torch.zeros(b, dtype=torch.long, device=device)  # type 0 = the image

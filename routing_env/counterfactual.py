@@ -17,53 +17,32 @@ routes at its last step, before the pool's update, with the batch's own bonus ru
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 
+from routing_env.batch_state import BatchState, ChooseFn
 from routing_env.pool_step import PoolStep
 from routing_env.rewards import episode_bonus_weights, final_reward, route_bonus
 from routing_env.rules import RouteRules
 
 
 def play_routes(
-    rules: RouteRules,
-    images: torch.Tensor,
-    tasks: torch.Tensor,
-    choose: Callable[[int, dict[str, torch.Tensor]], torch.Tensor],
-    pad_action: int,
+    rules: RouteRules, images: torch.Tensor, tasks: torch.Tensor, choose: ChooseFn
 ) -> torch.Tensor:
-    """The routes ``choose`` (``(k, obs) -> (B,)`` actions, :data:`routing_env.batch_state.ChooseFn`)
-    builds for instances ``images`` ``(B, C, H, W)`` of ``tasks`` ``(B,)``.
-
-    The observation at each step is the env's (``image``, ``task``, ``route``, ``step``,
-    ``action_mask``); an action the mask forbids is replaced as the env replaces it (PASS where valid,
-    else the lowest valid module).
+    """The routes ``choose`` (``(k, obs) -> (B,)`` actions) builds for instances ``images`` ``(B, C, H, W)``
+    of ``tasks`` ``(B,)``, on scratch state under the env's rules (:meth:`BatchState.over`): the same
+    observations as the env's and an action the mask forbids replaced as the env replaces it.
 
     Returns:
         ``(B, max_depth)`` int64 action ids.
     """
-    batch, device = tasks.shape[0], tasks.device
-    n_actions = rules.pool.n_actions
-    cur_type = torch.zeros(batch, dtype=torch.long, device=device)
-    used = torch.zeros(batch, n_actions, dtype=torch.bool, device=device)
-    route = torch.full((batch, rules.max_depth), pad_action, dtype=torch.long, device=device)
+    state = BatchState.over(rules, images, tasks)
     for k in range(rules.max_depth):
-        mask = rules.mask(k, cur_type, used)  # (B, A)
-        obs = {
-            "image": images,
-            "task": tasks,
-            "route": route.clone(),
-            "step": torch.full_like(tasks, k),
-            "action_mask": mask.to(torch.int8),
-        }
-        actions = choose(k, obs).to(device, torch.long).reshape(batch)
-        valid = mask.gather(1, actions[:, None]).squeeze(1)
-        actions = torch.where(valid, actions, rules.substitute(mask))
-        route[:, k] = actions
-        cur_type = rules.advance(cur_type, used, actions)
-    return route
+        state.to_step(k)
+        mask = state.action_mask()  # (B, A)
+        actions = choose(k, state.observe(k, mask)).to(tasks.device, torch.long).reshape(tasks.shape[0])
+        state.advance(k, actions, mask)
+    return state.route
 
 
 @torch.no_grad()

@@ -222,7 +222,7 @@ class RoutingEngine:
         """The routes ``(B, max_depth)`` that ``choose`` builds for the batch begun, on scratch state: the
         batch's own episodes are untouched (:func:`routing_env.counterfactual.play_routes`)."""
         self.batch.check()
-        return play_routes(self.rules, self.images, self.tasks, choose, self.pad_action)
+        return play_routes(self.rules, self.images, self.tasks, choose)
 
     def route_losses(self, routes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss ``(B,)`` and prediction ``(B,)`` of the batch's pairs through ``routes`` ``(B, max_depth)``

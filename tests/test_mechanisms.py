@@ -143,7 +143,6 @@ def test_the_self_critical_advantage_is_the_return_less_the_baseline_routes(
             seen["images"],
             seen["tasks"],
             lambda k, obs: before.greedy_tensors(obs),
-            engine.pad_action,
         )
         assert torch.equal(seen["routes"], greedy)
     # The critic still learns GAE's returns: returns are not advantages + values.
