@@ -190,8 +190,9 @@ def measure(args: argparse.Namespace, overrides: dict[str, Any], device: torch.d
 
 
 def profile(args: argparse.Namespace, device: torch.device, stem: Path) -> None:
-    """Where an LRN batch's time goes: torch profiler (per op, device and host time) and cProfile (Python)."""
-    trainer, _ = lrn_trainer(env_config(args, args.benchmark))
+    """Where an LRN batch's time goes: torch profiler (per op, device and host time) and cProfile (Python),
+    of the dataclasses' defaults or of ``--profile-set``'s settings."""
+    trainer, _ = trainer_of(args, args.benchmark, parse_variant(["profile", *args.profile_set])[1])
     trainer.learn_epoch(args.warmup, lambda n: None)
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
@@ -663,6 +664,8 @@ def main() -> None:
     p.add_argument("--data-root", default=None)
     p.add_argument("--no-tf32", action="store_true")
     p.add_argument("--profile", action="store_true", help="write profiles of LRN training next to the JSON")
+    p.add_argument("--profile-set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="settings of the profiled training (as --variant's), e.g. compile=true")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default results/bench/<device>.json)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--bank-worker", action="store_true", help=argparse.SUPPRESS)
