@@ -19,7 +19,7 @@ RoutingNetworkLearner = Literal["wpl", "reinforce"]
 TaskPriorSteps = Literal["all", "head"]
 InstancePriorSteps = Literal["all", "first"]
 Advantage = Literal["gae", "self_critical"]
-BaselineRoute = Literal["greedy", "static"]
+BaselineRoute = Literal["greedy", "static", "sampled"]
 REWARD_TIMINGS = typing.get_args(RewardTiming)
 ADVANTAGES, BASELINE_ROUTES = typing.get_args(Advantage), typing.get_args(BaselineRoute)
 
@@ -48,8 +48,11 @@ class AgentConfig:
             ``baseline_route`` on the same instance, with the same bonus rules, given to every step of
             the episode; the instance's own difficulty drops out). The critic still learns GAE's returns.
         baseline_route: the self-critical baseline: ``"greedy"`` (the router's most likely route for the
-            instance, decoded before the batch is played) or ``"static"`` (the static network's route
-            through the pool, ``routing_env/static_route.py``).
+            instance, decoded before the batch is played), ``"static"`` (the static network's route
+            through the pool, ``routing_env/static_route.py``) or ``"sampled"`` (a second route drawn from
+            the router's policy for the same instance: the two-sample baseline of Kool et al. 2019, "Buy 4
+            REINFORCE samples, get a baseline for free", which unlike the greedy route does not agree with
+            the played route once the policy is sure, and compares alternatives while it is not).
         self_critical_weight: with ``advantage="self_critical"``, its share of a blend with GAE's:
             ``w * self_critical + (1 - w) * gae`` (1: the self-critical advantage alone).
         ent_coef_end: not in the paper: the entropy coefficient goes linearly from ``ent_coef`` (epoch 0)

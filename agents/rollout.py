@@ -140,7 +140,7 @@ class DeviceRollouts:
     :param torch_compile: run the router's step of a rollout and each PPO minibatch's losses through
         torch.compile (:mod:`routing_env.compiling`; the env's ``compile`` setting).
     :param advantage: ``"gae"`` or ``"self_critical"`` (module docstring; :class:`agents.config.AgentConfig`).
-    :param baseline_route: the self-critical baseline, ``"greedy"`` or ``"static"``.
+    :param baseline_route: the self-critical baseline, ``"greedy"``, ``"static"`` or ``"sampled"``.
     :param self_critical_weight: the self-critical advantage's share of a blend with GAE's.
     :param self_imitation: PPO's self-imitation loss weight (:class:`agents.ppo_update.MinibatchUpdate`).
     """
@@ -273,6 +273,8 @@ class DeviceRollouts:
         engine = env.engine
         if self.baseline_route == "greedy":
             return engine.play_routes(lambda _k, obs: self.policy.greedy_tensors(obs))
+        if self.baseline_route == "sampled":
+            return engine.play_routes(lambda _k, obs: self.policy.sample_tensors(obs)[0])
         if self._static_route is None or self._static_route.device != engine.device:
             n_tasks = int(env.observation_space["task"].n)
             route = static_network_route(engine.pool, n_tasks, engine.max_depth)  # (n_tasks, D)

@@ -36,6 +36,7 @@ MECHANISMS: dict[str, list[str]] = {
     "gae": [],
     "self_critical": ["--advantage", "self_critical"],
     "self_critical_static": ["--advantage", "self_critical", "--baseline-route", "static"],
+    "self_critical_sampled": ["--advantage", "self_critical", "--baseline-route", "sampled"],
     "entropy_schedule": ["--ent-coef", "0.05", "--ent-coef-end", "0", "--ent-coef-epochs", "4"],
     "epsilon": ["--explore-epsilon", "0.1"],
     "soft_static_start": ["--static-start", "3"],
@@ -52,6 +53,10 @@ MECHANISMS: dict[str, list[str]] = {
     "instance_prior_first_strong": ["--instance-prior-std", "3", "--instance-prior-steps", "first"],
     "epochs_16": ["--epochs", "16"],  # longer runs than the base's (the last --epochs counts)
     "epochs_32": ["--epochs", "32"],
+    "epochs_64": ["--epochs", "64"],
+    # The fixed-route baselines under the same base flags, for rows of equal epochs
+    "static_route": ["--algo", "static_route"],
+    "oracle_route": ["--algo", "oracle_route"],
 }
 # Records' keys a row keeps (where the run's records have them).
 KEPT = (

@@ -103,7 +103,7 @@ def test_a_baseline_route_is_scored_before_the_update_with_the_batch_bonus(fake_
     assert "baseline_reward" not in out.final
 
 
-@pytest.mark.parametrize("baseline", ["greedy", "static"])
+@pytest.mark.parametrize("baseline", ["greedy", "static", "sampled"])
 def test_the_self_critical_advantage_is_the_return_less_the_baseline_routes(
     fake_data_root: Path, baseline: str
 ) -> None:
@@ -122,6 +122,7 @@ def test_the_self_critical_advantage_is_the_return_less_the_baseline_routes(
 
     def recording_play(*args, **kwargs):
         seen["out"] = play(*args, **kwargs)
+        seen["played"] = engine.batch.route.clone()
         return seen["out"]
 
     engine.set_baseline_routes, env.play_tensors = recording_baseline, recording_play
@@ -144,7 +145,12 @@ def test_the_self_critical_advantage_is_the_return_less_the_baseline_routes(
             seen["tasks"],
             lambda k, obs: before.greedy_tensors(obs),
         )
-        assert torch.equal(seen["routes"], greedy)
+        if baseline == "greedy":
+            assert torch.equal(seen["routes"], greedy)
+        else:  # a second draw of the untrained (near-uniform) policy: neither the greedy nor the played route
+            assert not torch.equal(seen["routes"], greedy)
+            assert not torch.equal(seen["routes"], seen["played"])
+            assert (seen["routes"] < engine.pool.n_actions).all()
     # The critic still learns GAE's returns: returns are not advantages + values.
     assert not torch.allclose(model.rollout_buffer.t_returns, expected + model.rollout_buffer.t_values)
 
