@@ -664,8 +664,13 @@ def main() -> None:
     p.add_argument("--data-root", default=None)
     p.add_argument("--no-tf32", action="store_true")
     p.add_argument("--profile", action="store_true", help="write profiles of LRN training next to the JSON")
-    p.add_argument("--profile-set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="settings of the profiled training (as --variant's), e.g. compile=true")
+    p.add_argument(
+        "--profile-set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="settings of the profiled training (as --variant's), e.g. compile=true",
+    )
     p.add_argument("--out", type=Path, default=None, help="JSON path (default results/bench/<device>.json)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--bank-worker", action="store_true", help=argparse.SUPPRESS)
