@@ -269,3 +269,29 @@ def test_on_real_mnist_the_oracle_routing_beats_the_static_route_of_the_per_inst
         assert run_main(argv) == 0
         accuracy[algo] = read_metrics(tmp_path / algo)[-1]["test_accuracy"]
     assert accuracy["oracle_route"] >= accuracy["static_route"] + 0.15, accuracy
+
+
+def test_the_best_mechanism_is_judged_against_fixed_routes_trained_as_long(tmp_path: Path) -> None:
+    from training_run.report.mechanisms import kinds_mechanism_verdict
+
+    def run(row: str, seed: int, epochs: int, accuracy: float, info: float) -> dict:
+        last = {"epoch": epochs - 1, "test_accuracy": accuracy, "route_kind_information": info}
+        return {"row": row, "seed": seed, "last": last, "val_picked": last}
+
+    runs = [
+        # 8-epoch baselines stand in kinds.json; a 16-epoch mechanism needs its own
+        *(run("oracle_route+epochs_16", s, 16, 0.95, 1.0) for s in range(3)),
+        *(run("static_route+epochs_16", s, 16, 0.80, 0.0) for s in range(3)),
+        *(run("prior+epochs_16", s, 16, 0.78, info) for s, info in enumerate((1.0, 0.7, 0.4))),
+        *(run("other+epochs_16", s, 16, 0.90, 0.1) for s in range(3)),  # more accurate, less kind information
+        *(run("screen+epochs_16", 0, 16, 0.99, 1.0) for _ in range(1)),  # one seed: not a candidate
+        *(run("long+epochs_32", s, 32, 0.99, 1.0) for s in range(3)),  # no baselines at 32 epochs
+    ]
+    (tmp_path / "probes").mkdir()
+    (tmp_path / "probes" / "mechanisms_kinds.json").write_text(json.dumps({"runs": runs}))
+    verdict = kinds_mechanism_verdict(tmp_path)
+    assert "(`prior+epochs_16`, 3 seeds, 16 epochs" in verdict
+    assert "kind information 0.70 (target >= 0.8): missed by 0.10" in verdict
+    assert "the mechanism over the static route -2.00 points (target >= 3 points): missed by 5.00" in verdict
+    assert "the mechanism below the oracle by +17.00 points" in verdict
+    assert "kind information per seed 1.00 / 0.70 / 0.40" in verdict

@@ -10,7 +10,7 @@ from typing import Any
 
 from training_run.folder import RunFolder
 from training_run.report.describe import describe, val_picked
-from training_run.report.tables import _mean_std, markdown_table
+from training_run.report.tables import _mean_std, _probe_checks, markdown_table
 
 # The probe settings each file measured, as the table names them (files not listed keep their stem).
 SETTINGS = {
@@ -129,3 +129,58 @@ def min_check_table(results: Path) -> str:
         "routes per task", "route entropy, bits", "route overlap", "unused modules",
     ]  # fmt: skip
     return markdown_table(header, rows)
+
+
+# The fixed-route baselines among scripts/mechanisms.py's rows (at the row's "+epochs_N", else the base's)
+BASELINE_ROWS = {"oracle": "oracle_route", "static": "static_route"}
+
+
+def _row_epochs(runs: list[dict[str, Any]]) -> int:
+    return 1 + max(run["last"]["epoch"] for run in runs)
+
+
+def kinds_mechanism_verdict(results: Path, seeds: int = 3) -> str:
+    """Issue 27's per-instance targets for the best mechanism measured with ``seeds`` seeds on the
+    per-instance probe (the highest mean kind information, then accuracy), against the fixed-route
+    baselines at the same epochs (``oracle_route+epochs_N`` rows of the same file; at the base's epochs,
+    scripts/probes.py's ``kinds.json``), each met or missed by how much."""
+    path = results / "probes" / "mechanisms_kinds.json"
+    if not path.is_file():
+        return "* **per instance, best mechanism**: not measured yet (`python scripts/mechanisms.py`)."
+    by_row: dict[str, list[dict[str, Any]]] = {}
+    for run in json.loads(path.read_text())["runs"]:
+        by_row.setdefault(run["row"], []).append(run)
+    baselines: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for row, runs in by_row.items():
+        for method, name in BASELINE_ROWS.items():
+            if row == name or row.startswith(f"{name}+"):
+                baselines[(method, _row_epochs(runs))] = runs
+    probe = results / "probes" / "kinds.json"
+    if probe.is_file():
+        record = json.loads(probe.read_text())
+        for method in BASELINE_ROWS:
+            runs = [r for r in record["runs"] if r["method"] == method]
+            baselines.setdefault((method, int(record["epochs"])), runs)
+    candidates = []
+    for row, runs in by_row.items():
+        if len({r["seed"] for r in runs}) < seeds or any(n in row for n in BASELINE_ROWS.values()):
+            continue
+        epochs = _row_epochs(runs)
+        if all((method, epochs) in baselines for method in BASELINE_ROWS):
+            info = statistics.mean(r["last"].get("route_kind_information", 0.0) for r in runs)
+            accuracy = statistics.mean(r["last"]["test_accuracy"] for r in runs)
+            candidates.append((info, accuracy, row, epochs, runs))
+    if not candidates:
+        return "* **per instance, best mechanism**: none with 3 seeds and baselines at its epochs yet."
+    _, _, row, epochs, runs = max(candidates, key=lambda c: c[:2])
+    runs = sorted(runs, key=lambda r: r["seed"])
+    record = {
+        "runs": [{**r, "method": "lrn"} for r in runs]
+        + [{**r, "method": m} for m in BASELINE_ROWS for r in baselines[(m, epochs)]]
+    }
+    per_seed = " / ".join(f"{r['last'].get('route_kind_information', 0.0):.2f}" for r in runs)
+    checks = "; ".join(_probe_checks("kinds", record, who="the mechanism"))
+    return (
+        f"* **per instance, the best mechanism** (`{row}`, {len(runs)} seeds, {epochs} epochs, the fixed "
+        f"routes at the same epochs, last epoch): {checks}; kind information per seed {per_seed}."
+    )

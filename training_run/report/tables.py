@@ -687,8 +687,9 @@ def _target(
     return f"{name} {shown}{unit} (target {'>=' if above else '<='} {goal:g}{unit}): {verdict}"
 
 
-def _probe_checks(probe: str, record: dict) -> list[str]:
-    """Issue 27's targets of one probe's record, each met or missed by how much."""
+def _probe_checks(probe: str, record: dict, who: str = "LRN") -> list[str]:
+    """Issue 27's targets of one probe's record (``who``: what its ``"lrn"`` runs are called), each met or
+    missed by how much."""
 
     def mean(method: str, key: str) -> float | None:
         return _probe_mean(record, method, key)
@@ -713,13 +714,13 @@ def _probe_checks(probe: str, record: dict) -> list[str]:
     if probe == "share":
         overlap, oracle_overlap = mean("lrn", "route_overlap"), mean("lrn", "oracle_route_overlap")
         gap = None if overlap is None or oracle_overlap is None else abs(overlap - oracle_overlap)
-        checks.append(_target("LRN's route overlap off the oracle's by", gap, 0.1, above=False))
+        checks.append(_target(f"{who}'s route overlap off the oracle's by", gap, 0.1, above=False))
     else:
         checks.append(_target("kind information", mean("lrn", "route_kind_information"), 0.8, signed=False))
         if lrn_acc is not None and static_acc is not None:
-            checks.append(_target("LRN over the static route", lrn_acc - static_acc, 3, " points"))
+            checks.append(_target(f"{who} over the static route", lrn_acc - static_acc, 3, " points"))
     if lrn_acc is not None and oracle_acc is not None:
-        checks.append(_target("LRN below the oracle by", oracle_acc - lrn_acc, 1, " points", above=False))
+        checks.append(_target(f"{who} below the oracle by", oracle_acc - lrn_acc, 1, " points", above=False))
     return checks
 
 
