@@ -41,6 +41,7 @@ MECHANISMS: dict[str, list[str]] = {
     "epsilon": ["--explore-epsilon", "0.1"],
     "soft_static_start": ["--static-start", "3"],
     "upcycle": ["--upcycle-epochs", "1", "--static-start", "3"],
+    "upcycle_plain": ["--upcycle-epochs", "2"],  # the duplicates start as the static network's, no start bias
     "self_imitation": ["--self-imitation", "1.0"],
     "no_task_prior": ["--task-prior-std", "0"],
     "no_bonus": ["--bonus-weight", "0"],  # as docs/training.md's MIN-MTL command runs the combination
