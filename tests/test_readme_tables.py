@@ -235,6 +235,12 @@ def test_speed_tables_read_one_lease_and_never_mix_cards(tmp_path: Path) -> None
     earlier = speed.targets_table(tmp_path, speed.EARLIER)
     assert "earlier card" in earlier and "2 (fast)" in earlier and "met" in earlier
     assert "earlier card" in speed.options_table(tmp_path, speed.EARLIER)
+    # a MIN-MTL run whose settings no column has still counts for the MIN-MTL target, named by its own
+    speed_json = tmp_path / speed.CURRENT / "speed.json"
+    report = json.loads(speed_json.read_text())
+    report["memory"]["min:precision=bf16"] = {"epoch_seconds": 1.1}
+    speed_json.write_text(json.dumps(report))
+    assert "1.1 (`min:precision=bf16`) | met" in speed.targets_table(tmp_path)
 
     lines = speed.parallel_table(tmp_path).splitlines()
     assert "test card" in lines[0] and "`compile=true`" in lines[0]

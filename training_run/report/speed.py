@@ -182,12 +182,14 @@ def _best(results: Path, folder: str, key: str) -> tuple[float, str] | None:
     """The best value of a target's key in ``folder``'s files and the setting that gave it."""
     report = _load(results, folder, "speed.json")
     found: list[tuple[float, str]] = []
-    if report is not None:
-        for name, r in _columns(report):
-            if key == "min_epoch_seconds" and r.get("min"):
-                found.append((r["min"]["epoch_seconds"], name))
-            elif key in r:
-                found.append((r[key], name))
+    if report is not None and key == "min_epoch_seconds":
+        # every MIN-MTL run of the file, named as the column of its settings or by its own settings
+        names = {r["settings"]: name for name, r in _columns(report)}
+        for memory_key, run in report.get("memory", {}).items():
+            settings = " ".join(sorted(memory_key.partition(":")[2].split(","))).strip()
+            found.append((run["epoch_seconds"], names.get(settings, f"`{memory_key}`")))
+    elif report is not None:
+        found += [(r[key], name) for name, r in _columns(report) if key in r]
     if key == "lrn_over_static" and found:
         # each at its fastest setting: an option that slows the static network must not make the ratio
         lrn, static = (
