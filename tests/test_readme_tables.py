@@ -311,6 +311,11 @@ def test_profile_tables_parse_the_torch_profiler_text(tmp_path: Path) -> None:
     assert lines[5].endswith(f"| `{conv[:52]}...` | 25.5 | 512 |")
     assert lines[6].endswith("| - | - | - |")  # the default profile has two kernels only
 
+    cpu = folder.parent / "cpu_torch_profile.txt"
+    cpu.write_text(_profile_text(fast, 1.0).replace("Self CUDA %", "  Self CPU2"))
+    with pytest.raises(SystemExit, match="no Self CUDA % column"):
+        speed.read_torch_profile(cpu)
+
     verdict = speed.profile_verdict(tmp_path)
     assert (
         "no tensor-core kernel" in verdict and "42.9 % of the GPU time and 512 launches per batch" in verdict

@@ -234,8 +234,8 @@ def targets_table(results: Path, folder: str = CURRENT) -> str:
 
 
 def read_torch_profile(path: Path) -> tuple[list[dict[str, Any]], float]:
-    """The rows of a torch-profiler table as ``key_averages().table()`` writes it (``name``, ``share``: the
-    row's "Self CUDA %" as a fraction, ``calls``) and its "Self CUDA time total" in ms.
+    """The rows of a torch-profiler table as ``key_averages().table()`` writes it on a GPU (``name``,
+    ``share``: the row's "Self CUDA %" as a fraction, ``calls``) and its "Self CUDA time total" in ms.
 
     The table is fixed-width: the dashed rule above the titles gives where each column starts (a long name
     is cut to the column's width and ends in ``...``; names hold spaces), so the lines are cut there."""
@@ -247,14 +247,11 @@ def read_torch_profile(path: Path) -> tuple[list[dict[str, Any]], float]:
     spans = list(zip(starts, [*starts[1:], None]))  # a title may run a character past its dashes
     header = next(line for line in lines if line.strip() and line != rule)
     names = [header[a:b].strip() for a, b in spans]
-    try:
-        name_at, share_at, calls_at = (
-            names.index("Name"),
-            names.index("Self CUDA %"),
-            names.index("# of Calls"),
-        )
-    except ValueError as e:
-        raise SystemExit(f"{path}: no {e.args[0].split()[0]} column (a CPU profile?)") from None
+    share_title = next((t for t in ("Self CUDA %", "Self Device %") if t in names), "Self CUDA %")
+    missing = [title for title in ("Name", share_title, "# of Calls") if title not in names]
+    if missing:
+        raise SystemExit(f"{path}: no {', '.join(missing)} column (a CPU profile?)")
+    name_at, share_at, calls_at = names.index("Name"), names.index(share_title), names.index("# of Calls")
     rows = []
     for line in lines[lines.index(header) + 2 :]:
         if line == rule:
@@ -267,7 +264,7 @@ def read_torch_profile(path: Path) -> tuple[list[dict[str, Any]], float]:
                 "calls": int(cells[calls_at]),
             }
         )
-    total = re.search(r"Self CUDA time total: ([\d.]+)(us|ms|s)", path.read_text())
+    total = re.search(r"Self (?:CUDA|Device) time total: ([\d.]+)(us|ms|s)\b", path.read_text())
     scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}
     return rows, float(total.group(1)) * scale[total.group(2)] if total else float("nan")
 
