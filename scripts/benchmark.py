@@ -68,6 +68,7 @@ from training_run.folder import RunFolder
 from training_run.loop import rng_state
 from training_run.machine import device_name
 from training_run.mps import cuda_mps
+from training_run.report.speed import PROFILE_BATCHES
 
 
 def sync(device: torch.device) -> None:
@@ -198,14 +199,14 @@ def profile(args: argparse.Namespace, device: torch.device, stem: Path) -> None:
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=activities) as prof:
-        trainer.learn_epoch(10, lambda n: None)
+        trainer.learn_epoch(PROFILE_BATCHES, lambda n: None)
         sync(device)
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     table = prof.key_averages().table(sort_by=sort, row_limit=40)
     stem.with_name(stem.name + "_torch_profile.txt").write_text(table)
     cprof = cProfile.Profile()
     cprof.enable()
-    trainer.learn_epoch(10, lambda n: None)
+    trainer.learn_epoch(PROFILE_BATCHES, lambda n: None)
     sync(device)
     cprof.disable()
     text = io.StringIO()

@@ -152,27 +152,49 @@ def test_headline_verdict_says_by_how_much(results_table, tmp_path: Path, monkey
     )
 
 
-def _write_speed(results: Path, lrn: dict[str, float], static: dict[str, float], parallel3: float) -> None:
-    """A speed.json (the default and a ``fast`` variant) and a parallel3.json as scripts/benchmark.py
-    writes them."""
-    folder = results / "bench" / "issue28"
-    folder.mkdir(parents=True)
+def _write_speed(
+    results: Path,
+    lrn: dict[str, float],
+    static: dict[str, float],
+    parallel3: dict[str, float],
+    folder: str = "bench/issue28/h100",
+    card: str = "test card",
+    parallel_card: str | None = None,
+) -> Path:
+    """A speed.json (the default and a ``fast`` variant, with MIN-MTL runs of both) and a parallel3.json
+    (``parallel3``: total episodes/s per group, ``"3"`` without MPS, ``"3+mps"`` with) as
+    scripts/benchmark.py writes them, in ``results/folder``; the parallel runs use ``fast``'s settings."""
+    out = results / folder
+    out.mkdir(parents=True, exist_ok=True)  # the earlier lease's folder holds the newer one's
 
     def measure(name: str) -> dict:
         return {"lrn_epoch_seconds": lrn[name], "static_epoch_seconds": static[name],
-                "lrn_over_static": lrn[name] / static[name]}  # fmt: skip
+                "lrn_over_static": lrn[name] / static[name],
+                "lrn_episodes_per_second": 100_000 / lrn[name]}  # fmt: skip
 
     speed = {
-        "device": "test card",
+        "device": card,
+        "commit": "abc1234",
         **measure("default"),
         "variants": {"fast": {"settings": {"compile": True}, **measure("fast")}},
         "memory": {"min": {"epoch_seconds": 2.0, "peak_gpu_memory_gb": 1.0, "process_gpu_memory_gb": 2.0},
                    "min:compile=true": {"epoch_seconds": 1.2, "peak_gpu_memory_gb": 1.0,
                                         "process_gpu_memory_gb": 2.0}},
     }  # fmt: skip
-    (folder / "speed.json").write_text(json.dumps(speed))
-    parallel = {"parallel": {"mnist": {"3+mps": {"total_episodes_per_second": parallel3, "mps": True}}}}
-    (folder / "parallel3.json").write_text(json.dumps(parallel))
+    (out / "speed.json").write_text(json.dumps(speed))
+    groups = {
+        group: {"total_episodes_per_second": total, "per_run_episodes_per_second": total / 3,
+                "epoch_seconds_per_run": 300_000 / total, "card_gb_per_run": 3.5,
+                "mps": group.endswith("mps")}
+        for group, total in parallel3.items()
+    }  # fmt: skip
+    parallel = {
+        "device": parallel_card or card,
+        "parallel": {"mnist": groups},
+        "parallel_settings": ["compile=true"],
+    }
+    (out / "parallel3.json").write_text(json.dumps(parallel))
+    return out
 
 
 def test_speed_targets_take_each_side_at_its_fastest(tmp_path: Path) -> None:
@@ -180,8 +202,10 @@ def test_speed_targets_take_each_side_at_its_fastest(tmp_path: Path) -> None:
     the static network (as compile did on an H200) must not meet the target by itself."""
     from training_run.report import speed
 
-    _write_speed(tmp_path, {"default": 12.0, "fast": 6.0}, {"default": 1.5, "fast": 3.0}, 25000.0)
-    rows = {line.split(" | ")[0].strip("| "): line for line in speed.targets_table(tmp_path).splitlines()}
+    _write_speed(tmp_path, {"default": 12.0, "fast": 6.0}, {"default": 1.5, "fast": 3.0}, {"3+mps": 25000.0})
+    table = speed.targets_table(tmp_path)
+    assert table.startswith("test card, code at `abc1234`")  # the card the verdicts read
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()}
     ratio = next(line for label, line in rows.items() if label.startswith("LRN / static"))
     assert "4 (LRN fast / static default)" in ratio and "missed: 1.33x off" in ratio  # 6 / 1.5, not 2
     epoch = next(line for label, line in rows.items() if label.startswith("LRN MNIST-MTL epoch"))
@@ -190,9 +214,116 @@ def test_speed_targets_take_each_side_at_its_fastest(tmp_path: Path) -> None:
         "1.2 (fast)" in rows["MIN-MTL d10 L6 LRN epoch, s"] and "met" in rows["MIN-MTL d10 L6 LRN epoch, s"]
     )
     three = next(line for label, line in rows.items() if label.startswith("three"))
-    assert three.rstrip(" |").endswith("met")
+    assert "25000 (MPS, `compile=true`)" in three and three.rstrip(" |").endswith("met")
     options = speed.options_table(tmp_path)
     assert "fast (`compile=true`)" in options and "| 2.00 | 1.20 |" in options  # MIN-MTL per column
+
+
+def test_speed_tables_read_one_lease_and_never_mix_cards(tmp_path: Path) -> None:
+    """Each table reads one folder (one lease, one card): the newest folder's verdicts ignore a faster
+    earlier card, the earlier folder renders on its own, the best of MPS / no MPS counts, and a parallel
+    file of another card gets no ratio against the speed file's single run."""
+    from training_run.report import speed
+
+    _write_speed(tmp_path, {"default": 12.0, "fast": 8.0}, {"default": 2.0, "fast": 2.0},
+                 {"3": 18000.0, "3+mps": 15000.0})  # fmt: skip
+    _write_speed(tmp_path, {"default": 3.0, "fast": 2.0}, {"default": 1.0, "fast": 1.0}, {"3": 30000.0},
+                 folder=speed.EARLIER, card="earlier card", parallel_card="third card")  # fmt: skip
+    current = speed.targets_table(tmp_path)
+    assert "test card" in current and "earlier card" not in current
+    assert "8 (fast)" in current and "18000 (no MPS, `compile=true`)" in current  # no MPS won here
+    earlier = speed.targets_table(tmp_path, speed.EARLIER)
+    assert "earlier card" in earlier and "2 (fast)" in earlier and "met" in earlier
+    assert "earlier card" in speed.options_table(tmp_path, speed.EARLIER)
+    # a MIN-MTL run whose settings no column has still counts for the MIN-MTL target, named by its own
+    speed_json = tmp_path / speed.CURRENT / "speed.json"
+    report = json.loads(speed_json.read_text())
+    report["memory"]["min:precision=bf16"] = {"epoch_seconds": 1.1}
+    speed_json.write_text(json.dumps(report))
+    assert "1.1 (`min:precision=bf16`) | met" in speed.targets_table(tmp_path)
+
+    lines = speed.parallel_table(tmp_path).splitlines()
+    assert "test card" in lines[0] and "`compile=true`" in lines[0]
+    # one run alone of `compile=true` does 100,000 / 8 episodes/s: 18000 and 15000 are 1.44x and 1.20x of it
+    assert lines[4] == "| mnist | 3 | off | 18000 | 6000 | 16.7 | 3.5 | 1.44x |"
+    assert lines[5] == "| mnist | 3 | on | 15000 | 5000 | 20.0 | 3.5 | 1.20x |"
+    other = speed.parallel_table(tmp_path, speed.EARLIER)
+    assert "third card" in other and other.splitlines()[-1].endswith("| - |")  # no ratio across cards
+    assert "three MNIST-MTL" in earlier and "| - | not measured |" in earlier.splitlines()[-1]
+
+
+def _profile_text(rows: list[tuple[str, float, int]], total_ms: float) -> str:
+    """A torch-profiler table as ``key_averages().table()`` writes it on a GPU: fixed-width columns (names
+    right-aligned, cut to 55 characters and ended with ``...``, a title one character wider than its
+    dashes), the CPU columns zero, then the totals."""
+    widths = [55, 12, 12, 12, 12, 12, 12, 12, 12, 12, 12]
+    titles = ["Name", "Self CPU %", "Self CPU", "CPU total %", "CPU total", "CPU time avg", "Self CUDA",
+              "Self CUDA %", "CUDA total", "CUDA time avg", "# of Calls"]  # fmt: skip
+    rule = "  ".join("-" * w for w in widths) + "  "
+
+    def line(cells: list[str]) -> str:
+        return "".join(c.rjust(w) + "  " for c, w in zip(cells, widths))
+
+    lines = [rule, line(titles), rule]
+    for name, share, calls in rows:
+        name = name if len(name) <= 55 else name[:52] + "..."
+        ms = share * total_ms
+        cuda = [f"{ms:.3f}ms", f"{100 * share:.2f}%", f"{ms:.3f}ms", f"{1000 * ms / calls:.3f}us", str(calls)]
+        lines.append(line([name, "0.00%", "0.000us", "0.00%", "0.000us", "0.000us", *cuda]))
+    lines += [rule, "Self CPU time total: 1.000ms", f"Self CUDA time total: {total_ms:.3f}ms", ""]
+    return "\n".join(lines)
+
+
+def test_profile_tables_parse_the_torch_profiler_text(tmp_path: Path) -> None:
+    """docs/speed.md's profile block: the top kernels of the fast and the default profile side by side, read
+    from the profiler's fixed-width text (names with spaces, cut with ``...``), with launches per batch
+    (10 batches profiled), and a verdict naming the top kernel, its share and launches from the files."""
+    from training_run.report import speed
+
+    folder = tmp_path / speed.CURRENT
+    folder.mkdir(parents=True)
+    conv = "sm80_xmma_fprop_implicit_gemm_f32f32_f32f32_f32_nchwkcrs_nchw_kernel_with_a_long_tail"
+    adam = "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<TensorListMetadata<4>, X>(Y)"
+    flash = "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7"
+    fast = [(conv, 0.4286, 5120), (adam, 0.1070, 640), (flash, 0.0307, 240)]
+    default = [(adam, 0.30, 640), (conv, 0.2546, 5120)]
+    (folder / "profile_fast_torch_profile.txt").write_text(_profile_text(fast, 163.753))
+    (folder / "profile_torch_profile.txt").write_text(_profile_text(default, 255.77))
+    settings = {"batch_size": "128", "profile_set": "['compile=true', 'router.precision=bf16']"}
+    (folder / "profile_fast.json").write_text(json.dumps({"device": "test card", "settings": settings}))
+    # --set does not reach the profile: the default profile's setting is read from profile_set alone
+    default_settings = {"batch_size": "128", "set": "['compile=true']"}
+    (folder / "profile.json").write_text(json.dumps({"device": "test card", "settings": default_settings}))
+
+    rows, total = speed.read_torch_profile(folder / "profile_fast_torch_profile.txt")
+    assert [r["name"] for r in rows] == [conv[:52] + "...", adam[:52] + "...", flash[:52] + "..."]
+    assert [r["calls"] for r in rows] == [5120, 640, 240] and rows[0]["share"] == pytest.approx(0.4286)
+    assert total == pytest.approx(163.753)
+
+    lines = speed.profile_table(tmp_path, top=3).splitlines()
+    assert (
+        "test card" in lines[0]
+        and "16.4 ms with `compile=true router.precision=bf16`, 25.6 ms with `default`" in lines[0]
+    )
+    assert "`compile=true router.precision=bf16`: kernel" in lines[2] and "`default`: kernel" in lines[2]
+    # "void " and the anonymous namespace go; the profiler's cut stays
+    assert lines[4] == f"| 1 | `{conv[:52]}...` | 42.9 | 512 | `at::native::multi_tensor...` | 30.0 | 64 |"
+    assert lines[5].endswith(f"| `{conv[:52]}...` | 25.5 | 512 |")
+    assert lines[6].endswith("| - | - | - |")  # the default profile has two kernels only
+
+    cpu = folder.parent / "cpu_torch_profile.txt"
+    cpu.write_text(_profile_text(fast, 1.0).replace("Self CUDA %", "  Self CPU2"))
+    with pytest.raises(SystemExit, match="no Self CUDA % column"):
+        speed.read_torch_profile(cpu)
+
+    verdict = speed.profile_verdict(tmp_path)
+    assert (
+        "no tensor-core kernel" in verdict and "42.9 % of the GPU time and 512 launches per batch" in verdict
+    )
+    assert "4 per episode of a 128-episode batch" in verdict and "`gathered` convolution" in verdict
+    assert "with `default` the same kernel is number 2, at 25.5 %" in verdict
+    (folder / "profile_fast_torch_profile.txt").write_text(_profile_text([(flash, 0.5, 240)], 10.0))
+    assert "`gathered`" not in speed.profile_verdict(tmp_path)  # a tensor-core attention kernel on top
 
 
 def test_min_mechanism_check_compares_with_the_static_network(tmp_path: Path) -> None:
@@ -216,5 +347,34 @@ def test_min_mechanism_check_compares_with_the_static_network(tmp_path: Path) ->
     )
     # last epochs 50 / 52 against 45 / 47: -5.0; the validation split picks epoch 0 (10 %) in each
     assert (
-        "| 2 | 46.0 ± 1.4 | 10.0 ± 0.0 | -5.0 | 2.0 ± 0.0 | 1.00 ± 0.00 | 0.50 ± 0.00 | 3 ± 0 |" in lines[3]
+        "| test card | 2 | 46.0 ± 1.4 | 10.0 ± 0.0 | -5.0 | 2.0 ± 0.0 | 1.00 ± 0.00 | 0.50 ± 0.00 | 3 ± 0 |"
+        in lines[3]
     )
+
+
+def test_min_mechanism_check_names_the_instance_prior_and_each_rows_card(tmp_path: Path) -> None:
+    """The instance prior with the per-task bonus (``mech-iprior_task``) is a row of the MIN-MTL check, its
+    setting in words names both, and each row names the card its runs trained on (a later lease's rows
+    stand beside the static network of an earlier one)."""
+    import dataclasses
+
+    from training_run.report.mechanisms import min_check_table
+    from training_run.settings import RunConfig
+
+    for stem, card, settings in (
+        ("mech-static", "card A", {"run.algo": "static"}),
+        ("mech-iprior_task", "card B", {"router.instance_prior_std": 1.0, "env.bonus_scope": "task"}),
+    ):
+        folder = tmp_path / "min" / f"{stem}_s0"
+        _write_run(folder, 0, [0.1, 0.5 if stem == "mech-static" else 0.3])
+        config = {**dataclasses.asdict(RunConfig.from_settings(settings)), "device_name": card}
+        (folder / "config.json").write_text(json.dumps(config, default=str))  # the run's paths as text
+        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        for r in records:
+            r.update(routes_per_task=49.0, route_entropy_bits=5.6, route_overlap=0.8, unused_modules=10)
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    lines = min_check_table(tmp_path).splitlines()
+    assert "| card |" in lines[0] and "| card A | 1 | 50.0 |" in lines[2]
+    iprior = lines[3]
+    assert iprior.startswith("| `mech-iprior_task`: LRN") and "instance prior 1 (4x4 grid)" in iprior
+    assert "bonus per task" in iprior and "| card B | 1 | 30.0 | - | -20.0 | 49.0 |" in iprior

@@ -88,13 +88,17 @@ def mechanisms_table(results: Path) -> str:
 
 # The MIN-MTL check of the mechanisms (issue 27; one GPU, 30 epochs, 10 % validation split, augmentation,
 # 3 seeds): the run folders' name before ``_s<seed>``, first the static network that stands beside them.
-MIN_CHECK = ("mech-static", "mech-upcycle", "mech-upcycle_sc", "mech-upcycle_soft")
+# ``mech-iprior_task`` is the instance prior with the per-task bonus (``--preset best --instance-prior-std 1
+# --bonus-scope task``), the combination the per-instance probe liked best.
+MIN_CHECK = ("mech-static", "mech-upcycle", "mech-upcycle_sc", "mech-upcycle_soft", "mech-iprior_task")
 
 
 def min_check_table(results: Path) -> str:
-    """One row per MIN-MTL setting of :data:`MIN_CHECK`: test accuracy (last epoch, and where the
-    validation split picks), its difference from the static network's, and the route statistics of the
-    last epoch (routes per task, route entropy, the tasks' overlap, unused modules), mean ± std over seeds."""
+    """One row per MIN-MTL setting of :data:`MIN_CHECK`: the card its runs trained on (their config.json's
+    ``device_name``; rows of one table may come from different leases), test accuracy (last epoch, and
+    where the validation split picks), its difference from the static network's, and the route statistics
+    of the last epoch (routes per task, route entropy, the tasks' overlap, unused modules), mean ± std over
+    seeds."""
     groups: dict[str, list[tuple[dict[str, Any], list[dict[str, Any]]]]] = {}
     for folder in RunFolder.find(results / "min"):
         stem, _, seed = folder.path.name.rpartition("_s")
@@ -111,9 +115,11 @@ def min_check_table(results: Path) -> str:
         last = [100 * records[-1]["test_accuracy"] for _, records in runs]
         picked = [val_picked(records) for _, records in runs]
         stat = [records[-1] for _, records in runs]
+        cards = sorted({config.get("device_name", "?") for config, _ in runs})
         rows.append(
             [
                 f"`{stem}`: {describe(runs[0][0])}",
+                ", ".join(cards),
                 str(len(runs)),
                 _mean_std(last, 1),
                 _mean_std([100 * p["test_accuracy"] for p in picked], 1) if all(picked) else "-",
@@ -125,7 +131,7 @@ def min_check_table(results: Path) -> str:
             ]
         )
     header = [
-        "setting", "seeds", "test acc. % (last)", "test acc. % (val-picked)", "last vs static",
+        "setting", "card", "seeds", "test acc. % (last)", "test acc. % (val-picked)", "last vs static",
         "routes per task", "route entropy, bits", "route overlap", "unused modules",
     ]  # fmt: skip
     return markdown_table(header, rows)
