@@ -58,6 +58,8 @@ class RoutingConfig:
         batch_size: episodes per pool update and per collapse-bonus count.
         bonus_weight: weight of the collapse bonus; 0 disables it.
         bonus_warmup: passes over the split whose episodes get no bonus (the modules specialise first).
+        bonus_until: not in the paper: the pass over the split from which episodes get no bonus again
+            (the routes the bonus spread out consolidate); None: the bonus stays on.
         bonus_scope: whose usage counts the collapse bonus compares (``routing_env/rewards.py``):
             ``"pool"`` (the paper, eq. 6: every module of the pool; optimal when all are used equally,
             which with as many tasks as duplicates means disjoint routes), ``"task"`` (not in the paper:
@@ -116,6 +118,7 @@ class RoutingConfig:
     batch_size: int = 128
     bonus_weight: float = 1.0
     bonus_warmup: int = 0
+    bonus_until: int | None = None
     bonus_scope: BonusScope = "pool"
     invalid_action_penalty: float = 1.0
     lr: float = 1e-4
@@ -164,6 +167,8 @@ class RoutingConfig:
         _at_least("pool_conv_channels", self.pool_conv_channels, 1)
         _at_least("pool_fc_width", self.pool_fc_width, 1)
         _at_least("bonus_warmup", self.bonus_warmup, 0)
+        if self.bonus_until is not None:
+            _at_least("bonus_until", self.bonus_until, self.bonus_warmup + 1)
         if self.max_pairs is not None:
             _at_least("max_pairs", self.max_pairs, 1)
         if not self.bonus_weight >= 0:

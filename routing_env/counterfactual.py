@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from routing_env.batch_state import BatchState, ChooseFn
 from routing_env.pool_step import PoolStep
-from routing_env.rewards import episode_bonus_weights, final_reward, route_bonus
+from routing_env.rewards import final_reward, route_bonus
 from routing_env.rules import RouteRules
 
 
@@ -61,14 +61,11 @@ def baseline_rewards(
     baseline_loss: torch.Tensor,
     baseline_routes: torch.Tensor,
     module_bonus: torch.Tensor,
-    pair_epoch: torch.Tensor,
-    bonus_weight: float,
-    bonus_warmup: int,
+    weight: torch.Tensor,
 ) -> dict[str, torch.Tensor]:
     """``baseline_loss`` and ``baseline_reward`` ``(B,)``: the reward of ``baseline_routes`` ``(B, D)``,
     whose loss is ``baseline_loss``, with the batch's collapse bonus ``module_bonus`` (``(M,)``, or
-    ``(B, M)`` for the ``"task"`` scope) and bonus weights (the pass each pair was drawn in, ``pair_epoch``
-    ``(B,)``: :func:`routing_env.rewards.episode_bonus_weights`)."""
-    weight = episode_bonus_weights(pair_epoch, bonus_weight, bonus_warmup)  # (B,)
+    ``(B, M)`` for the ``"task"`` scope) and the episodes' bonus weights ``weight`` ``(B,)``
+    (:func:`routing_env.rewards.episode_bonus_weights`)."""
     reward = final_reward(baseline_loss, route_bonus(baseline_routes, module_bonus), weight)
     return {"baseline_loss": baseline_loss, "baseline_reward": reward}

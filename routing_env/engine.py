@@ -30,7 +30,7 @@ from routing_env.modules import ModulePool
 from routing_env.network import resolve_dispatch
 from routing_env.oracle_route import oracle_losses
 from routing_env.pool_step import PoolStep
-from routing_env.rewards import UsageWindow, batch_rewards, step_bonuses
+from routing_env.rewards import UsageWindow, batch_rewards, episode_bonus_weights, step_bonuses
 from routing_env.rules import RouteRules
 from routing_env.stats import EpisodeStats
 
@@ -260,14 +260,14 @@ class RoutingEngine:
         kinds = self.pool.action_bank[: self.pool.n_modules]  # (M,) each module's bank
         module_bonus = self.usage.bonus(cfg.bonus_scope, batch.tasks, kinds)  # (M,); "task": (B, M)
         step_bonus = step_bonuses(batch.route, module_bonus)  # (B, T)
-        weights = (batch.pair_epoch, cfg.bonus_weight, cfg.bonus_warmup)
-        rewards = batch_rewards(loss, batch.route, step_bonus, *weights, step_loss)
+        weight = episode_bonus_weights(batch.pair_epoch, cfg.bonus_weight, cfg.bonus_warmup, cfg.bonus_until)
+        rewards = batch_rewards(loss, batch.route, step_bonus, weight, step_loss)  # weight: (B,)
         correct = prediction == batch.labels
         self._stats.add_episodes(loss, correct, rewards["reward"], rewards["bonus"])
         batch.close()
         counterfactual = {}
         if baseline is not None:
-            counterfactual = baseline_rewards(baseline_loss, baseline, module_bonus, *weights)
+            counterfactual = baseline_rewards(baseline_loss, baseline, module_bonus, weight)
         return {**rewards, **counterfactual, "correct": correct, "prediction": prediction, **batch.record()}
 
     # ----------------------------------------------------------------- statistics and checkpoints

@@ -128,25 +128,29 @@ def final_reward(loss: torch.Tensor, bonus: torch.Tensor, bonus_weight: float) -
     return -loss + bonus_weight * bonus
 
 
-def episode_bonus_weights(pair_epoch: torch.Tensor, bonus_weight: float, bonus_warmup: int) -> torch.Tensor:
+def episode_bonus_weights(
+    pair_epoch: torch.Tensor, bonus_weight: float, bonus_warmup: int, bonus_until: int | None = None
+) -> torch.Tensor:
     """Each episode's weight of the collapse bonus, ``(B,)``: ``bonus_weight``, or 0 for episodes on pairs
-    of the first ``bonus_warmup`` passes over the split (the bonus warm-up), given the pass each pair was
-    drawn in, ``pair_epoch`` ``(B,)``."""
-    return (pair_epoch >= bonus_warmup) * bonus_weight
+    of the first ``bonus_warmup`` passes over the split (the bonus warm-up) and, where ``bonus_until`` is
+    set, of that pass and later ones (the routes consolidate once the bonus has spread them), given the
+    pass each pair was drawn in, ``pair_epoch`` ``(B,)``."""
+    on = pair_epoch >= bonus_warmup  # (B,)
+    if bonus_until is not None:
+        on = on & (pair_epoch < bonus_until)
+    return on * bonus_weight
 
 
 def batch_rewards(
     loss: torch.Tensor,
     route: torch.Tensor,
     step_bonus: torch.Tensor,
-    pair_epoch: torch.Tensor,
-    bonus_weight: float,
-    bonus_warmup: int,
+    weight: torch.Tensor,
     step_loss: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The rewards of a batch of finished episodes: ``loss`` ``(B,)``, ``route`` ``(B, T)``, each step's
-    collapse bonus ``step_bonus`` ``(B, T)`` (:func:`step_bonuses`) and the pass each pair was drawn in,
-    ``pair_epoch`` ``(B,)``; episodes on pairs of the first ``bonus_warmup`` passes get no bonus. Where
+    collapse bonus ``step_bonus`` ``(B, T)`` (:func:`step_bonuses`) and each episode's weight of the bonus,
+    ``weight`` ``(B,)`` (:func:`episode_bonus_weights`). Where
     each step's share of the loss is known (``step_loss`` ``(B, T)``, summing to ``loss``: the router-alone
     probe's oracle table), each step is charged its own share instead of the last step the whole loss.
 
@@ -155,7 +159,6 @@ def batch_rewards(
     ``reward_loss`` and ``reward_bonus`` (the reward's two parts), all ``(B,)`` but ``step_rewards``.
     """
     bonus = step_bonus.sum(dim=1)  # (B,): route_bonus
-    weight = episode_bonus_weights(pair_epoch, bonus_weight, bonus_warmup)  # (B,) float
     step_rewards = weight[:, None] * step_bonus  # (B, T)
     if step_loss is None:
         step_rewards[:, -1] -= loss

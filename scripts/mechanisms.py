@@ -46,6 +46,7 @@ MECHANISMS: dict[str, list[str]] = {
     "no_task_prior": ["--task-prior-std", "0"],
     "no_bonus": ["--bonus-weight", "0"],  # as docs/training.md's MIN-MTL command runs the combination
     "bonus_task": ["--bonus-scope", "task"],  # the bonus within a task: its instances spread out
+    "bonus_until_16": ["--bonus-until", "16"],  # then no bonus: the spread routes consolidate
     "instance_prior": ["--instance-prior-std", "1"],
     "instance_prior_weak": ["--instance-prior-std", "0.3"],
     "instance_prior_strong": ["--instance-prior-std", "3"],

@@ -391,6 +391,20 @@ def test_final_reward_is_loss_plus_batch_collapse_bonus(new_engine) -> None:
         assert torch.equal(final["task"], engine.data.tasks[final["pair_index"]])
 
 
+def test_the_bonus_is_paid_only_between_its_warmup_and_until_passes(new_engine) -> None:
+    """``bonus_warmup`` 1 and ``bonus_until`` 2 with one batch a pass: only episodes of the second pass over
+    the pairs get the bonus; before and after, the reward is the loss alone."""
+    engine = new_engine(
+        duplicates=3, max_depth=4, batch_size=16, max_pairs=16, bonus_weight=0.7, bonus_warmup=1,
+        bonus_until=2, train_modules=False,
+    )  # fmt: skip
+    for epoch in range(3):
+        final = run_batch(engine, random_policy(epoch))[0][-1].final
+        assert (final["epoch"] == epoch).all() and final["bonus"].max() > 0
+        weight = 0.7 if epoch == 1 else 0.0
+        torch.testing.assert_close(final["reward"], -final["loss"] + weight * final["bonus"])
+
+
 def test_collapse_bonus_within_kinds_and_per_row() -> None:
     counts = torch.tensor([4.0, 2.0, 0.0, 5.0, 5.0])
     # eq. 6 over the pool: min 0, max 5

@@ -284,10 +284,11 @@ SECTIONS: dict[str, type] = {
 # The env's fields a run sets (``benchmark``, ``seed`` and ``split`` follow the run; ``pool`` and
 # ``train_modules`` the algorithm and the split).
 ENV_SETTINGS = (
-    "duplicates", "max_depth", "batch_size", "bonus_weight", "bonus_warmup", "bonus_scope", "lr", "lr_decay",
-    "max_pairs", "data_seed", "data_root", "download", "device", "dispatch", "invalid_action_penalty",
-    "freeze_unused", "cuda_graph", "compile", "precision", "val_fraction", "augment", "weight_decay",
-    "module_dropout", "benchmark_kwargs", "pool_conv_channels", "pool_fc_width", "loss_source",
+    "duplicates", "max_depth", "batch_size", "bonus_weight", "bonus_warmup", "bonus_until", "bonus_scope",
+    "lr", "lr_decay", "max_pairs", "data_seed", "data_root", "download", "device", "dispatch",
+    "invalid_action_penalty", "freeze_unused", "cuda_graph", "compile", "precision", "val_fraction",
+    "augment", "weight_decay", "module_dropout", "benchmark_kwargs", "pool_conv_channels", "pool_fc_width",
+    "loss_source",
 )  # fmt: skip
 # Settings whose flag (and sweep key) is not their field's name.
 RENAMED = {

@@ -27,6 +27,7 @@ BEFORE_OPTIONS = {
     "env.weight_decay": 0.0,
     "env.module_dropout": 0.0,
     "env.bonus_warmup": 0,
+    "env.bonus_until": None,
     "routing_network.learner": "wpl",
     "run.upcycle_epochs": 0,
     "agent.advantage": "gae",
@@ -68,6 +69,8 @@ def describe(config: dict[str, Any]) -> str:
         parts.append(f"bonus per {s['env.bonus_scope']}")
     if s.get("env.bonus_warmup") and bonus > 0:
         parts.append(f"bonus from epoch {s['env.bonus_warmup']}")
+    if s.get("env.bonus_until") is not None and bonus > 0:
+        parts.append(f"bonus until epoch {s['env.bonus_until']}")
     parts.append("per-step rewards" if s["agent.reward_timing"] == "per_step" else "terminal reward")
     parts.append("unused modules frozen" if s["env.freeze_unused"] else "plain Adam")
     if s["router.decoder_queries"] == "valid":
