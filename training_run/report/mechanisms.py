@@ -16,7 +16,7 @@ from training_run.report.tables import _mean_std, _probe_checks, markdown_table
 SETTINGS = {
     "mechanisms_router": "router alone, `--preset probe_router`",
     "mechanisms_router_hard": "router alone, `--preset probe_router --gamma 0.99 --ent-coef 0.01`",
-    "mechanisms_kinds": "per instance (`RoutingProbeKinds-v0`, 8 epochs)",
+    "mechanisms_kinds": "per instance (`RoutingProbeKinds-v0`, 8 epochs unless `+epochs_N`)",
     "mechanisms_share": "share or separate (`RoutingProbeShare-v0`, 8 epochs)",
 }
 # The probe file of scripts/probes.py whose fixed-route baselines stand beside each file's rows.
