@@ -64,7 +64,8 @@ MECHANISMS: dict[str, list[str]] = {
 KEPT = (
     "epoch", "test_accuracy", "test_balanced_accuracy", "test_loss", "val_accuracy", "val_balanced_accuracy",
     "route_overlap", "routes_per_task", "route_entropy_bits", "unused_modules", "oracle_route_rate",
-    "oracle_overlap", "route_kind_information", "train_accuracy", "train_loss", "wall_clock_s",
+    "oracle_overlap", "oracle_route_overlap", "route_kind_information", "train_accuracy", "train_loss",
+    "wall_clock_s",
 )  # fmt: skip
 
 

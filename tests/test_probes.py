@@ -272,7 +272,7 @@ def test_on_real_mnist_the_oracle_routing_beats_the_static_route_of_the_per_inst
 
 
 def test_the_best_mechanism_is_judged_against_fixed_routes_trained_as_long(tmp_path: Path) -> None:
-    from training_run.report.mechanisms import kinds_mechanism_verdict
+    from training_run.report.mechanisms import mechanism_verdict
 
     def run(row: str, seed: int, epochs: int, accuracy: float, info: float) -> dict:
         last = {"epoch": epochs - 1, "test_accuracy": accuracy, "route_kind_information": info}
@@ -289,9 +289,14 @@ def test_the_best_mechanism_is_judged_against_fixed_routes_trained_as_long(tmp_p
     ]
     (tmp_path / "probes").mkdir()
     (tmp_path / "probes" / "mechanisms_kinds.json").write_text(json.dumps({"runs": runs}))
-    verdict = kinds_mechanism_verdict(tmp_path)
-    assert "(`prior+epochs_16`, 3 seeds, 16 epochs" in verdict
+    verdict = mechanism_verdict(tmp_path)
+    assert (
+        "**per instance, the most kind-informative mechanism** (`prior+epochs_16`, 3 seeds, 16 epochs"
+        in verdict
+    )
+    assert "**per instance, the most accurate mechanism** (`other+epochs_16`," in verdict
     assert "kind information 0.70 (target >= 0.8): missed by 0.10" in verdict
     assert "the mechanism over the static route -2.00 points (target >= 3 points): missed by 5.00" in verdict
     assert "the mechanism below the oracle by +17.00 points" in verdict
-    assert "kind information per seed 1.00 / 0.70 / 0.40" in verdict
+    assert "test accuracy % per seed 78.0 / 78.0 / 78.0, kind information 1.00 / 0.70 / 0.40" in verdict
+    assert "**share or separate**: no mechanism measured yet" in verdict

@@ -145,48 +145,78 @@ def _row_epochs(runs: list[dict[str, Any]]) -> int:
     return 1 + max(run["last"]["epoch"] for run in runs)
 
 
-def kinds_mechanism_verdict(results: Path, seeds: int = 3) -> str:
-    """Issue 27's per-instance targets for the best mechanism measured with ``seeds`` seeds on the
-    per-instance probe (the highest mean kind information, then accuracy), against the fixed-route
-    baselines at the same epochs (``oracle_route+epochs_N`` rows of the same file; at the base's epochs,
-    scripts/probes.py's ``kinds.json``), each met or missed by how much."""
-    path = results / "probes" / "mechanisms_kinds.json"
+# Per trained probe: its mechanisms file, its name, and the mechanisms the verdict names: the best by
+# each ranking (the mean over seeds of each key in turn).
+VERDICT_PROBES = {
+    "kinds": (
+        "mechanisms_kinds",
+        "per instance",
+        {"the most accurate": ("test_accuracy",), "the most kind-informative": ("route_kind_information",)},
+    ),
+    "share": ("mechanisms_share", "share or separate", {"the most accurate": ("test_accuracy",)}),
+}
+
+
+def _probe_verdict(results: Path, probe: str, seeds: int) -> list[str]:
+    stem, name, rankings = VERDICT_PROBES[probe]
+    path = results / "probes" / f"{stem}.json"
     if not path.is_file():
-        return "* **per instance, best mechanism**: not measured yet (`python scripts/mechanisms.py`)."
+        return [f"* **{name}**: no mechanism measured yet (`python scripts/mechanisms.py`)."]
     by_row: dict[str, list[dict[str, Any]]] = {}
     for run in json.loads(path.read_text())["runs"]:
         by_row.setdefault(run["row"], []).append(run)
     baselines: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for row, runs in by_row.items():
-        for method, name in BASELINE_ROWS.items():
-            if row == name or row.startswith(f"{name}+"):
+        for method, baseline in BASELINE_ROWS.items():
+            if row == baseline or row.startswith(f"{baseline}+"):
                 baselines[(method, _row_epochs(runs))] = runs
-    probe = results / "probes" / "kinds.json"
-    if probe.is_file():
-        record = json.loads(probe.read_text())
+    fixed = results / "probes" / f"{probe}.json"
+    if fixed.is_file():
+        record = json.loads(fixed.read_text())
         for method in BASELINE_ROWS:
             runs = [r for r in record["runs"] if r["method"] == method]
             baselines.setdefault((method, int(record["epochs"])), runs)
-    candidates = []
-    for row, runs in by_row.items():
-        if len({r["seed"] for r in runs}) < seeds or any(n in row for n in BASELINE_ROWS.values()):
-            continue
-        epochs = _row_epochs(runs)
-        if all((method, epochs) in baselines for method in BASELINE_ROWS):
-            info = statistics.mean(r["last"].get("route_kind_information", 0.0) for r in runs)
-            accuracy = statistics.mean(r["last"]["test_accuracy"] for r in runs)
-            candidates.append((info, accuracy, row, epochs, runs))
-    if not candidates:
-        return "* **per instance, best mechanism**: none with 3 seeds and baselines at its epochs yet."
-    _, _, row, epochs, runs = max(candidates, key=lambda c: c[:2])
-    runs = sorted(runs, key=lambda r: r["seed"])
-    record = {
-        "runs": [{**r, "method": "lrn"} for r in runs]
-        + [{**r, "method": m} for m in BASELINE_ROWS for r in baselines[(m, epochs)]]
+    candidates = {
+        row: runs
+        for row, runs in by_row.items()
+        if len({r["seed"] for r in runs}) >= seeds
+        and not any(b in row for b in BASELINE_ROWS.values())
+        and all((method, _row_epochs(runs)) in baselines for method in BASELINE_ROWS)
     }
-    per_seed = " / ".join(f"{r['last'].get('route_kind_information', 0.0):.2f}" for r in runs)
-    checks = "; ".join(_probe_checks("kinds", record, who="the mechanism"))
-    return (
-        f"* **per instance, the best mechanism** (`{row}`, {len(runs)} seeds, {epochs} epochs, the fixed "
-        f"routes at the same epochs, last epoch): {checks}; kind information per seed {per_seed}."
-    )
+    if not candidates:
+        return [f"* **{name}**: no mechanism with {seeds} seeds and fixed routes at its epochs yet."]
+    lines, named = [], set()
+    for which, keys in rankings.items():
+        row = max(
+            candidates,
+            key=lambda r: tuple(
+                statistics.mean(run["last"].get(k, 0.0) for run in candidates[r]) for k in keys
+            ),
+        )
+        if row in named:
+            continue
+        named.add(row)
+        runs, epochs = sorted(candidates[row], key=lambda r: r["seed"]), _row_epochs(candidates[row])
+        record = {
+            "runs": [{**r, "method": "lrn"} for r in runs]
+            + [{**r, "method": m} for m in BASELINE_ROWS for r in baselines[(m, epochs)]]
+        }
+        checks = "; ".join(_probe_checks(probe, record, who="the mechanism"))
+        accuracy = " / ".join(f"{100 * r['last']['test_accuracy']:.1f}" for r in runs)
+        info = " / ".join(f"{r['last'].get('route_kind_information', 0.0):.2f}" for r in runs)
+        seeds_said = f"test accuracy % per seed {accuracy}" + (
+            f", kind information {info}" if probe == "kinds" else ""
+        )
+        lines.append(
+            f"* **{name}, {which} mechanism** (`{row}`, {len(runs)} seeds, {epochs} epochs, the fixed routes "
+            f"at the same epochs, last epoch): {checks}; {seeds_said}."
+        )
+    return lines
+
+
+def mechanism_verdict(results: Path, seeds: int = 3) -> str:
+    """Issue 27's targets for the best mechanisms measured with ``seeds`` seeds on each trained probe (per
+    instance: the most accurate and the most kind-informative; share or separate: the most accurate),
+    against the fixed-route baselines at the same epochs (``oracle_route+epochs_N`` rows of the same file;
+    at the base's epochs, scripts/probes.py's file), each met or missed by how much."""
+    return "\n".join(line for probe in VERDICT_PROBES for line in _probe_verdict(results, probe, seeds))

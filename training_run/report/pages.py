@@ -22,7 +22,7 @@ from agents.algorithms import SB3_SETUPS
 from routing_env.config import RoutingConfig
 from training_run.cli import FLAGS, NO_BONUS_HELP, RESUME_HELP, default_text, field_docs
 from training_run.report import speed, tables
-from training_run.report.mechanisms import kinds_mechanism_verdict, mechanisms_table, min_check_table
+from training_run.report.mechanisms import mechanism_verdict, mechanisms_table, min_check_table
 from training_run.settings import PRESETS, flag_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -174,7 +174,7 @@ PAGES: dict[str, dict[str, Callable[[Path], str]]] = {
         "headline-verdict": tables.headline_verdict,
         "cpu-first-run": tables.cpu_first_run_table,
         "probes-verdict": tables.probes_verdict,
-        "mechanism-verdict": kinds_mechanism_verdict,
+        "mechanism-verdict": mechanism_verdict,
     },
     "docs/environment.md": {
         "env-docstring": env_docstring,
@@ -201,7 +201,7 @@ PAGES: dict[str, dict[str, Callable[[Path], str]]] = {
         "ablation20-table": lambda results: tables.ablation_table(results, tables.ABLATION_20),
         "probes-table": tables.probes_table,
         "probes-verdict": tables.probes_verdict,
-        "mechanism-verdict": kinds_mechanism_verdict,
+        "mechanism-verdict": mechanism_verdict,
     },
     "docs/speed.md": {
         "bench-table": tables.bench_table,
