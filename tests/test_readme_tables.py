@@ -151,6 +151,18 @@ def test_headline_verdict_says_by_how_much(results_table, tmp_path: Path, monkey
         in verdict
     )
 
+    # MNIST-MTL's static networks join the verdict once both ran the paper's 100 epochs
+    _write_run(results / "mnist" / "static_s0", 0, [0.996] * 100, val=[0.5] * 100)
+    _write_run(results / "mnist" / "beyond_s0", 0, [0.999] * 99, val=[0.5] * 99)
+    headline["mnist"] = (("mnist/lrn_s*",), ("mnist/static_s*",), ("mnist/beyond_s*",), ())
+    assert "where the static network reaches" not in results_table.headline_verdict(results)  # 99 epochs
+    _write_run(results / "mnist" / "beyond_s1", 1, [0.999] * 100, val=[0.5] * 100)
+    headline["mnist"] = (("mnist/lrn_s*",), ("mnist/static_s*",), ("mnist/beyond_s1",), ())
+    assert (
+        "where the static network reaches 99.6 % and 99.9 % with the options (1 × 100 epochs each)"
+        in results_table.headline_verdict(results)
+    )
+
 
 def _write_speed(
     results: Path,
