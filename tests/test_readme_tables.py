@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from training_run.report import tables
+from training_run.report import speed, tables
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,12 +26,13 @@ def _write_run(
     task_prior: float = 3.0,
     val: list[float] | None = None,
     usage: list[list[int]] | None = None,
+    epochs: int = 100,
 ) -> None:
     folder.mkdir(parents=True)
     config = {
         "algo": "maskable_ppo",
         "seed": seed,
-        "epochs": 100,
+        "epochs": epochs,
         "device_name": "test card",
         "task_prior": task_prior,
         "env_config": {"duplicates": 10, "max_depth": 6, "bonus_weight": 0.1},
@@ -70,6 +71,14 @@ def test_tables_and_seed_aggregation(results_table, tmp_path: Path) -> None:
     assert len(seeds) == 3  # header, rule, one setting
     # last 40 / 60 -> 50 ± 14.14; val-picked 40 / 30 -> 35 ± 7.07; epochs reached 2 and 3
     assert seeds[2] == f"| MIN-MTL | {setting} | 0, 1 | 50.00 ± 14.14 | 35.00 ± 7.07 | 2-3 | 53.0 |"
+
+    # runs planned for another length are another row, not more seeds of this one
+    _write_run(results / "min" / "short_s0", 0, [0.1], epochs=3)
+    _write_run(results / "min" / "short_s1", 1, [0.3], epochs=3)
+    seeds = results_table.seeds_table(results).splitlines()
+    assert len(seeds) == 4
+    assert f"| MIN-MTL | {setting} | 0, 1 | 20.00 ± 14.14 | - | 1 | 53.0 |" in seeds
+    assert seeds.count(f"| MIN-MTL | {setting} | 0, 1 | 50.00 ± 14.14 | 35.00 ± 7.07 | 2-3 | 53.0 |") == 1
 
 
 def test_figures_only_where_every_run_exists(results_table, tmp_path: Path, monkeypatch) -> None:
@@ -169,7 +178,7 @@ def _write_speed(
     lrn: dict[str, float],
     static: dict[str, float],
     parallel3: dict[str, float],
-    folder: str = "bench/issue28/h100",
+    folder: str = speed.CURRENT,
     card: str = "test card",
     parallel_card: str | None = None,
 ) -> Path:
@@ -292,7 +301,7 @@ def test_profile_tables_parse_the_torch_profiler_text(tmp_path: Path) -> None:
     (10 batches profiled), and a verdict naming the top kernel, its share and launches from the files."""
     from training_run.report import speed
 
-    folder = tmp_path / speed.CURRENT
+    folder = tmp_path / speed.H100
     folder.mkdir(parents=True)
     conv = "sm80_xmma_fprop_implicit_gemm_f32f32_f32f32_f32_nchwkcrs_nchw_kernel_with_a_long_tail"
     adam = "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<TensorListMetadata<4>, X>(Y)"

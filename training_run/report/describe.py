@@ -57,6 +57,8 @@ def describe(config: dict[str, Any]) -> str:
         if on
     ]
     split = [f"val split {s['env.val_fraction']:g}"] if s.get("env.val_fraction") else []
+    if s.get("env.precision") == "bf16":  # the pool's numerics change what it learns; compile does not
+        split.append("pool bf16")
     if algo == "static":
         return ", ".join(["static network", *split, *beyond])
     if algo == "routing_network":

@@ -15,8 +15,9 @@ from typing import Any
 
 from training_run.report.tables import BENCH_ROWS, markdown_table
 
-CURRENT = "bench/issue28/h100"  # the newest lease's files (one H100)
-EARLIER = "bench/issue28"  # the lease before it (one H200)
+CURRENT = "bench/issue28/h200"  # the newest lease's files (one H200: speed, three runs at once)
+H100 = "bench/issue28/h100"  # the lease before it (one H100), whose torch profiles are the newest
+EARLIER = "bench/issue28"  # the first lease (one H200), with the pool step per convolution mode
 # Issue 28's targets: (what, the speed.json value it reads, at most / at least, the target).
 TARGETS = [
     ("LRN MNIST-MTL epoch, s", "lrn_epoch_seconds", "max", 5.0),
@@ -288,7 +289,7 @@ def _profiles(results: Path, folder: str) -> list[tuple[str, dict[str, Any], lis
     return found
 
 
-def profile_table(results: Path, folder: str = CURRENT, top: int = 8) -> str:
+def profile_table(results: Path, folder: str = H100, top: int = 8) -> str:
     """The ``top`` kernels of each profile of :data:`PROFILES` side by side: share of the GPU time and
     launches per training batch (:data:`PROFILE_BATCHES` batches were profiled)."""
     profiles = _profiles(results, folder)
@@ -323,7 +324,7 @@ def profile_table(results: Path, folder: str = CURRENT, top: int = 8) -> str:
     return caption + "\n\n" + markdown_table(header, rows)
 
 
-def profile_verdict(results: Path, folder: str = CURRENT) -> str:
+def profile_verdict(results: Path, folder: str = H100) -> str:
     """What the profiles' top kernel is, in words, from the files: its name, whether its name marks tensor
     cores, its launches per batch and per episode of a batch, and its share of the GPU time in each."""
     profiles = _profiles(results, folder)
