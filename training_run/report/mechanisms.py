@@ -41,6 +41,27 @@ def _time_to_target(run: dict[str, Any]) -> str:
     return "never"
 
 
+def _runs_by_row(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """A scripts/mechanisms.py file's runs, grouped by row (in the file's order)."""
+    by_row: dict[str, list[dict[str, Any]]] = {}
+    for run in json.loads(path.read_text())["runs"]:
+        by_row.setdefault(run["row"], []).append(run)
+    return by_row
+
+
+def _probe_runs(results: Path, probe: str) -> tuple[int, dict[str, list[dict[str, Any]]]] | None:
+    """scripts/probes.py's file of ``probe`` (``results/probes/<probe>.json``): its epochs and its runs by
+    method (``lrn``, ``oracle``, ``static``); None where it does not exist."""
+    path = results / "probes" / f"{probe}.json"
+    if not probe or not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    by_method: dict[str, list[dict[str, Any]]] = {}
+    for run in record["runs"]:
+        by_method.setdefault(run["method"], []).append(run)
+    return int(record["epochs"]), by_method
+
+
 def mechanisms_table(results: Path) -> str:
     """One row per (probe setting, mechanism): per seed, the last epoch's oracle-route rate, the share of
     the instance-kind information the route carries, the tasks' route overlap, the distinct routes per
@@ -48,15 +69,13 @@ def mechanisms_table(results: Path) -> str:
     and when the oracle-route rate first reached 95 %."""
     rows = []
     for path in sorted((results / "probes").glob("mechanisms_*.json")):
-        data = json.loads(path.read_text())
         by_row: dict[str, list[dict[str, Any]]] = {}
-        baseline = results / "probes" / f"{BASELINES.get(path.stem, '')}.json"
-        if path.stem in BASELINES and baseline.exists():  # scripts/probes.py's runs: "method" for "row"
-            for run in json.loads(baseline.read_text())["runs"]:
-                name = {"lrn": "LRN, scripts/probes.py"}.get(run["method"], f"{run['method']} route")
-                by_row.setdefault(name, []).append({**run, "curve": []})
-        for run in data["runs"]:
-            by_row.setdefault(run["row"], []).append(run)
+        if fixed := _probe_runs(results, BASELINES.get(path.stem, "")):  # scripts/probes.py's, by method
+            for method, runs in fixed[1].items():
+                name = {"lrn": "LRN, scripts/probes.py"}.get(method, f"{method} route")
+                by_row[name] = [{**run, "curve": []} for run in runs]
+        for row, runs in _runs_by_row(path).items():
+            by_row.setdefault(row, []).extend(runs)
         for row, runs in by_row.items():
             runs = sorted(runs, key=lambda r: r["seed"])
             picked = [r["val_picked"] for r in runs]
@@ -162,20 +181,16 @@ def _probe_verdict(results: Path, probe: str, seeds: int) -> list[str]:
     path = results / "probes" / f"{stem}.json"
     if not path.is_file():
         return [f"* **{name}**: no mechanism measured yet (`python scripts/mechanisms.py`)."]
-    by_row: dict[str, list[dict[str, Any]]] = {}
-    for run in json.loads(path.read_text())["runs"]:
-        by_row.setdefault(run["row"], []).append(run)
+    by_row = _runs_by_row(path)
     baselines: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for row, runs in by_row.items():
         for method, baseline in BASELINE_ROWS.items():
             if row == baseline or row.startswith(f"{baseline}+"):
                 baselines[(method, _row_epochs(runs))] = runs
-    fixed = results / "probes" / f"{probe}.json"
-    if fixed.is_file():
-        record = json.loads(fixed.read_text())
+    if fixed := _probe_runs(results, probe):
+        epochs, by_method = fixed
         for method in BASELINE_ROWS:
-            runs = [r for r in record["runs"] if r["method"] == method]
-            baselines.setdefault((method, int(record["epochs"])), runs)
+            baselines.setdefault((method, epochs), by_method.get(method, []))
     candidates = {
         row: runs
         for row, runs in by_row.items()
