@@ -9,6 +9,7 @@ fraction of its routes that use it (a route uses a module at most once).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -185,3 +186,43 @@ def oracle_statistics(
         if denominator > 0:
             stats["route_kind_information"] = min(float((weight * information).sum()) / denominator, 1.0)
     return stats
+
+
+def routes_by_group(
+    routes: torch.Tensor,
+    tasks: torch.Tensor,
+    kinds: torch.Tensor,
+    correct: torch.Tensor,
+    n_tasks: int,
+    n_kinds: int,
+) -> list[dict[str, Any]]:
+    """Per (task, kind of instance) that has pairs: how many, their accuracy, how many distinct routes
+    they take, the most common route and the share of the group's pairs on it. On a probe this says which
+    route the router gives each kind of each task, to set beside the oracle routing's.
+
+    Args:
+        routes: ``(N, D)`` action ids.
+        tasks, kinds: ``(N,)`` task and kind of instance (all 0 without kinds).
+        correct: ``(N,)`` bool, the route's answer was right.
+    """
+    groups = []
+    for task in range(n_tasks):  # a few (task, kind) groups, each one batched over its pairs
+        for kind in range(n_kinds):
+            member = (tasks == task) & (kinds == kind)
+            n = int(member.sum())
+            if n == 0:
+                continue
+            unique, counts = torch.unique(routes[member], dim=0, return_counts=True)
+            top = int(counts.argmax())
+            groups.append(
+                {
+                    "task": task,
+                    "kind": kind,
+                    "pairs": n,
+                    "accuracy": float(correct[member].float().mean()),
+                    "routes": int(unique.shape[0]),
+                    "route": unique[top].tolist(),
+                    "route_share": float(counts[top]) / n,
+                }
+            )
+    return groups

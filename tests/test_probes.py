@@ -15,13 +15,14 @@ import torch
 from datagen import real_data_root, requires_real_data
 from test_train import read_metrics, run_main
 
-from agents.route_stats import oracle_statistics
+from agents.route_stats import oracle_statistics, routes_by_group
 from routing_env import RoutingConfig, make_engine
 from routing_env.benchmarks import load_benchmark
 from routing_env.benchmarks.probes import transform
 from routing_env.build import holdout
 from routing_env.oracle_route import invalid_routes
 from routing_env.registration import benchmark_of
+from training_run import evaluate
 
 SMALL = {"per_digit": 20, "test_per_digit": 5}  # the fake MNIST has 25 test images per digit
 
@@ -137,6 +138,19 @@ def test_oracle_statistics_on_hand_made_routes() -> None:
     assert math.isfinite(no_kinds["oracle_route_overlap"])
 
 
+def test_routes_by_group_give_each_task_and_kind_its_most_common_route() -> None:
+    routes = torch.tensor([[0, 2], [0, 2], [1, 2], [1, 3], [1, 3], [0, 3]])  # (N=6, D=2)
+    tasks = torch.tensor([0, 0, 0, 0, 0, 1])
+    kinds = torch.tensor([0, 0, 0, 1, 1, 0])
+    correct = torch.tensor([True, False, True, True, True, False])
+    groups = routes_by_group(routes, tasks, kinds, correct, n_tasks=2, n_kinds=2)
+    assert [(g["task"], g["kind"]) for g in groups] == [(0, 0), (0, 1), (1, 0)]  # (1, 1) has no pairs
+    first = groups[0]
+    assert first["pairs"] == 3 and first["routes"] == 2 and first["route"] == [0, 2]
+    assert first["route_share"] == pytest.approx(2 / 3) and first["accuracy"] == pytest.approx(2 / 3)
+    assert groups[1]["route"] == [1, 3] and groups[1]["route_share"] == 1.0 and groups[1]["accuracy"] == 1.0
+
+
 def probe_argv(root: Path, out: Path, *flags: object) -> list:
     return [
         *flags, "--device", "cpu", "--threads", 1, "--no-progress", "--no-checkpoint", "--data-root", root,
@@ -165,8 +179,18 @@ def test_the_fixed_route_baselines_train(tmp_path: Path, fake_data_root: Path) -
     )  # fmt: skip
     last = {}
     for algo in ("oracle_route", "static_route"):
-        assert run_main(probe_argv(fake_data_root, tmp_path / algo, *common, "--algo", algo)) == 0
+        argv = probe_argv(fake_data_root, tmp_path / algo, *common, "--algo", algo, "--save-weights")
+        assert run_main(argv) == 0
         last[algo] = read_metrics(tmp_path / algo)[-1]
+    # the evaluation's routes per (task, kind): the oracle routing's own route for every pair of each
+    assert (
+        evaluate.main([str(tmp_path / "oracle_route"), "--device", "cpu", "--data-root", str(fake_data_root)])
+        == 0
+    )
+    groups = json.loads((tmp_path / "oracle_route" / "evaluation-test.json").read_text())["routes_by_kind"]
+    assert len(groups) == 2 * 3
+    assert all(g["route"] == g["oracle_route"] and g["route_share"] == 1.0 for g in groups)
+    assert len({tuple(g["route"][:-1]) for g in groups}) == 3  # a trunk per kind, shared by the tasks
     assert last["oracle_route"]["oracle_route_rate"] == 1.0
     assert last["oracle_route"]["route_kind_information"] == pytest.approx(1.0)
     assert (

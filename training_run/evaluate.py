@@ -36,6 +36,7 @@ import torch
 
 from agents.algorithms import ALGORITHMS
 from agents.evaluation import route_pairs, scores
+from agents.route_stats import routes_by_group
 from agents.trainers.base import Trainer
 from routing_env.benchmarks import DataError, MTLBenchmark
 from routing_env.build import get_benchmark
@@ -106,6 +107,30 @@ class TrainedRun:
         return scores(
             pairs, bench.n_tasks, bench.n_classes, n_modules, self.split, engine.oracle_routes, kinds_known
         )
+
+    def routes_by_kind(self, pairs: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+        """Per (task, kind of instance) (:func:`agents.route_stats.routes_by_group`): the pairs, their
+        accuracy, the distinct routes, the most common route (module names) and its share, and on a probe
+        the oracle routing's route for the group. Empty where the split has no kinds."""
+        engine, bench = self.env.engine, self.benchmark
+        if engine.data.kinds is None:
+            return []
+        names = engine.pool.action_names
+        groups = routes_by_group(
+            pairs["route"], pairs["task"], pairs["kind"], pairs["correct"], bench.n_tasks, bench.n_kinds
+        )
+        oracle = None if engine.oracle_routes is None else engine.oracle_routes.cpu().tolist()
+
+        def named(route: list[int]) -> list[str]:
+            return [names[a] for a in route if a < len(names)]  # past the head: padding
+
+        for group in groups:
+            group["route"] = named(group["route"])
+            if oracle is not None:
+                group["oracle_route"] = named(oracle[group["task"]][group["kind"]])
+            if bench.kind_names:
+                group["kind_name"] = bench.kind_names[group["kind"]]
+        return groups
 
     def route_views(self, pairs: dict[str, torch.Tensor], per_task: int) -> list[list[RouteView]]:
         """The first ``per_task`` routed pairs of each task (in the split's order), as
@@ -232,8 +257,11 @@ def load_run(
     return TrainedRun(config, saved, env, trainer, state, split, path)
 
 
-def summary(run: TrainedRun, result: dict[str, Any], folder: RunFolder | None) -> str:
-    """What an evaluation found, in lines: accuracy, per task, the route statistics, and the run's own
+def summary(
+    run: TrainedRun, result: dict[str, Any], folder: RunFolder | None, groups: list[dict[str, Any]] = ()
+) -> str:
+    """What an evaluation found, in lines: accuracy, per task, the route statistics, the most common route
+    per (task, kind of instance) (``groups``: :meth:`TrainedRun.routes_by_kind`), and the run's own
     metrics line of the same epoch beside it."""
     s, r = run.split, result
     where = f"epoch {run.epoch}" + (
@@ -249,6 +277,14 @@ def summary(run: TrainedRun, result: dict[str, Any], folder: RunFolder | None) -
         f"{r['shared_modules']} shared modules, {r['unused_modules']} unused, "
         f"{r['mean_route_modules']:.2f} modules per route",
     ]
+    for group in groups:
+        kind = group.get("kind_name", str(group["kind"]))
+        route = " > ".join(group["route"])
+        oracle = f"; the oracle's: {' > '.join(group['oracle_route'])}" if "oracle_route" in group else ""
+        lines.append(
+            f"task {group['task']}, kind {kind}: {group['pairs']} pairs, {100 * group['accuracy']:.1f}% "
+            f"right, {group['routes']} routes, {100 * group['route_share']:.0f}% on {route}{oracle}"
+        )
     records = folder.read_metrics() if folder is not None else []
     logged = next((r for r in records if r["epoch"] == run.epoch), None)
     if logged is not None and logged.get(f"{s}_accuracy") is not None:
@@ -289,10 +325,12 @@ def main(argv: list[str] | None = None) -> int:
     folder = None if args.run.is_file() else RunFolder(args.run)
     pairs = run.route_pairs()
     result = run.evaluate(pairs)
-    print(summary(run, result, folder))
+    groups = run.routes_by_kind(pairs)
+    print(summary(run, result, folder, groups))
     if folder is not None:
+        by_kind = {"routes_by_kind": groups} if groups else {}
         folder.evaluation_path(args.split).write_text(
-            json.dumps({"epoch": run.epoch, **result}, indent=1) + "\n"
+            json.dumps({"epoch": run.epoch, **result, **by_kind}, indent=1) + "\n"
         )
         print(f"wrote {folder.evaluation_path(args.split)}")
     if args.render:
