@@ -150,7 +150,7 @@ class BatchState:
     def action_mask(self) -> torch.Tensor:
         """``(B, n_actions)`` bool: the valid actions at the next step, computed once per step."""
         if self._mask is None:
-            self._mask = self.rules.mask(self.step, self.cur_type, self.used)
+            self._mask = self.rules.mask(self.step, self.cur_type, self.used, self.tasks)
         return self._mask
 
     def observe(self, k: int, mask: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -124,6 +124,7 @@ def make_engine(
         update_every=update_every,
         hflip=benchmark.hflip,
         oracle_routes=oracle,
+        n_tasks=benchmark.n_tasks,
     )
     return engine, benchmark
 

@@ -66,6 +66,10 @@ class RoutingConfig:
             the routes of the episode's own task only, so a task spreads over duplicates without being
             pushed off the modules other tasks use) or ``"kind"`` (not in the paper: min and max within
             each kind of module).
+        task_heads: not in the paper: a task ends only in heads of its own, as the static network's do
+            (with as many duplicates as tasks, head duplicate ``t`` of each head kind for task ``t``;
+            :class:`routing_env.rules.RouteRules`): the action mask hides the other tasks' heads, so a
+            head never has to serve two tasks' labels and the router chooses only the modules before it.
         invalid_action_penalty: reward cost of an action the mask forbids.
         lr: Adam learning rate of the pool.
         lr_decay: factor on the pool's learning rate after every pass over the split.
@@ -120,6 +124,7 @@ class RoutingConfig:
     bonus_warmup: int = 0
     bonus_until: int | None = None
     bonus_scope: BonusScope = "pool"
+    task_heads: bool = False
     invalid_action_penalty: float = 1.0
     lr: float = 1e-4
     lr_decay: float = 0.97

@@ -68,6 +68,8 @@ class RoutingEngine:
         oracle_routes: the benchmark's oracle routing resolved against ``pool``, ``(n_tasks, n_kinds,
             max_depth)`` action ids (:mod:`routing_env.oracle_route`), or None; what
             ``config.loss_source="oracle"`` scores routes against.
+        n_tasks: the benchmark's number of tasks; needed with ``config.task_heads`` (each task's own
+            heads, :class:`routing_env.rules.RouteRules`).
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class RoutingEngine:
         update_every: int | None = None,
         hflip: bool = True,
         oracle_routes: torch.Tensor | None = None,
+        n_tasks: int | None = None,
     ) -> None:
         if len(data) == 0:
             raise ValueError("the data split is empty")
@@ -93,7 +96,10 @@ class RoutingEngine:
         self.max_depth = int(config.max_depth)
         self.update_every = int(update_every or self.batch_size)
         self.dispatch = resolve_dispatch(config.dispatch, self.device, config.precision)
-        self.rules = RouteRules(self.pool, self.max_depth, self.device)
+        if config.task_heads and n_tasks is None:
+            raise ValueError("task_heads=True needs the benchmark's number of tasks (n_tasks)")
+        task_heads = n_tasks if config.task_heads else None
+        self.rules = RouteRules(self.pool, self.max_depth, self.device, task_heads, self.oracle_routes)
         self.pad_action = pool.n_actions  # fills the unfilled part of a route
         self.pool_step = PoolStep.of_engine(
             self.pool, self.rules, config, self.dispatch, self.update_every, self.batch_size
@@ -212,7 +218,7 @@ class RoutingEngine:
         """
         batch, valid = self.batch, []
         for k in range(self.max_depth):
-            mask = self.rules.mask(k, batch.cur_type, batch.used)  # (B, A)
+            mask = self.rules.mask(k, batch.cur_type, batch.used, batch.tasks)  # (B, A)
             actions = choose(k, batch.observe(k, mask)).reshape(self.batch_size)
             valid.append(batch.advance(k, actions, mask))
         return torch.stack(valid)

@@ -31,7 +31,9 @@ class RoutingEnv(gym.Env):
     * step 0: an input module (reads the image);
     * steps ``1 .. max_depth-2``: a module whose input type is the current activation's type and that
       this network does not use yet, or PASS (keep the current activation);
-    * step ``max_depth-1``: an output head that fits the current activation (PASS is not valid).
+    * step ``max_depth-1``: an output head that fits the current activation (PASS is not valid); with
+      ``task_heads=True`` (not in the paper) only a head of the instance's own task (duplicate ``task``
+      of each head kind when there are as many duplicates as tasks).
 
     ``action_masks()`` (sb3-contrib's convention) and ``obs["action_mask"]`` give the valid ones. An
     invalid action does not crash the env: PASS is taken instead where it is valid, else the

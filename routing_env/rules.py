@@ -17,13 +17,28 @@ class RouteRules:
     condition is a lookahead: the step rules alone admit dead ends (in the static pool, a PASS at step 2
     leaves conv features that no later step can turn into logits).
 
+    With ``task_heads`` (the number of tasks, not in the paper) a task ends only in heads of its own, as
+    the static network's tasks do: task ``t`` may take duplicate ``d`` of a head bank of ``n`` duplicates
+    where ``d % m == t % m``, ``m = min(n, task_heads)`` (with as many duplicates as tasks, duplicate
+    ``t``). Every task keeps at least one duplicate of every head bank, so the lookahead is unchanged.
+
     Args:
         pool: the module pool.
         max_depth: steps per network.
         device: where the tables live.
+        task_heads: the number of tasks whose heads are their own, or None (any task takes any head).
+        oracle_routes: a probe's oracle routing ``(n_tasks, n_kinds, max_depth)``, checked to end each task
+            in a head of its own under ``task_heads`` (one clear error if not).
     """
 
-    def __init__(self, pool: ModulePool, max_depth: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        pool: ModulePool,
+        max_depth: int,
+        device: torch.device,
+        task_heads: int | None = None,
+        oracle_routes: torch.Tensor | None = None,
+    ) -> None:
         self.pool, self.max_depth = pool, int(max_depth)
         self.step_allowed = pool.step_allowed(self.max_depth).to(device)  # (D, A)
         self.bank_steps = pool.bank_steps(self.max_depth)  # per step: the banks that may run
@@ -51,6 +66,28 @@ class RouteRules:
         n_actions = pool.n_actions
         self.preference = torch.arange(n_actions, 0, -1, device=device)  # (A,) module m: A - m
         self.preference[pool.pass_action] = n_actions + 1
+        self.task_allowed = None if task_heads is None else self._task_allowed(int(task_heads)).to(device)
+        if self.task_allowed is not None and oracle_routes is not None:
+            heads = oracle_routes[..., -1].to(device)  # (T, K): a route's last step is its head
+            tasks = torch.arange(heads.shape[0], device=device)[:, None].expand_as(heads)
+            if not bool(self.task_allowed[tasks, heads].all()):
+                raise ValueError("task_heads: the benchmark's oracle routing ends a task in another's head")
+
+    def _task_allowed(self, n_tasks: int) -> torch.Tensor:
+        """``(n_tasks, n_actions)`` bool: the actions each task may take; every non-head action, and the
+        heads of its own (the class docstring's rule)."""
+        pool = self.pool
+        if n_tasks < 1:
+            raise ValueError(f"task_heads must be >= 1 (the number of tasks), got {n_tasks}")
+        allowed = torch.ones(n_tasks, pool.n_actions, dtype=torch.bool)
+        tasks = torch.arange(n_tasks)
+        for b, spec in enumerate(pool.specs):
+            if pool.is_logits_type(spec.out_type):
+                m = min(spec.duplicates, n_tasks)
+                dups = torch.arange(spec.duplicates)
+                start = pool.bank_offsets[b]
+                allowed[:, start : start + spec.duplicates] = (dups[None, :] % m) == (tasks[:, None] % m)
+        return allowed
 
     def _completable(self) -> torch.Tensor:
         """``(max_depth, n_types)`` bool: a network holding type ``t`` after step ``k`` can still end in a
@@ -68,12 +105,20 @@ class RouteRules:
                 ok[k, t] = via_module | (nxt[pool.pass_action] & ok[k + 1, t])
         return ok
 
-    def mask(self, step: int, cur_type: torch.Tensor, used: torch.Tensor) -> torch.Tensor:
+    def mask(
+        self, step: int, cur_type: torch.Tensor, used: torch.Tensor, tasks: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``(B, n_actions)`` bool: the valid actions at ``step`` of networks holding ``cur_type`` ``(B,)``
-        and using the actions ``used`` ``(B, n_actions)``."""
+        and using the actions ``used`` ``(B, n_actions)``, of tasks ``tasks`` ``(B,)`` (needed with
+        ``task_heads``)."""
         if step >= self.max_depth:
             return cur_type.new_zeros(cur_type.shape[0], self.pool.n_actions, dtype=torch.bool)
-        return self.valid[step][cur_type] & ~used
+        mask = self.valid[step][cur_type] & ~used
+        if self.task_allowed is not None:
+            if tasks is None:
+                raise ValueError("rules with task_heads need each network's task")
+            mask = mask & self.task_allowed[tasks]
+        return mask
 
     def substitute(self, mask: torch.Tensor) -> torch.Tensor:
         """``(B,)``: what replaces an invalid action under ``mask`` ``(B, n_actions)``: PASS where it is
@@ -87,15 +132,17 @@ class RouteRules:
         used[:, self.pool.pass_action] = False
         return self.next_type[cur_type, actions]
 
-    def random_routes(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def random_routes(
+        self, batch: int, generator: torch.Generator | None = None, tasks: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``(batch, max_depth)`` valid routes, each step uniform over the valid actions (benchmarks and
-        tests; ``generator`` on the rules' device)."""
+        tests; ``generator`` on the rules' device; ``tasks`` ``(batch,)`` with ``task_heads``)."""
         device = self.valid.device
         cur_type = torch.zeros(batch, dtype=torch.long, device=device)
         used = torch.zeros(batch, self.pool.n_actions, dtype=torch.bool, device=device)
         route = torch.empty(batch, self.max_depth, dtype=torch.long, device=device)
         for k in range(self.max_depth):
-            mask = self.mask(k, cur_type, used)
+            mask = self.mask(k, cur_type, used, tasks)
             route[:, k] = torch.multinomial(mask.float(), 1, generator=generator).squeeze(1)
             cur_type = self.advance(cur_type, used, route[:, k])
         return route

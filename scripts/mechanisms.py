@@ -53,6 +53,10 @@ MECHANISMS: dict[str, list[str]] = {
     "instance_prior_grid7": ["--instance-prior-std", "1", "--instance-prior-grid", "7"],
     "instance_prior_first": ["--instance-prior-std", "1", "--instance-prior-steps", "first"],
     "instance_prior_first_strong": ["--instance-prior-std", "3", "--instance-prior-steps", "first"],
+    # the task prior on the head alone: the trunk is chosen task-blind (by the instance), the head per task
+    "task_prior_head": ["--task-prior-steps", "head"],
+    # each task ends only in heads of its own (the static network's rule): no head serves two tasks
+    "task_heads": ["--task-heads"],
     "epochs_16": ["--epochs", "16"],  # longer runs than the base's (the last --epochs counts)
     "epochs_32": ["--epochs", "32"],
     "epochs_64": ["--epochs", "64"],

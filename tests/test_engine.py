@@ -85,7 +85,9 @@ def tiny_engine(
     module_pool = ModulePool(specs, TensorType("image", TINY_IMAGE), seed=seed)
     update_every = config.pop("update_every", None)
     config = {"max_depth": 4, "batch_size": 8, "lr": 1e-2, "dispatch": "grouped", "device": "cpu", **config}
-    return RoutingEngine(module_pool, split, RoutingConfig(seed=seed, **config), update_every=update_every)
+    return RoutingEngine(
+        module_pool, split, RoutingConfig(seed=seed, **config), update_every=update_every, n_tasks=n_tasks
+    )
 
 
 def random_policy(seed: int, avoid: torch.Tensor | None = None) -> Policy:
@@ -220,6 +222,30 @@ def test_masks_admit_only_valid_networks(
                         cur, used = out_types[a], used | {a}
         assert torch.isfinite(outs[-1].final["loss"]).all()
     assert len(seen_routes) >= min_routes  # the policy explored
+
+
+def test_task_heads_end_each_task_in_heads_of_its_own() -> None:
+    """``task_heads``: with 2 duplicates and 4 tasks, task t ends only in head duplicate t % 2 and every
+    other action stays as valid as without it; without it, tasks end in each other's heads."""
+    for task_heads in (True, False):
+        engine = tiny_engine(task_heads=task_heads, batch_size=48, train_modules=False)
+        p = engine.pool
+        head = torch.tensor(
+            [p.is_logits_type(p.specs[b].out_type) for b in p.action_bank[:-1].tolist()] + [False]
+        )
+        foreign = 0
+        for seed in range(3):
+            outs, masks = run_batch(engine, random_policy(seed))
+            tasks, routes = outs[-1].final["task"], outs[-1].final["route"]
+            last = routes[:, -1]  # (B,) the head (max_depth 4: the head is the last step)
+            assert head[last].all()
+            foreign += int((p.action_dup[last] != tasks % 2).sum())
+            if task_heads:  # the heads of another task are hidden at the last step, nothing else is
+                other = head[None, :] & (p.action_dup[None, :] != (tasks % 2)[:, None])  # (B, A)
+                assert not (masks[-1] & other).any() and (masks[-1] & head).any(1).all()
+        assert (foreign == 0) == task_heads
+    with pytest.raises(ValueError, match="n_tasks"):
+        RoutingEngine(engine.pool, engine.data, RoutingConfig(task_heads=True, device="cpu"))
 
 
 def test_engine_rejects_pools_without_a_complete_network(new_engine) -> None:

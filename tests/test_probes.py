@@ -22,6 +22,7 @@ from routing_env.benchmarks.probes import transform
 from routing_env.build import holdout
 from routing_env.oracle_route import invalid_routes
 from routing_env.registration import benchmark_of
+from routing_env.rules import RouteRules
 from training_run import evaluate
 
 SMALL = {"per_digit": 20, "test_per_digit": 5}  # the fake MNIST has 25 test images per digit
@@ -72,6 +73,17 @@ def test_a_probe_loads_with_kinds_and_a_valid_oracle(
         assert routes.shape == (n_tasks, n_kinds, max_depth)
         assert invalid_routes(engine.pool, routes.flatten(0, 1), max_depth) == []
         assert torch.unique(routes.flatten(0, 1), dim=0).shape[0] > 1  # the oracle routes differ
+    # Its tasks end in heads of their own, so the oracle holds with --task-heads too; one that ends a task in
+    # another's head is one clear error there.
+    config = RoutingConfig(
+        benchmark=name, benchmark_kwargs=SMALL, data_root=fake_data_root, duplicates=4, max_depth=5,
+        device="cpu", task_heads=True,
+    )  # fmt: skip
+    engine, _ = make_engine(config)
+    swapped = engine.oracle_routes.clone()
+    swapped[..., -1] = swapped[..., -1].roll(1, dims=0)  # task t ends in task t - 1's head
+    with pytest.raises(ValueError, match="another's head"):
+        RouteRules(engine.pool, 5, torch.device("cpu"), n_tasks, swapped)
 
 
 def test_an_oracle_that_does_not_fit_the_pool_is_one_clear_error(fake_data_root: Path) -> None:

@@ -285,7 +285,7 @@ SECTIONS: dict[str, type] = {
 # ``train_modules`` the algorithm and the split).
 ENV_SETTINGS = (
     "duplicates", "max_depth", "batch_size", "bonus_weight", "bonus_warmup", "bonus_until", "bonus_scope",
-    "lr", "lr_decay", "max_pairs", "data_seed", "data_root", "download", "device", "dispatch",
+    "task_heads", "lr", "lr_decay", "max_pairs", "data_seed", "data_root", "download", "device", "dispatch",
     "invalid_action_penalty", "freeze_unused", "cuda_graph", "compile", "precision", "val_fraction",
     "augment", "weight_decay", "module_dropout", "benchmark_kwargs", "pool_conv_channels", "pool_fc_width",
     "loss_source",

@@ -28,6 +28,7 @@ BEFORE_OPTIONS = {
     "env.module_dropout": 0.0,
     "env.bonus_warmup": 0,
     "env.bonus_until": None,
+    "env.task_heads": False,
     "routing_network.learner": "wpl",
     "run.upcycle_epochs": 0,
     "agent.advantage": "gae",
@@ -73,6 +74,8 @@ def describe(config: dict[str, Any]) -> str:
         parts.append(f"bonus from epoch {s['env.bonus_warmup']}")
     if s.get("env.bonus_until") is not None and bonus > 0:
         parts.append(f"bonus until epoch {s['env.bonus_until']}")
+    if s["env.task_heads"]:
+        parts.append("a head per task")
     parts.append("per-step rewards" if s["agent.reward_timing"] == "per_step" else "terminal reward")
     parts.append("unused modules frozen" if s["env.freeze_unused"] else "plain Adam")
     if s["router.decoder_queries"] == "valid":
