@@ -153,19 +153,47 @@ def test_train_runs_on_the_gpu(data_root: Path, tmp_path: Path) -> None:
 
 
 def test_sharing_options_run_on_the_gpu(data_root: Path, tmp_path: Path) -> None:
-    """The static start, the task prior on the head step and the per-task bonus, through train.py on a GPU
-    (the router's forward and the pool's step as CUDA graphs)."""
+    """The static start, the task prior on the head step, the per-task bonus and a head per task, through
+    train.py on a GPU (the router's forward and the pool's step as CUDA graphs)."""
     out = tmp_path / "run"
     argv = [
         "--device", "cuda", "--epochs", 1, "--limit-train", 1024, "--limit-test", 300, "--duplicates", 3,
-        "--static-start", 5, "--task-prior-steps", "head", "--bonus-scope", "task", "--no-progress",
-        "--data-root", data_root, "--no-download", "--out", out,
+        "--static-start", 5, "--task-prior-steps", "head", "--bonus-scope", "task", "--task-heads",
+        "--no-progress", "--data-root", data_root, "--no-download", "--out", out,
     ]  # fmt: skip
     assert train.main([str(a) for a in argv]) == 0
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["train_invalid_actions"] == 0 and record["train_bonus"] > 0
     assert 0 <= record["route_overlap"] <= 1 and record["routes_per_task"] >= 1
     assert (out / "route_statistics.png").exists()
+
+
+def test_task_heads_mask_on_the_gpu(data_root: Path) -> None:
+    """``task_heads`` on the GPU with the pool's step as a CUDA graph: random valid routes end each task in
+    its own head (duplicate t % 3 of 3) and only there; without it they end in other tasks' heads too."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    foreign = {}
+    for task_heads in (True, False):
+        engine, _ = make_engine(
+            RoutingConfig(
+                benchmark="mnist", data_root=data_root, download=False, device="cuda", duplicates=3,
+                max_depth=5, batch_size=64, max_pairs=640, seed=0, task_heads=task_heads,
+            )
+        )  # fmt: skip
+        pool = engine.pool
+        head = torch.tensor([s.out_type.name == "logits" for s in pool.specs], device="cuda")[
+            pool.action_bank[:-1]
+        ]  # (modules,)
+        foreign[task_heads] = 0
+        for _ in range(4):  # eager warm-up, the capture, replays
+            engine.begin_batch()
+            for _ in range(engine.max_depth):
+                mask = engine.action_mask()
+                out = engine.step(torch.multinomial(mask.float(), 1, generator=gen).squeeze(1))
+            last, tasks = out.final["route"][:, -1], out.final["task"]
+            assert head[last].all()
+            foreign[task_heads] += int((pool.action_dup[last] != tasks % 3).sum())
+    assert foreign[True] == 0 and foreign[False] > 0
 
 
 # --- the fused rollout and PPO update as CUDA graphs ------------------------------------------------------
