@@ -166,6 +166,9 @@ class RoutingConfig:
             raise ValueError(
                 f"pool={self.pool!r} builds 5-layer networks: it needs max_depth=5, got {self.max_depth}"
             )
+        for field in dataclasses.fields(self):  # a switch given as "yes" or 2 would read as on
+            if field.type == "bool" and getattr(self, field.name) not in (True, False):
+                raise ValueError(f"{field.name} must be True or False, got {getattr(self, field.name)!r}")
         _at_least("duplicates", self.duplicates, 1)
         _at_least("max_depth", self.max_depth, 2)
         _at_least("batch_size", self.batch_size, 1)

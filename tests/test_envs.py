@@ -525,6 +525,8 @@ BAD_KWARGS = [
     ({"bonus_scope": "tasks"}, ValueError, "bonus_scope must be one of"),
     ({"pool": "big"}, ValueError, "pool must be one of"),
     ({"pool": "static"}, ValueError, "needs max_depth=5"),  # the default max_depth is 6
+    ({"task_heads": "yes"}, ValueError, "task_heads must be True or False, got 'yes'"),
+    ({"augment": 2}, ValueError, "augment must be True or False, got 2"),
 ]
 
 
