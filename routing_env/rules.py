@@ -79,14 +79,11 @@ class RouteRules:
         pool = self.pool
         if n_tasks < 1:
             raise ValueError(f"task_heads must be >= 1 (the number of tasks), got {n_tasks}")
-        allowed = torch.ones(n_tasks, pool.n_actions, dtype=torch.bool)
-        tasks = torch.arange(n_tasks)
-        for b, spec in enumerate(pool.specs):
-            if pool.is_logits_type(spec.out_type):
-                m = min(spec.duplicates, n_tasks)
-                dups = torch.arange(spec.duplicates)
-                start = pool.bank_offsets[b]
-                allowed[:, start : start + spec.duplicates] = (dups[None, :] % m) == (tasks[:, None] % m)
+        bank, dup = pool.action_bank.cpu(), pool.action_dup.cpu()  # (A,) each; PASS: bank -1
+        head = torch.tensor([pool.is_logits_type(s.out_type) for s in pool.specs] + [False])[bank]  # (A,)
+        m = torch.tensor([s.duplicates for s in pool.specs] + [1])[bank].clamp(max=n_tasks)  # (A,)
+        own = dup[None, :] % m == torch.arange(n_tasks)[:, None] % m  # (T, A)
+        allowed = ~head[None, :] | own
         return allowed
 
     def _completable(self) -> torch.Tensor:

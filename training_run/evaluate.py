@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -258,7 +259,7 @@ def load_run(
 
 
 def summary(
-    run: TrainedRun, result: dict[str, Any], folder: RunFolder | None, groups: list[dict[str, Any]] = ()
+    run: TrainedRun, result: dict[str, Any], folder: RunFolder | None, groups: Sequence[dict[str, Any]] = ()
 ) -> str:
     """What an evaluation found, in lines: accuracy, per task, the route statistics, the most common route
     per (task, kind of instance) (``groups``: :meth:`TrainedRun.routes_by_kind`), and the run's own
